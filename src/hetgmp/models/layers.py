@@ -1,0 +1,34 @@
+"""Layer builders shared by the CTR models: bias-free linear layers drawn from
+N(0, 0.01), as in the original, and the ReLU towers built from them."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+# The original initialised every dense weight (and DCN's cross bias) this way.
+INIT_STD = 0.01
+# Width of every hidden layer in the original models.
+HIDDEN = 256
+
+
+def normal_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A bias-free `nn.Linear` with weights drawn from N(0, INIT_STD)."""
+    layer = nn.Linear(in_features, out_features, bias=False)
+    nn.init.normal_(layer.weight, mean=0.0, std=INIT_STD)
+    return layer
+
+
+def relu_tower(sizes: Sequence[int]) -> nn.Sequential:
+    """Linear layers through `sizes` with a ReLU between them, none after the last.
+
+    Example: relu_tower([13, 256, 256, 256]) is
+    Linear(13, 256) -> ReLU -> Linear(256, 256) -> ReLU -> Linear(256, 256).
+    """
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if i:
+            layers.append(nn.ReLU())
+        layers.append(normal_linear(n_in, n_out))
+    return nn.Sequential(*layers)

@@ -1,0 +1,33 @@
+"""Wide & Deep as HET-GMP trained it (SPEC §4, lr 0.01).
+
+The deep tower reads only the dense features; the embeddings reach the output
+through one linear layer (the "wide" part), concatenated with the tower:
+
+    dense_BI  -> 256 -> ReLU -> 256 -> ReLU -> 256 ─┐
+    emb_BFD   -> flatten (F*d) ─────────────────────┴─ concat -> linear -> logit
+
+With no dense features (Avazu) the tower would only ever see an empty input
+and emit zeros, so it is left out and the model is the linear part alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hetgmp.models.layers import HIDDEN, normal_linear, relu_tower
+
+
+class WDL(nn.Module):
+    """forward(dense_BI, emb_BFD) -> logits_B (no sigmoid)."""
+
+    def __init__(self, num_fields: int, num_dense: int, embed_dim: int) -> None:
+        super().__init__()
+        self.deep = relu_tower([num_dense, HIDDEN, HIDDEN, HIDDEN]) if num_dense else None
+        self.out = normal_linear(num_fields * embed_dim + (HIDDEN if num_dense else 0), 1)
+
+    def forward(self, dense_BI: torch.Tensor, emb_BFD: torch.Tensor) -> torch.Tensor:
+        wide_BK = emb_BFD.flatten(1)
+        if self.deep is not None:
+            wide_BK = torch.cat([wide_BK, self.deep(dense_BI)], dim=1)
+        return self.out(wide_BK).squeeze(1)
