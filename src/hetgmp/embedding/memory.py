@@ -1,0 +1,67 @@
+"""Memory needed per worker, checked before anything large is allocated.
+
+With E ids, D columns, P workers, S = Np + M stored rows on this worker (Np
+primaries, M mirrors), U = ids_per_batch (B x F) and a = 1 for row-wise
+Adagrad (0 for SGD), in bytes:
+
+    maps      E x (o + 4)                 owner (o = 2 bytes below 32768 workers, else 4) + slot (int32)
+    rows      S x (4D + 8 + 8 + 4a)       value, version, stored id, accumulator
+    pending   M x (4D + 8 + 4a)           a mirror's unpushed delta, count, accumulator delta
+    exchange  4 x U x P x (2(3 + D + a) + 4) + 8 x U x D
+              worst-case words of one round (every id pushed and requested,
+              every worker sending to this one, answered in full), plus the
+              batch's rows and their gradient
+    init      4 x 65536 x D               one chunk of initial rows being drawn
+
+Worked example: E = 33,762,577 (Criteo), D = 128, P = 8, SGD, random owners
+(Np = E/8, M = 0), U = 8192 x 26: maps 203 MB, rows 2.2 GB, exchange 2.0 GB
+(worst case), total about 4.5 GB per worker.
+
+A single-worker table has no maps and no pending state (S = E).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hetgmp.embedding.config import EmbeddingConfig
+from hetgmp.embedding.init import CHUNK_IDS
+from hetgmp.errors import HetGMPError
+
+
+def memory_bytes(config: EmbeddingConfig, world_size: int, num_primaries: int, num_mirrors: int) -> int:
+    """The formula above, for one worker."""
+    dim, adagrad, ids = config.dim, int(config.adagrad), config.ids_per_batch
+    stored = num_primaries + num_mirrors
+    maps = 0 if world_size == 1 else config.num_ids * ((2 if world_size <= 32767 else 4) + 4)
+    rows = stored * (4 * dim + 16 + 4 * adagrad)
+    pending = num_mirrors * (4 * dim + 8 + 4 * adagrad)
+    record = 3 + dim + adagrad
+    exchange = 4 * ids * world_size * (2 * record + 4) + 8 * ids * dim
+    return maps + rows + pending + exchange + 4 * CHUNK_IDS * dim
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory of the device: GPU free memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise HetGMPError("cannot read MemAvailable from /proc/meminfo to check the embedding table's memory")
+
+
+def check_memory(config: EmbeddingConfig, world_size: int, num_primaries: int, num_mirrors: int, device: torch.device) -> int:
+    """Raise HetGMPError before allocating when the formula exceeds free memory; return the bytes needed."""
+    need = memory_bytes(config, world_size, num_primaries, num_mirrors)
+    free = available_bytes(device)
+    if need > free:
+        gib = 1 << 30
+        raise HetGMPError(
+            f"the embedding table needs {need / gib:.2f} GiB per worker on {device} but only {free / gib:.2f} GiB is free "
+            f"(E={config.num_ids} ids, D={config.dim}, {world_size} workers, {num_primaries} primaries + {num_mirrors} mirrors "
+            f"on this worker, {config.ids_per_batch} ids per batch): use more workers (fewer ids per worker), a smaller "
+            "--embed-dim, a lower --store-rate or a smaller --batch-size"
+        )
+    return need
