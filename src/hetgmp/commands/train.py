@@ -1,0 +1,41 @@
+"""`hetgmp train`: train a CTR model on a prepared dataset, alone or as one of many workers.
+
+Under torchrun or mpirun each process joins the job; `--nproc N` without a
+launcher starts N local workers (see `hetgmp.train.launch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from hetgmp.cliflags import new_parser
+from hetgmp.train.config import add_config_flags, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = new_parser(
+        sub, "train", help="train WDL/DCN/DeepFM with partitioned embeddings",
+        description="Train a CTR model. Runs under torchrun/mpirun, or starts --nproc N local workers itself.",
+    )
+    add_config_flags(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    return run_config(cfg)
+
+
+def run_config(cfg) -> int:
+    """Launch local workers for `--nproc N > 1`, else train in this process (joining any launcher's job)."""
+    from hetgmp.distributed import detect_launch
+    from hetgmp.train.config import config_to_argv
+
+    if cfg.nproc > 1 and detect_launch().launcher == "none":
+        from hetgmp.train.launch import launch_local
+
+        return launch_local(cfg.nproc, ["train", *config_to_argv(cfg)])
+    from hetgmp.train.loop import train
+
+    train(cfg)
+    return 0

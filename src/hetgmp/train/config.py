@@ -1,0 +1,132 @@
+"""TrainConfig: every knob of `hetgmp train`, in one typed dataclass.
+
+Each field's `help` metadata becomes the flag's `--help` text, so the flags,
+their defaults and their documentation live in one place. The defaults are
+the settings that train best per epoch; `examples/hetuctr.py` overrides them
+with the original's (SGD everywhere, the original's learning rates).
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)              # --data, --model, --batch-size (and --batch_size) ...
+    cfg = config_from_args(parser.parse_args(["--data", "ds", "--iter", "100"]))
+    cfg.batch_size == 8192
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from hetgmp.cliflags import add_flag
+from hetgmp.errors import HetGMPError
+
+DENSE_OPTIMIZERS = ("sgd", "adam", "adagrad")
+SPARSE_OPTIMIZERS = ("sgd", "rowwise_adagrad")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def _f(default: Any, help: str, **flag: Any) -> Any:
+    """A field whose metadata carries its CLI help and extra argparse options."""
+    return field(default=default, metadata={"help": help, **flag})
+
+
+@dataclass
+class TrainConfig:
+    data: str = _f(None, "dataset directory (from `hetgmp prepare` or `hetgmp synth`)", required=True)
+    model: str = _f("wdl", "model: wdl (Wide&Deep), dcn (Deep&Cross) or dfm (DeepFM)")
+    embed_dim: int = _f(16, "embedding dimension d (DeepFM's table is d+1 wide)")
+    batch_size: int = _f(8192, "samples per step on each worker")
+    iter: int | None = _f(None, "training steps (overrides --epochs)")
+    epochs: float | None = _f(None, "passes over the training split (default 1 when --iter is not given)")
+    partition: str | None = _f(None, "plan .npz from `hetgmp partition` (default: random owners, contiguous data shards)")
+    store_rate: float = _f(0.01, "fraction of each worker's ranked candidate list kept as mirrors (needs --partition)")
+    bound: int = _f(0, "staleness bound in updates; 0 = synchronous (BSP)")
+    val: bool = _f(False, "evaluate on the test split every --eval-every steps and at the end")
+    eval_every: int = _f(0, "steps between evaluations (0: only at the end)")
+    log_every: int = _f(100, "steps between TRAIN lines")
+    output: str | None = _f(None, "log file receiving the TRAIN/EVAL lines")
+    metrics: str | None = _f(None, "JSONL metrics file (one object per TRAIN/EVAL line)")
+    checkpoint_dir: str | None = _f(None, "directory for checkpoints (step-NNNNNN/ folders and a `latest` pointer)")
+    checkpoint_every: int = _f(0, "steps between checkpoints (0: only at the end)")
+    resume: bool = _f(False, "continue from the latest complete checkpoint in --checkpoint-dir")
+    nproc: int = _f(1, "start this many local workers (ignored under torchrun/mpirun, which start them)")
+    device: str = _f("auto", "cpu, cuda or auto (CUDA when available)", choices=DEVICES)
+    seed: int = _f(0, "seed for weights, embedding rows, random placement and data order")
+    optimizer: str = _f("adam", "optimizer of the dense layers", choices=DENSE_OPTIMIZERS)
+    lr: float = _f(1e-3, "learning rate of the dense layers")
+    sparse_optimizer: str = _f("rowwise_adagrad", "optimizer of the embedding table", choices=SPARSE_OPTIMIZERS)
+    sparse_lr: float = _f(0.05, "learning rate of the embedding table")
+    progress: bool = _f(True, "show a progress bar on rank 0 (stderr)")
+
+    def validate(self) -> None:
+        """Reject values no run could use, naming the flag."""
+        positive = {"embed_dim": self.embed_dim, "batch_size": self.batch_size, "log_every": self.log_every, "nproc": self.nproc}
+        for name, value in positive.items():
+            if value < 1:
+                raise HetGMPError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        for name in ("iter", "epochs"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise HetGMPError(f"--{name} must be positive, got {value}")
+        for name in ("bound", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise HetGMPError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if not 0.0 <= self.store_rate <= 1.0:
+            raise HetGMPError(f"--store-rate is a fraction in [0, 1], got {self.store_rate}")
+        if self.resume and not self.checkpoint_dir:
+            raise HetGMPError("--resume needs --checkpoint-dir DIR (the directory the interrupted run saved to)")
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a checkpoint must share with the run resuming it."""
+        keys = ("model", "embed_dim", "optimizer", "sparse_optimizer", "bound", "seed")
+        return {k: getattr(self, k) for k in keys}
+
+    def config_hash(self) -> str:
+        """Short hash of every setting that changes what one step computes."""
+        keys = ("model", "embed_dim", "batch_size", "optimizer", "lr", "sparse_optimizer", "sparse_lr", "bound", "store_rate", "seed")
+        text = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def add_config_flags(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
+    """Add one flag per TrainConfig field (`--batch-size` and `--batch_size`)."""
+    defaults = defaults or {}
+    for f in dataclasses.fields(TrainConfig):
+        meta = dict(f.metadata)
+        help_text = meta.pop("help")
+        default = defaults.get(f.name, f.default)
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            add_flag(parser, flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            continue
+        kind = {"int": int, "float": float, "str": str}[str(f.type).split(" | ")[0]]
+        add_flag(parser, flag, type=kind, default=default, help=help_text, **meta)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Build and validate a TrainConfig from parsed flags (extra attributes are ignored)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    cfg = TrainConfig(**values)
+    cfg.validate()
+    return cfg
+
+
+def config_to_argv(cfg: TrainConfig, skip: tuple[str, ...] = ("nproc",)) -> list[str]:
+    """Flags that rebuild `cfg` (what `--nproc` hands each worker it starts).
+
+    Example: TrainConfig(data="ds", iter=5) -> ["--data", "ds", "--model", "wdl", ..., "--iter", "5", ...].
+    """
+    argv: list[str] = []
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in skip or value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv += [flag, str(value)]
+    return argv

@@ -1,0 +1,274 @@
+"""The training loop: train -> train_loop -> train_step.
+
+Gradient convention: every worker back-propagates its local mean loss divided
+by the world size, dense gradients are all-reduced with SUM (one flattened
+buffer, one collective per step), and the embedding applies the sparse
+gradients it receives unscaled. The result is the gradient of the global
+batch's mean loss; with one worker it is the plain mean loss.
+
+The steady-state loop never waits on the device: each step's loss and
+correct count go into a device-side window, read (`.item()`) only at log,
+evaluation and checkpoint points. Those reads also catch a NaN/inf loss,
+naming the first bad step, before any checkpoint could save its weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from hetgmp.distributed import DistContext, init_distributed, shutdown
+from hetgmp.errors import HetGMPError
+from hetgmp.train import checkpoint as ckpt
+from hetgmp.train.config import TrainConfig
+from hetgmp.train.data import Batch
+from hetgmp.train.evaluate import evaluate
+from hetgmp.train.logs import RunLog
+from hetgmp.train.setup import Run, build_run
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Join the launcher's job (or run alone), train, evaluate; returns rank 0's last records."""
+    cfg.validate()
+    ctx = init_distributed(cfg.device)
+    try:
+        if ctx.device.type == "cpu":
+            torch.set_num_threads(cpu_threads(ctx.local_world_size))
+        run = build_run(cfg, ctx)
+        start = resume(run) if cfg.resume else 0
+        log = RunLog(ctx.is_main, cfg.output, cfg.metrics, run.total_steps, start, cfg.progress)
+        try:
+            log.info(describe(run, start))
+            return train_loop(run, start, log)
+        finally:
+            log.close()
+    finally:
+        shutdown()
+
+
+def cpu_threads(local_world_size: int) -> int:
+    """Cores of this machine split evenly among its workers, unless OMP_NUM_THREADS says otherwise."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // local_world_size)
+
+
+def describe(run: Run, start: int) -> str:
+    cfg, ctx = run.cfg, run.ctx
+    where = f"resumed at step {start}" if start else "from scratch"
+    return (
+        f"training {cfg.model} d={cfg.embed_dim} on {cfg.data}: {ctx.world_size} worker(s) on {ctx.device.type}, "
+        f"batch {cfg.batch_size}/worker, {run.total_steps} steps ({run.steps_per_epoch}/epoch), "
+        f"placement {run.plan_id}, bound {cfg.bound}, {where}"
+    )
+
+
+def train_loop(run: Run, start: int, log: RunLog) -> dict[str, Any]:
+    cfg = run.cfg
+    window = StepWindow(cfg.log_every, run.ctx, start)
+    last: dict[str, Any] = {"step": start, "train": None, "eval": None, "checkpoint": None}
+    clock = Clock()
+    batch = run.stream.batch(start) if start < run.total_steps else None
+    for step in range(start, run.total_steps):
+        next_batch = run.stream.batch(step + 1) if step + 1 < run.total_steps else None
+        loss, correct = train_step(run, batch, next_batch)
+        window.add(loss, correct, run.emb.counters)
+        batch, done = next_batch, step + 1
+        log.advance()
+        if done % cfg.log_every == 0:
+            last["train"] = report_train(run, window, done, clock, log)
+        if cfg.val and cfg.eval_every and done % cfg.eval_every == 0:
+            last["eval"] = run_eval(run, window, done, clock, log, last)
+        if cfg.checkpoint_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+            last["checkpoint"] = save(run, window, done, clock, last)
+    return finish(run, window, clock, log, last)
+
+
+def train_step(run: Run, batch: Batch, next_batch: Batch | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step; returns the local mean loss and correct count as device scalars."""
+    emb_BFD = run.emb(batch.ids)
+    logits_B = run.model(batch.dense, emb_BFD)
+    loss = F.binary_cross_entropy_with_logits(logits_B, batch.labels)
+    run.dense_opt.zero_grad(set_to_none=False)
+    (loss / run.ctx.world_size).backward()
+    all_reduce_gradients(run)
+    run.dense_opt.step()
+    run.emb.step(next_ids=None if next_batch is None else next_batch.ids)
+    correct = ((logits_B.detach() > 0) == (batch.labels > 0.5)).sum()
+    return loss.detach(), correct
+
+
+def all_reduce_gradients(run: Run) -> None:
+    """SUM the dense gradients over workers through one flattened buffer."""
+    if run.ctx.world_size == 1:
+        return
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset: offset + n].view_as(p)
+        offset += n
+
+
+class Clock:
+    """Wall time since the start, and training time net of evaluation and checkpoints."""
+
+    def __init__(self) -> None:
+        self.start = self.mark = time.perf_counter()
+        self.paused = 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def lap(self) -> float:
+        """Training seconds since the last lap."""
+        now = time.perf_counter()
+        seconds, self.mark, self.paused = now - self.mark - self.paused, now, 0.0
+        return max(seconds, 1e-9)
+
+    def pause(self, seconds: float) -> None:
+        self.paused += seconds
+
+
+class StepWindow:
+    """The steps since the last TRAIN line: per-step loss and correct count on device,
+    and the embedding's per-step counters summed (host numbers or device scalars)."""
+
+    def __init__(self, size: int, ctx: DistContext, first: int):
+        self.ctx = ctx
+        self.loss = torch.zeros(size, device=ctx.device)
+        self.correct = torch.zeros(size, device=ctx.device)
+        self.n = 0
+        self.first = first  # step number (0-based) of the window's first step
+        self.counters: dict[str, Any] = {}
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, counters: Any) -> None:
+        self.loss[self.n] = loss
+        self.correct[self.n] = correct
+        self.n += 1
+        for key, value in _counter_items(counters):
+            self.counters[key] = self.counters.get(key, 0) + value
+
+    def check_finite(self, run: Run) -> None:
+        """Raise on the first non-finite loss of the window on any worker."""
+        bad = (~torch.isfinite(self.loss[: self.n])).nonzero()
+        first = torch.tensor([float(bad[0, 0]) if len(bad) else float(self.n)], device=self.ctx.device)
+        if self.ctx.world_size > 1:
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        if int(first.item()) < self.n:
+            raise non_finite_error(run, self.first + int(first.item()) + 1)
+
+    def drain(self) -> dict[str, float]:
+        """Window averages over steps and workers (one collective); empties the window."""
+        keys = sorted(self.counters)
+        values = [self.loss[: self.n].sum().double(), self.correct[: self.n].sum().double()]
+        values += [torch.as_tensor(self.counters[k], dtype=torch.float64, device=self.ctx.device) for k in keys]
+        totals = torch.stack(values)
+        if self.ctx.world_size > 1:
+            dist.all_reduce(totals)
+        totals = totals.tolist()
+        steps = self.n * self.ctx.world_size
+        out = {"loss": totals[0] / steps, "correct": totals[1] / steps}
+        out.update({k: v / steps for k, v in zip(keys, totals[2:])})
+        self.first += self.n
+        self.n, self.counters = 0, {}
+        return out
+
+
+def _counter_items(counters: Any) -> list[tuple[str, Any]]:
+    if counters is None:
+        return []
+    items = dataclasses.asdict(counters).items() if dataclasses.is_dataclass(counters) else dict(counters).items()
+    return [(k, v) for k, v in items if isinstance(v, (int, float, torch.Tensor))]
+
+
+def non_finite_error(run: Run, step: int) -> HetGMPError:
+    latest = ckpt.latest_checkpoint(run.cfg.checkpoint_dir) if run.cfg.checkpoint_dir else None
+    kept = f"the last good checkpoint {latest} is kept (resume from it with --resume)" if latest else "no checkpoint was saved (use --checkpoint-dir)"
+    return HetGMPError(
+        f"the training loss became NaN or infinite at step {step}; {kept}. "
+        "Check the dataset for NaN/inf features, or lower --lr / --sparse-lr"
+    )
+
+
+def report_train(run: Run, window: StepWindow, done: int, clock: Clock, log: RunLog) -> dict[str, Any]:
+    window.check_finite(run)
+    steps = window.n
+    stats = window.drain()
+    per_worker = steps * run.cfg.batch_size / clock.lap()
+    world = run.ctx.world_size
+    record = {
+        "step": done, "epoch": (done - 1) // run.steps_per_epoch, "samples": done * run.cfg.batch_size * world,
+        "loss": stats.pop("loss"), "accuracy": stats.pop("correct") / run.cfg.batch_size,
+        "samples_per_s": per_worker * world, "samples_per_s_per_worker": per_worker, "world_size": world,
+        "time_s": clock.elapsed(), **stats,
+    }
+    log.train(record)
+    return record
+
+
+def run_eval(run: Run, window: StepWindow, done: int, clock: Clock, log: RunLog, last: dict[str, Any]) -> dict[str, Any] | None:
+    window.check_finite(run)
+    began = time.perf_counter()
+    result = evaluate(run.model, run.emb, run.eval_batches, run.dataset.test, run.ctx)
+    clock.pause(time.perf_counter() - began)
+    last["eval_step"] = done
+    if result is None:
+        return None
+    record = {"step": done, "epoch": (done - 1) // run.steps_per_epoch, "samples": done * run.cfg.batch_size * run.ctx.world_size,
+              **result, "time_s": clock.elapsed()}
+    log.eval(record)
+    return record
+
+
+def save(run: Run, window: StepWindow, done: int, clock: Clock, last: dict[str, Any]) -> str:
+    window.check_finite(run)
+    began = time.perf_counter()
+    run.emb.flush()
+    state = {
+        "step": done, "epoch": (done - 1) // run.steps_per_epoch,
+        "model": run.model.state_dict(), "dense_optimizer": run.dense_opt.state_dict(),
+        "embedding": run.emb.state_dict(), "rng": ckpt.rng_state(),
+    }
+    folder = ckpt.save_checkpoint(run.cfg.checkpoint_dir, done, state, run.checkpoint_meta(), run.ctx)
+    clock.pause(time.perf_counter() - began)
+    last["checkpoint_step"] = done
+    return str(folder)
+
+
+def finish(run: Run, window: StepWindow, clock: Clock, log: RunLog, last: dict[str, Any]) -> dict[str, Any]:
+    """The last TRAIN line, evaluation and checkpoint, unless the final step just had them."""
+    done = run.total_steps
+    start = last["step"]
+    if window.n:
+        last["train"] = report_train(run, window, done, clock, log)
+    if run.cfg.val and last.get("eval_step") != done:
+        last["eval"] = run_eval(run, window, done, clock, log, last)
+    if run.cfg.checkpoint_dir and last.get("checkpoint_step") != done and done > start:
+        last["checkpoint"] = save(run, window, done, clock, last)
+    last["step"] = done
+    return last
+
+
+def resume(run: Run) -> int:
+    """Restore the latest complete checkpoint; returns the step to continue from (0 if none)."""
+    folder = ckpt.latest_checkpoint(run.cfg.checkpoint_dir)
+    if folder is None:
+        return 0
+    ckpt.check_meta(folder, run.checkpoint_meta())
+    state = ckpt.load_rank_state(folder, run.ctx.rank, run.ctx.device)
+    run.model.load_state_dict(state["model"])
+    run.dense_opt.load_state_dict(state["dense_optimizer"])
+    run.emb.load_state_dict(state["embedding"])
+    ckpt.set_rng_state(state["rng"])
+    return int(state["step"])

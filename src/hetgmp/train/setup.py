@@ -1,0 +1,134 @@
+"""Build everything one worker trains with: data, plan, model, embedding, optimizers.
+
+`build_run(cfg, ctx)` returns a `Run`; the loop in `loop.py` only drives it.
+Dense parameters start identical on every rank: the same seed draws them and
+rank 0's copy is broadcast anyway, so a launcher that seeds differently
+cannot make the replicas diverge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from hetgmp.data.arrays import Dataset, load_dataset
+from hetgmp.distributed import DistContext
+from hetgmp.embedding import EmbeddingConfig, Placement, build_embedding
+from hetgmp.errors import HetGMPError
+from hetgmp.models import build_model, table_width
+from hetgmp.train.checkpoint import fingerprint
+from hetgmp.train.config import TrainConfig
+from hetgmp.train.data import BatchStream, EvalBatches, shard_sizes, steps_per_epoch, train_rows
+
+
+@dataclass
+class Run:
+    """One worker's training state and the fixed facts about the run."""
+
+    cfg: TrainConfig
+    ctx: DistContext
+    dataset: Dataset
+    model: nn.Module
+    emb: Any  # LocalEmbedding or ShardedEmbedding (hetgmp.embedding)
+    dense_opt: torch.optim.Optimizer
+    stream: BatchStream
+    eval_batches: EvalBatches | None
+    steps_per_epoch: int
+    total_steps: int
+    plan_id: str
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What a checkpoint of this run records about itself (see checkpoint.MUST_MATCH)."""
+        meta = self.dataset.meta
+        return {
+            "model": self.cfg.model, "embed_dim": self.cfg.embed_dim,
+            "table_width": table_width(self.cfg.model, self.cfg.embed_dim),
+            "num_fields": meta.num_fields, "num_dense": int(self.dataset.train.dense.shape[1]),
+            "num_ids": meta.num_ids, "world_size": self.ctx.world_size, "plan": self.plan_id,
+            "optimizer": self.cfg.optimizer, "sparse_optimizer": self.cfg.sparse_optimizer,
+            "config_hash": self.cfg.config_hash(), "data": str(self.dataset.directory),
+        }
+
+
+def load_plan(path: str, dataset: Dataset, ctx: DistContext):
+    """The partition plan, checked against the dataset and the job's shape."""
+    from hetgmp.partition.plan import PartitionPlan
+
+    plan = PartitionPlan.load(path)
+    if plan.parts != ctx.world_size:
+        raise HetGMPError(
+            f"partition {path} has {plan.parts} parts but {ctx.world_size} workers were started: "
+            f"re-run `hetgmp partition --parts {ctx.world_size}` or start {plan.parts} workers"
+        )
+    plan.check(dataset.meta, ctx.world_size, gpus_per_node=ctx.local_world_size if ctx.world_size > ctx.local_world_size else None)
+    return plan
+
+
+def build_placement(cfg: TrainConfig, plan, num_ids: int, ctx: DistContext) -> tuple[Placement | None, str]:
+    """The embedding placement and an id of it for checkpoints."""
+    if plan is not None:
+        lists = [plan.candidates(p) for p in range(plan.parts)]
+        return Placement.from_plan(plan.embed_partition, lists, cfg.store_rate), fingerprint(plan.embed_partition, plan.data_partition)
+    if ctx.world_size == 1:
+        return None, "single"
+    return Placement.random(num_ids, ctx.world_size, cfg.seed), f"random(seed={cfg.seed})"
+
+
+def build_dense_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    if cfg.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.lr)
+    raise HetGMPError(f"--optimizer must be sgd, adam or adagrad, not {cfg.optimizer!r}")
+
+
+def broadcast_parameters(model: nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's parameters and buffers to every rank (one flattened collective)."""
+    if ctx.world_size == 1:
+        return
+    tensors = [t.data for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.broadcast(flat, src=0)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset: offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def total_steps(cfg: TrainConfig, per_epoch: int) -> int:
+    if cfg.iter is not None:
+        return cfg.iter
+    return max(1, round((cfg.epochs if cfg.epochs is not None else 1.0) * per_epoch))
+
+
+def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
+    dataset = load_dataset(cfg.data)
+    meta = dataset.meta
+    plan = load_plan(cfg.partition, dataset, ctx) if cfg.partition else None
+    placement, plan_id = build_placement(cfg, plan, meta.num_ids, ctx)
+    data_partition = None if plan is None else np.asarray(plan.data_partition)
+
+    sizes = shard_sizes(data_partition, meta.train_rows, ctx.world_size)
+    per_epoch = steps_per_epoch(sizes, cfg.batch_size)
+    rows = train_rows(dataset.train, data_partition, ctx.rank, ctx.world_size, ctx.device)
+    stream = BatchStream(rows, cfg.batch_size, per_epoch, cfg.seed, ctx.rank)
+    eval_batches = EvalBatches(dataset.test, ctx.rank, ctx.world_size, cfg.batch_size, ctx.device) if cfg.val else None
+
+    torch.manual_seed(cfg.seed)
+    num_dense = int(dataset.train.dense.shape[1])
+    model = build_model(cfg.model, meta.num_fields, num_dense, cfg.embed_dim).to(ctx.device)
+    broadcast_parameters(model, ctx)
+    emb_cfg = EmbeddingConfig(
+        num_ids=meta.num_ids, dim=table_width(cfg.model, cfg.embed_dim), optimizer=cfg.sparse_optimizer,
+        lr=cfg.sparse_lr, bound=cfg.bound, seed=cfg.seed,
+    )
+    emb = build_embedding(emb_cfg, placement, ctx)
+    dense_opt = build_dense_optimizer(cfg, list(model.parameters()))
+    return Run(cfg, ctx, dataset, model, emb, dense_opt, stream, eval_batches, per_epoch, total_steps(cfg, per_epoch), plan_id)
