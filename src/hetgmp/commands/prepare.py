@@ -1,0 +1,57 @@
+"""`hetgmp prepare criteo|avazu`: raw download -> dataset directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hetgmp.cliflags import add_flag, new_parser
+
+INPUTS = {
+    "criteo": "dac.tar.gz (train.txt is streamed out of it), train.txt or train.txt.gz",
+    "avazu": "train.gz or train.csv (with its header line)",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = new_parser(sub, "prepare", "Turn a raw CTR download into the dataset arrays (sorted label encoding, seeded split).")
+    datasets = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    for name, inputs in INPUTS.items():
+        p = new_parser(datasets, name, f"Prepare {name.capitalize()} from {inputs}.")
+        add_flag(p, "--input", "-i", required=True, type=Path, help=f"the raw file: {inputs}")
+        add_flag(p, "--output", "-o", required=True, type=Path, help="dataset directory to create (six .npy arrays, vocab.npz, meta.json)")
+        add_flag(p, "--seed", type=int, default=0, help="seed of the row shuffle, recorded in meta.json")
+        add_flag(p, "--val-fraction", type=float, default=0.1, help="fraction of rows, last in the shuffled order, kept as the test split")
+        add_flag(p, "--skip-bad-rows", action="store_true", help="skip malformed rows (counted in meta.json) instead of stopping at the first")
+        add_flag(p, "--force", action="store_true", help="replace --output if it exists (only once the new one is complete)")
+        add_flag(p, "--block-size", type=int, default=16 << 20, help="bytes of text parsed per batch (memory/overhead trade-off)")
+        add_flag(p, "--no-progress", action="store_true", help="hide the progress bars (on stderr)")
+        p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hetgmp.data.encode import PrepareConfig, prepare_table
+    from hetgmp.data.avazu import AVAZU
+    from hetgmp.data.criteo import CRITEO
+
+    layout = {"criteo": CRITEO, "avazu": AVAZU}[args.dataset]
+    config = PrepareConfig(
+        input=args.input,
+        output=args.output,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        skip_bad_rows=args.skip_bad_rows,
+        force=args.force,
+        progress=not args.no_progress,
+        block_size=args.block_size,
+    )
+    meta = prepare_table(layout, config)
+    extra = meta.extra
+    print(
+        f"{args.output}: {meta.train_rows:,} train + {meta.test_rows:,} test rows, "
+        f"{meta.num_ids:,} ids over {meta.num_fields} fields, {meta.num_dense} dense, seed {meta.seed}, {extra['seconds']} s"
+    )
+    if extra["bad_rows_skipped"]:
+        print(f"skipped {extra['bad_rows_skipped']:,} bad rows; the first: {extra['first_bad_row']}", file=sys.stderr)
+    return 0
