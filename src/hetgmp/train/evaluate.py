@@ -44,7 +44,9 @@ def gather_logits(local: torch.Tensor, test_rows: int, ctx: DistContext) -> torc
     padded = torch.zeros(max(sizes), dtype=local.dtype, device=local.device)
     padded[: local.numel()] = local
     gathered = torch.empty(ctx.world_size * max(sizes), dtype=local.dtype, device=local.device)
-    dist.all_gather_into_tensor(gathered, padded)
+    # all_gather_single replaces all_gather_into_tensor from torch 2.13 on; 2.11 has only the latter.
+    all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    all_gather(gathered, padded)
     parts = gathered.view(ctx.world_size, -1)
     return torch.cat([parts[r, : sizes[r]] for r in range(ctx.world_size)])
 
