@@ -1,0 +1,201 @@
+"""Triton kernels for the fused sparse update (imported only where Triton is).
+
+The gradient rows of one step arrive unsorted and with duplicates. After one
+sort of the ids, every distinct id is a run of equal neighbours in the sorted
+order, and its summed gradient is a segmented sum over that run. Example with
+tiles of 4 sorted positions:
+
+    sorted ids   7 7 | 9 9 9 9 | 9 12 ...       ("|" = tile boundary)
+    tile 0: run 7 (positions 0-1) lies inside the tile -> updated directly
+            run 9 starts at 2 and continues into tile 1 -> "crossing"
+    tile 1: all of it is run 9, crossing in and out
+    tile 2: run 9 ends at 8 (crossing in); run 12 starts inside the tile
+
+Each program reduces the runs of its tile with a segmented scan (no atomics).
+A run wholly inside the tile is applied with a plain read-modify-write: no
+other program touches that row. Only the pieces of crossing runs, at most two
+per tile, go through atomics: straight into the table for SGD (the update is
+linear in the gradient), or into a per-tile scratch row for row-wise Adagrad,
+whose accumulator must see the whole summed gradient first; a second kernel
+then applies each crossing run once and zeroes its scratch row again, so the
+scratch stays zero between calls.
+
+The scratch slot of a crossing run is the tile where the run starts: a tile
+starts at most one run that leaves it (its last run). A tile whose first run
+came from an earlier tile finds that tile through `run_start_T`, the sorted
+position where the run of its first id begins (one `searchsorted` per tile).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# Tile height: enough sorted positions per program that a hot id's run spans
+# few tiles (few atomics), small enough to keep the tile in registers.
+MAX_BLOCK_N = 128
+MAX_TILE_ELEMS = 8192
+
+
+@triton.jit
+def _segmented_add(v1, f1, v2, f2):
+    # Inclusive segmented sum: a set flag on the right restarts the sum.
+    return tl.where(f2 != 0, v2, v1 + v2), f1 | f2
+
+
+@triton.jit
+def _and(mask, flag):
+    # mask & flag for a tensor mask and a scalar flag, spelled with tl.where:
+    # Triton's interpreter turns `tensor & scalar` into int32, not a mask.
+    return tl.where(flag, mask, mask != mask)
+
+
+@triton.jit
+def _tile_bounds(sorted_ptr, tile, N, BLOCK_N: tl.constexpr):
+    """First/last id of the tile and whether its first run came in / last run goes on."""
+    ts = tile * BLOCK_N
+    te = tl.minimum(ts + BLOCK_N, N) - 1
+    first_id = tl.load(sorted_ptr + ts)
+    last_id = tl.load(sorted_ptr + te)
+    before = tl.load(sorted_ptr + ts - 1, mask=ts > 0, other=-1)
+    after = tl.load(sorted_ptr + te + 1, mask=te + 1 < N, other=-1)
+    first_in = (ts > 0) & (before == first_id)
+    last_out = (te + 1 < N) & (after == last_id)
+    return ts, first_id, last_id, first_in, last_out
+
+
+@triton.jit
+def _adagrad_rows(table_ptr, acc_ptr, rows, cols, g, mask_r, mask_rc, stride_t, D, lr, eps):
+    """Row-wise Adagrad on whole rows: acc += mean(g^2); row -= lr * g / (sqrt(acc) + eps)."""
+    acc = tl.load(acc_ptr + rows, mask=mask_r, other=0.0) + tl.sum(g * g, axis=1) / D
+    tl.store(acc_ptr + rows, acc, mask=mask_r)
+    scale = lr / (tl.sqrt(acc) + eps)
+    ptrs = table_ptr + rows[:, None] * stride_t + cols[None, :]
+    old = tl.load(ptrs, mask=mask_rc, other=0.0)
+    tl.store(ptrs, old - scale[:, None] * g, mask=mask_rc)
+
+
+@triton.jit
+def _reduce_apply_kernel(
+    table_ptr, acc_ptr, count_ptr, scratch_ptr, sorted_ptr, perm_ptr, grad_ptr, run_start_ptr,
+    N, D, stride_t, stride_g, lr, eps,
+    ADAGRAD: tl.constexpr, COUNT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    dblock = tl.program_id(1)
+    ts, first_id, last_id, first_in, last_out = _tile_bounds(sorted_ptr, tile, N, BLOCK_N)
+    pos = ts + tl.arange(0, BLOCK_N)
+    inside = pos < N
+    ids = tl.load(sorted_ptr + pos, mask=inside, other=-1)
+    prev = tl.load(sorted_ptr + pos - 1, mask=inside & (pos > 0), other=-1)
+    nxt = tl.load(sorted_ptr + pos + 1, mask=pos + 1 < N, other=-1)
+    # Runs restart at the tile's first position and end at its last one.
+    starts = ((ids != prev) | (pos == ts)).to(tl.int32)
+    ends = inside & ((ids != nxt) | (pos == ts + BLOCK_N - 1))
+    crossing = _and(ids == first_id, first_in) | _and(ids == last_id, last_out)
+    direct = ends & (crossing == 0)
+    shared = ends & crossing
+
+    cols = dblock * BLOCK_D + tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    src = tl.load(perm_ptr + pos, mask=inside, other=0).to(tl.int64)
+    g = tl.load(grad_ptr + src[:, None] * stride_g + cols[None, :], mask=inside[:, None] & cmask[None, :], other=0.0)
+    flags = tl.broadcast_to(starts[:, None], (BLOCK_N, BLOCK_D))
+    run_g, _ = tl.associative_scan((g, flags), 0, _segmented_add)
+
+    rows = ids.to(tl.int64)
+    if COUNT:
+        run_n, _ = tl.associative_scan((tl.full((BLOCK_N,), 1, tl.int32), starts), 0, _segmented_add)
+        run_n = run_n.to(count_ptr.dtype.element_ty)
+        first_block = dblock == 0
+        old_n = tl.load(count_ptr + rows, mask=_and(direct, first_block), other=0)
+        tl.store(count_ptr + rows, old_n + run_n, mask=_and(direct, first_block))
+        tl.atomic_add(count_ptr + rows, run_n, mask=_and(shared, first_block))
+
+    if ADAGRAD:
+        _adagrad_rows(table_ptr, acc_ptr, rows, cols, run_g, direct, direct[:, None] & cmask[None, :], stride_t, D, lr, eps)
+        # The crossing run that entered this tile started in tile run_start // BLOCK_N.
+        slot_in = tl.load(run_start_ptr + tile) // BLOCK_N
+        slot = tl.where(_and(ids == first_id, first_in), slot_in, tile).to(tl.int64)
+        tl.atomic_add(scratch_ptr + slot[:, None] * D + cols[None, :], run_g, mask=shared[:, None] & cmask[None, :])
+    else:
+        ptrs = table_ptr + rows[:, None] * stride_t + cols[None, :]
+        old = tl.load(ptrs, mask=direct[:, None] & cmask[None, :], other=0.0)
+        tl.store(ptrs, old - lr * run_g, mask=direct[:, None] & cmask[None, :])
+        tl.atomic_add(ptrs, -lr * run_g, mask=shared[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _adagrad_crossing_kernel(
+    table_ptr, acc_ptr, scratch_ptr, sorted_ptr, N, D, stride_t, lr, eps,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    ts, first_id, last_id, first_in, last_out = _tile_bounds(sorted_ptr, tile, N, BLOCK_N)
+    # This tile owns its last run if that run goes on and did not come in from before.
+    owns = last_out & ((first_in & (first_id == last_id)) == 0)
+    cols = tl.arange(0, BLOCK_D)
+    cmask = _and(cols < D, owns)
+    sptrs = scratch_ptr + tile.to(tl.int64) * D + cols
+    g = tl.load(sptrs, mask=cmask, other=0.0)
+    rows = tl.full((1,), 0, tl.int64) + last_id.to(tl.int64)
+    row_mask = _and(rows == rows, owns)
+    _adagrad_rows(table_ptr, acc_ptr, rows, cols, g[None, :], row_mask, cmask[None, :], stride_t, D, lr, eps)
+    tl.store(sptrs, tl.zeros_like(g), mask=cmask)
+
+
+def _tile_shape(D: int, adagrad: bool, block_n: int | None = None) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_D). Adagrad needs a whole row per program (its mean over D)."""
+    full = triton.next_power_of_2(D)
+    block_d = full if adagrad else min(full, 128)
+    if block_n is None:
+        block_n = max(16, min(MAX_BLOCK_N, MAX_TILE_ELEMS // block_d))
+    return block_n, block_d
+
+
+def scratch_rows(num_ids: int, dim: int) -> int:
+    """Rows of the Adagrad scratch for `num_ids` ids of width `dim` (one per tile)."""
+    return triton.cdiv(num_ids, _tile_shape(dim, True)[0])
+
+
+def fused_update(
+    table_ED: torch.Tensor,
+    ids_N: torch.Tensor,
+    grad_ND: torch.Tensor,
+    lr: float,
+    acc_E: torch.Tensor | None,
+    eps: float,
+    counts_E: torch.Tensor | None,
+    scratch_TD: torch.Tensor | None,
+    block_n: int | None = None,
+) -> None:
+    """Sort the ids, then one (SGD) or two (Adagrad) kernels; see the module doc.
+
+    `block_n` (a power of two >= 16) overrides the tile height; the CPU tests
+    use small tiles so that runs cross many tile boundaries.
+    """
+    N, D = grad_ND.shape
+    adagrad = acc_E is not None
+    block_n, block_d = _tile_shape(D, adagrad, block_n)
+    tiles = triton.cdiv(N, block_n)
+    sorted_N, perm_N = torch.sort(ids_N)
+    run_start_T = perm_N  # any int tensor: read only when ADAGRAD
+    if adagrad:
+        run_start_T = torch.searchsorted(sorted_N, sorted_N[::block_n].contiguous())
+        if scratch_TD is None:
+            scratch_TD = torch.zeros(tiles, D, dtype=torch.float32, device=table_ED.device)
+        elif scratch_TD.shape != (tiles, D) or not scratch_TD.is_contiguous():
+            raise ValueError(f"Adagrad scratch must be contiguous {(tiles, D)}, got {tuple(scratch_TD.shape)}")
+    grid = (tiles, triton.cdiv(D, block_d))
+    _reduce_apply_kernel[grid](
+        table_ED, acc_E if adagrad else table_ED, counts_E if counts_E is not None else ids_N,
+        scratch_TD if adagrad else table_ED, sorted_N, perm_N, grad_ND, run_start_T,
+        N, D, table_ED.stride(0), grad_ND.stride(0), lr, eps,
+        ADAGRAD=adagrad, COUNT=counts_E is not None, BLOCK_N=block_n, BLOCK_D=block_d,
+    )
+    if adagrad:
+        _adagrad_crossing_kernel[(tiles,)](
+            table_ED, acc_E, scratch_TD, sorted_N, N, D, table_ED.stride(0), lr, eps,
+            BLOCK_N=block_n, BLOCK_D=block_d,
+        )
