@@ -1,0 +1,55 @@
+"""The step the fast path must reproduce, written with plain autograd.
+
+The table is a leaf that receives a full [E, D] gradient (rows the batch did
+not use get zeros), and the embedding optimizer is applied to every row with
+dense tensor math: SGD `table -= lr * G`, or row-wise Adagrad
+`acc += mean(G^2, dim 1); table -= lr * G / (sqrt(acc) + eps)`, which leaves
+unused rows unchanged. No sorting, no segments, no kernels: a check on the
+fast step that shares none of its sparse machinery.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hetgmp.fastpath.step import FastStepConfig, autocast, dense_optimizer, matmul_precision
+
+
+class ReferenceStep:
+    """`step(dense_BI, ids_BF, labels_B) -> loss` on a full-table gradient.
+
+    Trains `model` and `table_ED` in place, as `FastStep` does, under the same
+    config (its amp and tf32 settings too; graphs and kernels do not apply).
+    """
+
+    def __init__(self, model: nn.Module, table_ED: torch.Tensor, cfg: FastStepConfig, acc_E: torch.Tensor | None = None) -> None:
+        cfg.check()
+        self.cfg = cfg
+        self.device = table_ED.device
+        self.model = model
+        self.table_ED = table_ED.detach().requires_grad_()
+        self.acc_E = None
+        if cfg.sparse_optimizer == "adagrad":
+            self.acc_E = acc_E if acc_E is not None else torch.zeros(len(table_ED), device=self.device)
+        self.optimizer = dense_optimizer(list(model.parameters()), cfg, self.device)
+
+    def step(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
+        """Train on one batch; returns the mean loss."""
+        with matmul_precision(self.cfg, self.device):
+            with autocast(self.cfg, self.device):
+                logits_B = self.model(dense_BI, self.table_ED[ids_BF])
+            loss = F.binary_cross_entropy_with_logits(logits_B.float(), labels_B.float())
+            self.optimizer.zero_grad(set_to_none=True)
+            self.table_ED.grad = None
+            loss.backward()
+        with torch.no_grad():
+            grad_ED = self.table_ED.grad
+            if self.acc_E is None:
+                self.table_ED -= self.cfg.lr * grad_ED
+            else:
+                self.acc_E += grad_ED.square().mean(1)
+                self.table_ED -= self.cfg.lr * grad_ED / (self.acc_E.sqrt() + self.cfg.adagrad_eps)[:, None]
+        self.optimizer.step()
+        return loss.detach()

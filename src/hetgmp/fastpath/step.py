@@ -1,0 +1,217 @@
+"""The single-GPU training step: fixed shapes, no host syncs, one CUDA graph.
+
+One step, for a batch of B samples with F id fields and I dense features:
+
+    emb_BFD = table[ids_BF]                (index_select; a fresh leaf tensor)
+    loss    = BCE-with-logits(model(dense_BI, emb_BFD), labels_B), mean
+    backward                               (to emb_BFD and the dense weights only:
+                                            the table never gets a dense gradient)
+    sparse update of the table rows        (hetgmp.kernels.sparse_update)
+    dense optimizer step                   (SGD, or Adam with capturable=True)
+
+On CUDA with `cuda_graph=True`, the first `warmup_steps` calls run eagerly on
+a side stream (compiling kernels, sizing allocator pools), the next call
+captures the step in a CUDA graph, and every call from then on replays it.
+Every call trains on its batch exactly once.
+
+Input protocol under a graph: the graph reads fixed input buffers. `step(d, i, y)`
+copies the batch into them (three device copies) unless the arguments *are*
+those buffers: a loader may write each batch straight into
+`input_buffers()` and call `step(*fast.input_buffers())`. Every batch must
+have the shapes and dtypes of the first. The returned loss is a device
+tensor that the next replay overwrites: read it (or `.clone()` it) before the
+next call. Learning rates are baked into the graph at capture.
+
+Off CUDA (or with `cuda_graph=False`) the same step runs eagerly.
+
+TF32 (`tf32=True`) lets fp32 matmuls use tensor cores with 10-bit mantissas;
+bf16 autocast (`amp="bf16"`) runs the MLP in bf16 with fp32 weights and loss.
+Both round the MLP's activations, not the embedding table or the optimizer
+state; their effect on AUC has to be measured on real data (see
+benchmarks/GPU_NOTES.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hetgmp.errors import HetGMPError
+from hetgmp.kernels import DEFAULT_EPS, new_scratch, resolve_backend, sparse_update
+
+DENSE_OPTIMIZERS = ("sgd", "adam")
+SPARSE_OPTIMIZERS = ("sgd", "adagrad")
+AMP_MODES = ("none", "bf16")
+
+
+@dataclass(frozen=True)
+class FastStepConfig:
+    """How the fast step trains.
+
+    lr: embedding learning rate (SGD folded into the table, or row-wise Adagrad).
+    dense_lr: learning rate of the dense weights.
+    dense_optimizer: "sgd" or "adam".
+    sparse_optimizer: "sgd" or "adagrad" (row-wise: one accumulator per row).
+    adagrad_eps: added to sqrt(accumulator) before dividing.
+    amp: "none" or "bf16" (autocast for the model's forward).
+    tf32: let fp32 matmuls use TF32 tensor cores.
+    cuda_graph: capture the step in a CUDA graph (CUDA only).
+    kernel: sparse update implementation: auto, triton, torch, reference.
+    warmup_steps: eager steps before the capture.
+    """
+
+    lr: float = 0.01
+    dense_lr: float = 0.01
+    dense_optimizer: str = "sgd"
+    sparse_optimizer: str = "sgd"
+    adagrad_eps: float = DEFAULT_EPS
+    amp: str = "none"
+    tf32: bool = False
+    cuda_graph: bool = True
+    kernel: str = "auto"
+    warmup_steps: int = 3
+
+    def check(self) -> None:
+        """Raise HetGMPError naming every field out of range."""
+        bad = []
+        for name, value, allowed in (
+            ("dense_optimizer", self.dense_optimizer, DENSE_OPTIMIZERS),
+            ("sparse_optimizer", self.sparse_optimizer, SPARSE_OPTIMIZERS),
+            ("amp", self.amp, AMP_MODES),
+        ):
+            if value not in allowed:
+                bad.append(f"{name}={value!r} (choose {', '.join(allowed)})")
+        if self.warmup_steps < 1:
+            bad.append(f"warmup_steps={self.warmup_steps} (at least 1: kernels compile before the capture)")
+        if bad:
+            raise HetGMPError("fast step config: " + "; ".join(bad))
+
+
+def dense_optimizer(params: list[nn.Parameter], cfg: FastStepConfig, device: torch.device) -> torch.optim.Optimizer:
+    """SGD, or Adam whose step counter lives on the GPU so a graph can replay it."""
+    if cfg.dense_optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.dense_lr, capturable=device.type == "cuda")
+    return torch.optim.SGD(params, lr=cfg.dense_lr)
+
+
+@contextlib.contextmanager
+def matmul_precision(cfg: FastStepConfig, device: torch.device) -> Iterator[None]:
+    """TF32 on or off for the step's matmuls (forward and backward), restored after."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32 and device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def autocast(cfg: FastStepConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast for the forward when asked; the weight cache is off so a
+    captured graph never holds casts from an earlier step."""
+    if cfg.amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
+
+
+class FastStep:
+    """Owns the table (and Adagrad accumulator), the model and the dense
+    optimizer; `step(dense_BI, ids_BF, labels_B) -> loss` trains one batch.
+
+    The table (float32 [E, D], D = the model's table width) and the model are
+    used in place, on the table's device:
+
+        fast = FastStep(model.cuda(), table_ED, FastStepConfig(lr=0.01, dense_lr=0.01))
+        for dense_BI, ids_BF, labels_B in batches:
+            loss = fast.step(dense_BI, ids_BF, labels_B)
+    """
+
+    def __init__(self, model: nn.Module, table_ED: torch.Tensor, cfg: FastStepConfig, acc_E: torch.Tensor | None = None) -> None:
+        cfg.check()
+        self.cfg = cfg
+        self.device = table_ED.device
+        self.model = model
+        self.table_ED = table_ED.detach()
+        self.acc_E = acc_E
+        if cfg.sparse_optimizer == "adagrad" and acc_E is None:
+            self.acc_E = torch.zeros(len(table_ED), dtype=torch.float32, device=self.device)
+        if cfg.sparse_optimizer == "sgd":
+            self.acc_E = None
+        self.kernel = resolve_backend(cfg.kernel, self.device)
+        self.use_graph = cfg.cuda_graph and self.device.type == "cuda"
+        if self.use_graph and self.kernel == "reference":
+            raise HetGMPError("the 'reference' sparse update syncs with the host and cannot be captured: use kernel 'triton' or 'torch', or cuda_graph=False")
+        self.optimizer = dense_optimizer(list(model.parameters()), cfg, self.device)
+        self._scratch: torch.Tensor | None = None
+        self._inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._loss: torch.Tensor | None = None
+        self._warm = 0
+
+    def step(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
+        """Train on one batch; returns the mean loss as a device tensor (no sync)."""
+        if not self.use_graph:
+            return self._train(dense_BI, ids_BF, labels_B)
+        inputs = self._load(dense_BI, ids_BF, labels_B)
+        if self._graph is None:
+            if self._warm < self.cfg.warmup_steps:
+                self._warm += 1
+                return self._on_side_stream(inputs)
+            self._capture(inputs)
+        self._graph.replay()
+        return self._loss
+
+    def input_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The graph's (dense_BI, ids_BF, labels_B) buffers; exist after the first step."""
+        if self._inputs is None:
+            raise HetGMPError("input buffers exist after the first step(): call step() once with a real batch")
+        return self._inputs
+
+    def _load(self, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._inputs is None:
+            self._inputs = tuple(t.detach().clone() for t in batch)
+            return self._inputs
+        for buf, t in zip(self._inputs, batch):
+            if t is not buf:
+                if t.shape != buf.shape:
+                    raise HetGMPError(f"a captured step needs fixed shapes: got {tuple(t.shape)}, captured {tuple(buf.shape)}; pad the last batch or drop it")
+                buf.copy_(t, non_blocking=True)
+        return self._inputs
+
+    def _on_side_stream(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        # Warm-up off the default stream, as capture will be (PyTorch's recipe).
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            loss = self._train(*inputs)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        return loss
+
+    def _capture(self, inputs: tuple[torch.Tensor, ...]) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._loss = self._train(*inputs)
+        self._graph = graph
+
+    def _train(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
+        B, nf = ids_BF.shape
+        ids_N = ids_BF.reshape(-1)
+        with matmul_precision(self.cfg, self.device):
+            emb_BFD = self.table_ED.index_select(0, ids_N).view(B, nf, -1).requires_grad_()
+            with autocast(self.cfg, self.device):
+                logits_B = self.model(dense_BI, emb_BFD)
+            loss = F.binary_cross_entropy_with_logits(logits_B.float(), labels_B.float())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        grad_ND = emb_BFD.grad.view(B * nf, -1)
+        if self.acc_E is not None and self.kernel == "triton" and self._scratch is None:
+            self._scratch = new_scratch(len(ids_N), grad_ND.shape[1], self.device)
+        sparse_update(self.table_ED, ids_N, grad_ND, self.cfg.lr, self.acc_E, self.cfg.adagrad_eps,
+                      backend=self.kernel, scratch_TD=self._scratch)
+        self.optimizer.step()
+        return loss.detach()
