@@ -25,6 +25,8 @@ class BatchRows:
     inverse: torch.Tensor   # int64, shape of ids
     rows_UD: torch.Tensor   # float32 values read for the batch
     leaf_UD: torch.Tensor | None = None
+    owner_U: torch.Tensor | None = None  # sharded tables: owning rank of each unique id
+    slot_U: torch.Tensor | None = None   # sharded tables: local slot, -1 if not stored here
 
     @classmethod
     def of(cls, ids: torch.Tensor, device: torch.device) -> "BatchRows":

@@ -7,7 +7,7 @@ Adagrad (0 for SGD), in bytes:
     maps      E x (o + 4)                 owner (o = 2 bytes below 32768 workers, else 4) + slot (int32)
     rows      S x (4D + 8 + 8 + 4a)       value, version, stored id, accumulator
     pending   M x (4D + 8 + 4a)           a mirror's unpushed delta, count, accumulator delta
-    exchange  4 x U x P x (2(3 + D + a) + 4) + 8 x U x D
+    exchange  4 x U x P x (2(4 + D + a) + 4) + 8 x U x D
               worst-case words of one round (every id pushed and requested,
               every worker sending to this one, answered in full), plus the
               batch's rows and their gradient
@@ -36,7 +36,7 @@ def memory_bytes(config: EmbeddingConfig, world_size: int, num_primaries: int, n
     maps = 0 if world_size == 1 else config.num_ids * ((2 if world_size <= 32767 else 4) + 4)
     rows = stored * (4 * dim + 16 + 4 * adagrad)
     pending = num_mirrors * (4 * dim + 8 + 4 * adagrad)
-    record = 3 + dim + adagrad
+    record = 4 + dim + adagrad  # words of a push or an answer: two int64 + the row (+ accumulator)
     exchange = 4 * ids * world_size * (2 * record + 4) + 8 * ids * dim
     return maps + rows + pending + exchange + 4 * CHUNK_IDS * dim
 

@@ -18,6 +18,8 @@ With bound 0 both must end with the same rows and dense weights.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -68,19 +70,27 @@ def reference_run(config: EmbeddingConfig, ids: np.ndarray, labels: np.ndarray, 
     return table.detach(), model.weight.detach().clone()
 
 
-def train_toy(emb, ids: np.ndarray, labels: np.ndarray, dense_lr: float, rank: int, world_size: int, device: torch.device) -> torch.Tensor:
-    """The contract's loop on this worker's slices of the global batches; returns the dense weight."""
+def train_toy(emb, ids: np.ndarray, labels: np.ndarray, dense_lr: float, rank: int, world_size: int,
+              device: torch.device, hook: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """The contract's loop on this worker's slices of the global batches; returns the dense weight.
+
+    `hook(t, ids_BF, grad_BFD)`, if given, runs after each emb.step() with the
+    step's ids and the gradient of its embeddings (for instrumented checks)."""
     rows = ids.shape[1] // world_size
     local = [torch.as_tensor(ids[t, rank * rows : (rank + 1) * rows], device=device) for t in range(ids.shape[0])]
     model = toy_model(ids.shape[2], emb.config.dim, emb.config.seed, device)
     for t, batch in enumerate(local):
         label = torch.as_tensor(labels[t, rank * rows : (rank + 1) * rows], device=device)
         model.zero_grad()
-        (_loss(model, emb(batch), label) / world_size).backward()
+        out = emb(batch)
+        out.retain_grad()
+        (_loss(model, out, label) / world_size).backward()
         with torch.no_grad():
             for p in model.parameters():
                 if world_size > 1:
                     dist.all_reduce(p.grad)
                 p -= dense_lr * p.grad
         emb.step(next_ids=local[t + 1] if t + 1 < len(local) else None)
+        if hook is not None:
+            hook(t, batch, out.grad)
     return model.weight.detach().clone()

@@ -1,0 +1,60 @@
+"""The rows one worker stores: its primaries, then its mirrors.
+
+    E = 6, P = 2, rank 0; owner = [0, 1, 1, 0, 1, 0]; rank 0 mirrors [4]
+    primaries = ids [0, 3, 5] -> slots 0, 1, 2;  mirrors = [4] -> slot 3
+    slot  = [0, -1, -1, 1, 3, 2]     (int32 [E]; -1: not stored here)
+    rows[S, D], version[S], ids[S] = [0, 3, 5, 4], acc[S] (row-wise Adagrad)
+    pending[M, D], pending_acc[M], pending_count[M] for the M mirrors
+      (mirror slot s <-> pending index s - Np)
+
+A primary's version counts the updates applied to it (sample occurrences). A
+mirror's version is the primary's version when it was last refreshed plus the
+counts it has pushed since: primary_version - mirror_version is then exactly
+the number of other workers' updates the mirror has not seen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hetgmp.embedding.config import EmbeddingConfig
+from hetgmp.embedding.exchange import MUST_FETCH
+from hetgmp.embedding.init import initial_rows
+from hetgmp.embedding.memory import check_memory
+from hetgmp.embedding.placement import Placement, owner_dtype
+
+_TORCH_OWNER = {np.dtype(np.int16): torch.int16, np.dtype(np.int32): torch.int32}
+
+
+class RowStore:
+    def __init__(self, config: EmbeddingConfig, placement: Placement, rank: int, device: torch.device) -> None:
+        world = placement.world_size
+        num_primaries = int(np.count_nonzero(placement.owner == rank))
+        mirror_ids = torch.from_numpy(np.asarray(placement.mirrors[rank], dtype=np.int64)).to(device)
+        check_memory(config, world, num_primaries, len(mirror_ids), device)
+        dtype = owner_dtype(world)
+        self.owner = torch.from_numpy(np.ascontiguousarray(placement.owner, dtype=dtype)).to(device)
+        primary_ids = torch.nonzero(self.owner == rank).squeeze(1)
+        self.num_primaries, self.num_mirrors = len(primary_ids), len(mirror_ids)
+        self.ids = torch.cat([primary_ids, mirror_ids])
+        self.slot = torch.full((config.num_ids,), -1, dtype=torch.int32, device=device)
+        self.slot[self.ids] = torch.arange(len(self.ids), dtype=torch.int32, device=device)
+        self.rows = initial_rows(self.ids, config, device)
+        self.version = torch.zeros(len(self.ids), dtype=torch.int64, device=device)
+        self.acc = torch.full((len(self.ids),), config.adagrad_init, device=device) if config.adagrad else None
+        self.pending = torch.zeros(self.num_mirrors, config.dim, device=device)
+        self.pending_acc = torch.zeros(self.num_mirrors, device=device) if config.adagrad else None
+        self.pending_count = torch.zeros(self.num_mirrors, dtype=torch.int64, device=device)
+
+    def locate(self, ids_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(owner rank, slot or -1) of each id, both int64."""
+        return self.owner[ids_N].long(), self.slot[ids_N].long()
+
+    def forget_mirrors(self) -> None:
+        """After loading primaries: every mirror must be fetched again, nothing is pending."""
+        self.version[self.num_primaries :] = MUST_FETCH
+        self.pending.zero_()
+        self.pending_count.zero_()
+        if self.pending_acc is not None:
+            self.pending_acc.zero_()

@@ -1,0 +1,126 @@
+"""The sharded table in real Gloo process groups, held to the dense single-worker reference.
+
+Each spawn of workers runs several checks (spawning costs seconds); the
+results come back as numpy arrays and the tests assert on them here.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from embedding_cases import DIM, FIELDS, LOCAL_BATCH, NUM_IDS, STEPS, plan_like
+from hetgmp.embedding import EmbeddingConfig, Placement, build_embedding
+from hetgmp.embedding.exchange import gather_primaries
+from hetgmp.embedding.reference import reference_run, skewed_batches, train_toy
+from hetgmp.errors import HetGMPError
+from workers import run_workers
+
+CPU = torch.device("cpu")
+DENSE_LR = 0.1
+LR = {"sgd": 0.5, "rowwise_adagrad": 0.05}
+EQUIVALENCE = [(opt, kind) for opt in LR for kind in ("plan", "random")]
+
+
+def _data(world_size):
+    return skewed_batches(NUM_IDS, STEPS, world_size * LOCAL_BATCH, FIELDS, seed=1)
+
+
+def _config(optimizer, bound=0):
+    return EmbeddingConfig(NUM_IDS, DIM, optimizer=optimizer, lr=LR[optimizer], bound=bound, seed=3)
+
+
+def _placement(kind, ids, world_size, store_rate=0.3):
+    return plan_like(ids, world_size, store_rate) if kind == "plan" else Placement.random(NUM_IDS, world_size, seed=2)
+
+
+def _equivalence(ctx, cases):
+    ids, labels = _data(ctx.world_size)
+    out = {}
+    for optimizer, kind in cases:
+        emb = build_embedding(_config(optimizer), _placement(kind, ids, ctx.world_size), ctx)
+        weight = train_toy(emb, ids, labels, DENSE_LR, ctx.rank, ctx.world_size, CPU)
+        out[optimizer, kind] = (emb.gather_table().numpy(), weight.numpy())
+    return out
+
+
+def _stale_run(ctx, bound):
+    """bound > 0, SGD: per-step lags of every mirror read, every delta produced, counters; then flush."""
+    ids, labels = _data(ctx.world_size)
+    config = _config("sgd", bound)
+    emb = build_embedding(config, _placement("plan", ids, ctx.world_size, store_rate=0.5), ctx)
+    store, produced, lags, counters = emb.store, torch.zeros(NUM_IDS, DIM), [], []
+
+    def hook(t, batch, grad):
+        produced.index_add_(0, batch.reshape(-1), -config.lr * grad.reshape(-1, DIM))
+        counters.append(emb.counters.as_dict())
+        primary_version = gather_primaries(store.ids[: store.num_primaries], store.version[: store.num_primaries], NUM_IDS)
+        if emb._next is not None:  # the mirrors the next forward reads, as they stand now
+            slots = store.slot[emb._next.uids_U].long()
+            mirrors = slots[slots >= store.num_primaries]
+            lags.extend((primary_version[store.ids[mirrors]] - store.version[mirrors]).tolist())
+
+    train_toy(emb, ids, labels, DENSE_LR, ctx.rank, ctx.world_size, CPU, hook)
+    emb.flush()
+    torch.distributed.all_reduce(produced)
+    table = emb.gather_table()
+    sd = emb.state_dict()
+    fresh = build_embedding(config, _placement("plan", ids, ctx.world_size, store_rate=0.5), ctx)
+    fresh.load_state_dict(sd)
+    reloaded = fresh.gather_table()
+    try:
+        fresh.load_state_dict({k: v[1:] for k, v in sd.items()})
+        mismatch = ""
+    except HetGMPError as e:
+        mismatch = str(e)
+    return dict(table=table.numpy(), produced=produced.numpy(), lags=lags, counters=counters,
+                max_lag_served=emb.max_lag_served, reloaded=reloaded.numpy(), mismatch=mismatch)
+
+
+def _two_worker_checks(ctx):
+    return _equivalence(ctx, EQUIVALENCE), _stale_run(ctx, bound=2)
+
+
+@pytest.fixture(scope="module")
+def two_workers():
+    return run_workers(_two_worker_checks, 2)
+
+
+def _assert_matches_reference(results, world_size, cases):
+    ids, labels = _data(world_size)
+    for optimizer, kind in cases:
+        table, weight = reference_run(_config(optimizer), ids, labels, DENSE_LR, CPU)
+        for rank_result in results:
+            got_table, got_weight = rank_result[optimizer, kind]
+            assert np.abs(got_table - table.numpy()).max() < 1e-5, (optimizer, kind)
+            assert np.abs(got_weight - weight.numpy()).max() < 1e-5, (optimizer, kind)
+
+
+def test_bound_zero_two_workers_equal_one_worker(two_workers):
+    _assert_matches_reference([r[0] for r in two_workers], 2, EQUIVALENCE)
+
+
+def test_bound_zero_four_workers_equal_one_worker():
+    cases = [("sgd", "plan"), ("rowwise_adagrad", "plan")]
+    _assert_matches_reference(run_workers(_equivalence, 4, (cases,)), 4, cases)
+
+
+def test_mirrors_lag_but_never_past_the_bound(two_workers):
+    lags = [lag for r in two_workers for lag in r[1]["lags"]]
+    assert len(lags) > 100
+    assert max(lags) <= 2 and max(lags) > 0 and min(lags) >= 0
+    assert max(r[1]["max_lag_served"] for r in two_workers) == max(lags)
+
+
+def test_flushed_primaries_hold_every_delta_once(two_workers):
+    from hetgmp.embedding.init import initial_rows
+
+    run = two_workers[0][1]
+    initial = initial_rows(torch.arange(NUM_IDS), _config("sgd", 2), CPU).numpy()
+    assert np.abs(run["table"] - (initial + run["produced"])).max() < 1e-5
+    assert np.abs(run["produced"]).max() > 1e-3
+
+
+def test_state_dict_round_trip_and_mismatch(two_workers):
+    for r in two_workers:
+        assert np.array_equal(r[1]["reloaded"], r[1]["table"])
+        assert "resume with the partition plan" in r[1]["mismatch"]
