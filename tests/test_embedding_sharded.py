@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from embedding_cases import DIM, FIELDS, LOCAL_BATCH, NUM_IDS, STEPS, plan_like
 from hetgmp.embedding import EmbeddingConfig, Placement, build_embedding
 from hetgmp.embedding.exchange import gather_primaries
-from hetgmp.embedding.reference import reference_run, skewed_batches, train_toy
+from hetgmp.embedding.reference import plan_like, reference_run, skewed_batches, train_toy
 from hetgmp.errors import HetGMPError
 from workers import run_workers
 
 CPU = torch.device("cpu")
+NUM_IDS, FIELDS, LOCAL_BATCH, STEPS, DIM = 400, 3, 24, 20, 4
 DENSE_LR = 0.1
 LR = {"sgd": 0.5, "rowwise_adagrad": 0.05}
 EQUIVALENCE = [(opt, kind) for opt in LR for kind in ("plan", "random")]
@@ -30,7 +30,7 @@ def _config(optimizer, bound=0):
 
 
 def _placement(kind, ids, world_size, store_rate=0.3):
-    return plan_like(ids, world_size, store_rate) if kind == "plan" else Placement.random(NUM_IDS, world_size, seed=2)
+    return plan_like(ids, NUM_IDS, world_size, store_rate) if kind == "plan" else Placement.random(NUM_IDS, world_size, seed=2)
 
 
 def _equivalence(ctx, cases):
@@ -124,3 +124,69 @@ def test_state_dict_round_trip_and_mismatch(two_workers):
     for r in two_workers:
         assert np.array_equal(r[1]["reloaded"], r[1]["table"])
         assert "resume with the partition plan" in r[1]["mismatch"]
+
+
+def _brute_force_counters(ids, placement, bound, world_size):
+    """Replay the protocol's rules on dicts: per rank and step, the counters the runtime must report."""
+    rows, record = ids.shape[1] // world_size, 4 + DIM  # SGD: push and answer records carry no accumulator
+    owner, mirrors = placement.owner, [set(m.tolist()) for m in placement.mirrors]
+    primary_version = np.zeros(NUM_IDS, dtype=np.int64)
+    mirror_version = [dict.fromkeys(m, 0) for m in mirrors]
+    pending = [dict.fromkeys(m, 0) for m in mirrors]
+
+    def one_round(writes, reads):
+        c = [dict(distinct_ids=0, local_hits=0, mirror_hits=0, rows_fetched=0, rows_pushed=0,
+                  bytes_sent=(world_size - 1) * 32, bytes_received=(world_size - 1) * 32) for _ in range(world_size)]
+
+        def send(src, dst, words):
+            c[src]["bytes_sent"] += 4 * words
+            c[dst]["bytes_received"] += 4 * words
+
+        for r, batch in enumerate(writes):
+            for e, k in zip(*np.unique(batch, return_counts=True)):
+                if owner[e] == r:
+                    primary_version[e] += k
+                    continue
+                if e in mirrors[r] and bound > 0:
+                    pending[r][e] += k
+                    if pending[r][e] <= bound:
+                        continue
+                    k, pending[r][e] = pending[r][e], 0
+                    mirror_version[r][e] += k
+                c[r]["rows_pushed"] += 1
+                send(r, owner[e], record)
+                primary_version[e] += k
+        for r, batch in enumerate(reads):
+            for e in np.unique(batch):
+                c[r]["distinct_ids"] += 1
+                if owner[e] == r:
+                    c[r]["local_hits"] += 1
+                    continue
+                send(r, owner[e], 4)
+                if e in mirrors[r] and primary_version[e] <= mirror_version[r][e] + bound:
+                    c[r]["mirror_hits"] += 1
+                    continue
+                c[r]["rows_fetched"] += 1
+                send(owner[e], r, record)
+                if e in mirrors[r]:
+                    mirror_version[r][e] = primary_version[e]
+        return c
+
+    local = [[ids[t, r * rows : (r + 1) * rows] for r in range(world_size)] for t in range(ids.shape[0])]
+    none = [np.zeros(0, dtype=np.int64)] * world_size
+    steps = []
+    first = one_round(none, local[0])  # the first forward reads synchronously
+    for t in range(ids.shape[0]):
+        c = one_round(local[t], local[t + 1] if t + 1 < len(local) else none)
+        if t == 0:
+            c = [{k: v + first[r][k] for k, v in d.items()} for r, d in enumerate(c)]
+        steps.append(c)
+    return [[steps[t][r] for t in range(len(steps))] for r in range(world_size)]
+
+
+def test_counters_agree_with_brute_force(two_workers):
+    ids, _ = _data(2)
+    expected = _brute_force_counters(ids, _placement("plan", ids, 2, store_rate=0.5), bound=2, world_size=2)
+    for rank, r in enumerate(two_workers):
+        assert r[1]["counters"] == expected[rank]
+    assert sum(d["mirror_hits"] for d in expected[0]) > 0 and sum(d["rows_pushed"] for d in expected[0]) > 0

@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from hetgmp.embedding.config import EmbeddingConfig
 from hetgmp.embedding.init import initial_rows
+from hetgmp.embedding.placement import Placement
 
 
 def skewed_batches(num_ids: int, steps: int, rows: int, fields: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -34,6 +35,18 @@ def skewed_batches(num_ids: int, steps: int, rows: int, fields: int, seed: int) 
     perm = rng.permutation(num_ids)
     ids = perm[(num_ids * rng.random((steps, rows, fields)) ** 3).astype(np.int64)]
     return ids, rng.integers(0, 2, size=(steps, rows)).astype(np.float32)
+
+
+def plan_like(ids: np.ndarray, num_ids: int, world_size: int, store_rate: float, seed: int = 5) -> Placement:
+    """A hand-made plan: seeded owners; each rank mirrors its most-read remote ids (top `store_rate`)."""
+    owner = np.random.default_rng(seed).integers(0, world_size, num_ids).astype(np.int16)
+    rows = ids.shape[1] // world_size
+    lists = []
+    for rank in range(world_size):
+        reads = np.bincount(ids[:, rank * rows : (rank + 1) * rows].ravel(), minlength=num_ids)
+        remote = np.nonzero((owner != rank) & (reads > 0))[0]
+        lists.append(remote[np.argsort(-reads[remote], kind="stable")])
+    return Placement.from_plan(owner, lists, store_rate)
 
 
 def toy_model(fields: int, dim: int, seed: int, device: torch.device) -> torch.nn.Linear:
