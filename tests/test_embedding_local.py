@@ -48,6 +48,11 @@ def test_state_dict_round_trip():
     fresh.load_state_dict(emb.state_dict())
     assert torch.equal(fresh.gather_table(), emb.gather_table())
     assert torch.equal(fresh.acc, emb.acc) and torch.equal(fresh.version, emb.version)
+    sgd_state = {k: v for k, v in emb.state_dict().items() if k != "accumulator"}
+    with pytest.raises(HetGMPError, match="lacks accumulator"):
+        fresh.load_state_dict(sgd_state)
+    with pytest.raises(HetGMPError, match="4 wide"):
+        fresh.load_state_dict({**emb.state_dict(), "values": torch.zeros(50, 5)})
 
 
 def test_memory_check_says_how_much_and_what_to_change():

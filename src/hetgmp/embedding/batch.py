@@ -48,3 +48,13 @@ class BatchRows:
             return None
         counts_U = torch.bincount(self.inverse.reshape(-1), minlength=len(self.uids_U))
         return self.leaf_UD.grad, counts_U
+
+
+def split_by_kind(kind_N: torch.Tensor, kinds: int) -> list[torch.Tensor]:
+    """Indices of the entries of each kind 0 .. kinds-1, with one host read of the sizes.
+
+    kind_N = [2, 0, 2, 1] -> [tensor([1]), tensor([3]), tensor([0, 2])]
+    (a stable sort and one bincount replace a boolean mask per kind, each of
+    which would wait for the device)."""
+    order = torch.argsort(kind_N, stable=True)
+    return list(torch.split(order, torch.bincount(kind_N, minlength=kinds).tolist()))

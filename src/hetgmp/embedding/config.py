@@ -48,3 +48,19 @@ class EmbeddingConfig:
     @property
     def adagrad(self) -> bool:
         return self.optimizer == "rowwise_adagrad"
+
+
+def check_state_dict(sd: dict, config: EmbeddingConfig) -> None:
+    """Refuse an embedding state written for another optimizer or row width, naming the difference."""
+    need = ["ids", "values", "versions"] + (["accumulator"] if config.adagrad else [])
+    missing = [k for k in need if k not in sd]
+    if missing:
+        raise HetGMPError(
+            f"the checkpoint's embedding state lacks {', '.join(missing)} (this table uses optimizer {config.optimizer}): "
+            "resume with the --sparse-optimizer the checkpoint was written with"
+        )
+    if sd["values"].dim() != 2 or sd["values"].shape[1] != config.dim:
+        raise HetGMPError(
+            f"the checkpoint's embedding rows are {tuple(sd['values'].shape)} but this table is {config.dim} wide: "
+            "resume with the --embed-dim and --model the checkpoint was written with"
+        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from hetgmp.embedding.batch import BatchRows
-from hetgmp.embedding.config import EmbeddingConfig
+from hetgmp.embedding.config import EmbeddingConfig, check_state_dict
 from hetgmp.embedding.counters import StepCounters
 from hetgmp.embedding.init import initial_rows
 from hetgmp.embedding.memory import check_memory, memory_bytes
@@ -77,6 +77,7 @@ class LocalEmbedding:
         return sd
 
     def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        check_state_dict(sd, self.config)
         ids = sd["ids"].to(self.device)
         if len(ids) != self.config.num_ids or not torch.equal(ids, torch.arange(self.config.num_ids, device=self.device)):
             raise HetGMPError(

@@ -36,11 +36,13 @@ tensors along, so the round can later be issued asynchronously.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from hetgmp.distributed import DistContext
-from hetgmp.embedding.batch import BatchRows
-from hetgmp.embedding.config import EmbeddingConfig
+from hetgmp.embedding.batch import BatchRows, split_by_kind
+from hetgmp.embedding.config import EmbeddingConfig, check_state_dict
 from hetgmp.embedding.counters import StepCounters
 from hetgmp.embedding.exchange import (
     MUST_FETCH, Outgoing, Received, Traffic, exchange_records, from_record, gather_primaries, to_record,
@@ -52,11 +54,23 @@ from hetgmp.embedding.store import RowStore
 from hetgmp.errors import HetGMPError
 
 
+@dataclass
 class OwnGradients:
     """Gradients of rows this worker owns, held until the pushed ones arrive."""
 
-    def __init__(self, slots: torch.Tensor, grads: torch.Tensor, counts: torch.Tensor) -> None:
-        self.slots, self.grads, self.counts = slots, grads, counts
+    slots: torch.Tensor   # int64 [N] primary slots
+    grads: torch.Tensor   # float32 [N, D] summed over the step's occurrences
+    counts: torch.Tensor  # int64 [N] occurrences
+
+
+@dataclass
+class Reads:
+    """The requests of one round's reads, and what the counters need of them."""
+
+    requests: Outgoing   # (id, version) records sorted by owner, mirrors first within an owner
+    index: torch.Tensor  # for each request, its index in the batch's unique ids
+    distinct: int        # unique ids read
+    mirrors: int         # requests for mirrors (the rest are for ids not stored here)
 
 
 class ShardedEmbedding:
@@ -72,7 +86,7 @@ class ShardedEmbedding:
         self._current = StepCounters()
         self._last: BatchRows | None = None
         self._next: BatchRows | None = None
-        self.max_lag_served = 0  # largest lag (updates) of a fresh mirror read this worker served as owner
+        self._max_lag = torch.zeros(1, dtype=torch.int64, device=ctx.device)
 
     # ---- the table's interface ----
 
@@ -123,6 +137,7 @@ class ShardedEmbedding:
 
     def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         """Load this worker's primaries; mirrors are fetched again at their next read."""
+        check_state_dict(sd, self.config)
         s, n = self.store, self.store.num_primaries
         if len(sd["ids"]) != n or not torch.equal(sd["ids"].to(self.device), s.ids[:n]):
             raise HetGMPError(
@@ -140,6 +155,11 @@ class ShardedEmbedding:
         s, n = self.store, self.store.num_primaries
         return gather_primaries(s.ids[:n], s.rows[:n], self.config.num_ids)
 
+    @property
+    def max_lag_served(self) -> int:
+        """Largest lag (in updates) of a fresh mirror read that this worker served as owner."""
+        return int(self._max_lag.item())
+
     def memory_bytes_per_worker(self) -> int:
         return memory_bytes(self.config, self.world, self.store.num_primaries, self.store.num_mirrors)
 
@@ -147,16 +167,15 @@ class ShardedEmbedding:
 
     def _write(self, batch: BatchRows, grad_UD: torch.Tensor, counts_U: torch.Tensor):
         """Split the gradient by kind of row: (own gradients, mirror delta pushes, gradient pushes)."""
-        owned = batch.owner_U == self.rank
-        own = OwnGradients(batch.slot_U[owned], grad_UD[owned], counts_U[owned])
-        mirror = ~owned & (batch.slot_U >= 0)
-        if self.config.bound == 0:
-            mirror.zero_()  # every non-owned row pushes its gradient: see the module docstring
-        deltas = self._update_mirrors(batch.slot_U[mirror], grad_UD[mirror], counts_U[mirror])
-        remote = ~owned & ~mirror
-        ids = batch.uids_U[remote]
-        words = to_record([ids, counts_U[remote]], [grad_UD[remote]])
-        return own, deltas, Outgoing.sort(batch.owner_U[remote], words, self.world)
+        # kind 0: owned; 1: mirror updated locally (bound > 0 only: see the module
+        # docstring); 2: gradient pushed to the owner (not stored, or mirror at bound 0).
+        mirror = (batch.slot_U >= 0) & (self.config.bound > 0)
+        kind = torch.where(batch.owner_U == self.rank, 0, torch.where(mirror, 1, 2))
+        own_i, mirror_i, push_i = split_by_kind(kind, 3)
+        own = OwnGradients(batch.slot_U[own_i], grad_UD[own_i], counts_U[own_i])
+        deltas = self._update_mirrors(batch.slot_U[mirror_i], grad_UD[mirror_i], counts_U[mirror_i])
+        words = to_record([batch.uids_U[push_i], counts_U[push_i]], [grad_UD[push_i]])
+        return own, deltas, Outgoing.sort(batch.owner_U[push_i], words, self.world)
 
     def _update_mirrors(self, slots: torch.Tensor, grad: torch.Tensor, counts: torch.Tensor) -> Outgoing:
         """bound > 0: apply locally, accumulate pending, and push the mirrors whose count exceeds the bound."""
@@ -194,41 +213,39 @@ class ShardedEmbedding:
     def _round(self, pushes, batch: BatchRows | None) -> StepCounters:
         """Push, apply, serve and gather: the stages of the module docstring, for one round."""
         own, deltas, grads = pushes if pushes is not None else (None, self._take_pending(self._no_rows()), self._empty_grads())
-        requests, req_index = self._route_reads(batch)
+        reads = self._route_reads(batch)
         traffic = Traffic()
-        got_deltas, got_grads, got_requests = exchange_records([deltas, grads, requests], traffic, self.rank)
+        got_deltas, got_grads, got_requests = exchange_records([deltas, grads, reads.requests], traffic, self.rank)
         self._apply_pushes(got_deltas, got_grads, own)
         (got_answers,) = exchange_records([self._serve(got_requests)], traffic, self.rank)
-        mirror_refreshed = self._gather(batch, requests, req_index, got_answers)
-        counters = StepCounters(
+        refreshed = self._gather(batch, reads, got_answers)
+        return StepCounters(
+            distinct_ids=reads.distinct, local_hits=reads.distinct - len(reads.index), mirror_hits=reads.mirrors - refreshed,
             rows_fetched=len(got_answers.words), rows_pushed=len(deltas.words) + len(grads.words),
             bytes_sent=traffic.sent, bytes_received=traffic.received,
         )
-        if batch is not None:
-            remote_slots = batch.slot_U[req_index]
-            counters.distinct_ids = len(batch.uids_U)
-            counters.local_hits = len(batch.uids_U) - len(req_index)
-            counters.mirror_hits = int((remote_slots >= 0).sum()) - mirror_refreshed
-        return counters
 
     def _no_rows(self) -> torch.Tensor:
         return torch.zeros(0, dtype=torch.int64, device=self.device)
 
-    def _route_reads(self, batch: BatchRows | None) -> tuple[Outgoing, torch.Tensor]:
+    def _route_reads(self, batch: BatchRows | None) -> Reads:
         """Locate the batch's unique ids; a request (id, local version) for every id not owned here.
 
-        Returns the requests sorted by owner and, for each, its index in batch.uids_U."""
+        The requests are sorted by owner, and within an owner mirrors first."""
         if batch is None:
-            return Outgoing.empty(4, self.world, self.device), self._no_rows()
-        s = self.store
+            return Reads(Outgoing.empty(4, self.world, self.device), self._no_rows(), 0, 0)
+        s, world = self.store, self.world
         batch.owner_U, batch.slot_U = s.locate(batch.uids_U)
-        remote = torch.nonzero(batch.owner_U != self.rank).squeeze(1)
-        owners, slots = batch.owner_U[remote], batch.slot_U[remote]
-        order = torch.argsort(owners, stable=True)
-        remote, owners, slots = remote[order], owners[order], slots[order]
+        key = torch.where(batch.owner_U == self.rank, 2 * world, 2 * batch.owner_U + (batch.slot_U < 0))
+        order = torch.argsort(key, stable=True)
+        sizes = torch.bincount(key, minlength=2 * world + 1).tolist()
+        remote = order[: sum(sizes[: 2 * world])]
+        slots = batch.slot_U[remote]
         version = torch.where(slots >= 0, s.version[slots.clamp(min=0)], MUST_FETCH)
         words = to_record([batch.uids_U[remote], version], [])
-        return Outgoing(words, torch.bincount(owners, minlength=self.world)), remote
+        per_owner = [sizes[2 * q] + sizes[2 * q + 1] for q in range(world)]
+        requests = Outgoing(words, torch.tensor(per_owner, device=self.device))
+        return Reads(requests, remote, len(batch.uids_U), sum(sizes[0 : 2 * world : 2]))
 
     def _apply_pushes(self, got_deltas: Received, got_grads: Received, own: OwnGradients | None) -> None:
         """Owner side: add pushed mirror deltas, then one optimizer step per row on its summed gradient."""
@@ -261,28 +278,28 @@ class ShardedEmbedding:
         slots = s.slot[ids].long()
         primary_version = s.version[slots]
         fresh = (versions != MUST_FETCH) & (primary_version <= versions + self.config.bound)
-        if bool(fresh.any()):
-            self.max_lag_served = max(self.max_lag_served, int((primary_version - versions)[fresh].max()))
+        lag = torch.where(fresh, primary_version - versions, 0)
+        self._max_lag = torch.cat([lag, self._max_lag]).max().reshape(1)  # stays on the device
         sel = torch.nonzero(~fresh).squeeze(1)
         floats = [s.rows[slots[sel]]] + ([s.acc[slots[sel]]] if s.acc is not None else [])
         words = to_record([got_requests.positions()[sel], primary_version[sel]], floats)
         return Outgoing(words, torch.bincount(got_requests.sources()[sel], minlength=self.world))
 
-    def _gather(self, batch: BatchRows | None, requests: Outgoing, req_index: torch.Tensor, got_answers: Received) -> int:
+    def _gather(self, batch: BatchRows | None, reads: Reads, got_answers: Received) -> int:
         """Reader side: refresh answered mirrors, then assemble the batch's rows. Returns mirrors refreshed."""
         if batch is None:
             return 0
         s = self.store
         (pos, version), floats = from_record(got_answers.words, 2, [self.config.dim] + self.acc_cols)
-        starts = torch.cumsum(requests.counts_P, 0) - requests.counts_P
-        answered = req_index[starts[got_answers.sources()] + pos]  # indices into batch.uids_U
+        starts = torch.cumsum(reads.requests.counts_P, 0) - reads.requests.counts_P
+        answered = reads.index[starts[got_answers.sources()] + pos]  # indices into batch.uids_U
         slot = batch.slot_U[answered]
-        mirror = slot >= 0
-        refreshed, pend = slot[mirror], slot[mirror] - s.num_primaries
-        s.rows[refreshed] = floats[0][mirror] + s.pending[pend]
-        s.version[refreshed] = version[mirror]
+        mirror_i, fetched_i = split_by_kind((slot < 0).long(), 2)
+        refreshed, pend = slot[mirror_i], slot[mirror_i] - s.num_primaries
+        s.rows[refreshed] = floats[0][mirror_i] + s.pending[pend]
+        s.version[refreshed] = version[mirror_i]
         if s.acc is not None:
-            s.acc[refreshed] = floats[1][mirror].squeeze(1) + s.pending_acc[pend]
+            s.acc[refreshed] = floats[1][mirror_i].squeeze(1) + s.pending_acc[pend]
         batch.rows_UD = s.rows[batch.slot_U.clamp(min=0)]
-        batch.rows_UD[answered[~mirror]] = floats[0][~mirror]
+        batch.rows_UD[answered[fetched_i]] = floats[0][fetched_i]
         return len(refreshed)
