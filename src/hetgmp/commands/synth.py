@@ -13,6 +13,7 @@ _KNOBS = (
     ("--group-exponent", "group_exponent", "power-law exponent of community sizes"),
     ("--in-group", "in_group", "probability that a large field's id comes from the row's community pool"),
     ("--pool-fraction", "pool_fraction", "community pool size per expected community row, times min(1, cap/rows)"),
+    ("--pool-overlap", "pool_overlap", "fraction of a community pool shared with the previous community's"),
     ("--pool-zipf", "pool_zipf", "Zipf exponent of id popularity inside a community pool"),
     ("--zipf", "zipf", "Zipf exponent of global id popularity in every field"),
     ("--large-field", "large_field", "fields with a larger vocabulary cap draw from community pools"),

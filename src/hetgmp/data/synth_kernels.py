@@ -92,3 +92,12 @@ def planted_logit(ids, dense, weights, coef, factors, factor_base, pairs, out):
         out[i] = z
 
 
+
+
+@numba.njit(parallel=True, cache=True)
+def remap_inplace(ids, lut):
+    """ids[i, j] = lut[ids[i, j]] for a (n, F) block: raw global ids to compacted ones."""
+    n, width = ids.shape
+    for i in numba.prange(n):
+        for j in range(width):
+            ids[i, j] = lut[ids[i, j]]

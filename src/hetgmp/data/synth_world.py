@@ -20,9 +20,11 @@ How one row is drawn (26 sparse fields, 13 dense features):
      slot space; slot k of the run is taken with Zipf(`pool_zipf`) weight,
      and slot s maps to raw id ((s mod V_f)·mul' + add') mod V_f, so one
      group's ids are spread over the id space, never a contiguous range.
-     Pool sizes are `pool_fraction` · (expected group rows) · min(1, V_f/rows):
-     when the pools together need more slots than V_f they wrap around and
-     share ids (mid-size fields); in the huge fields they are private.
+     Group g's run starts `pool_overlap` of the way back into group g-1's, so
+     neighbouring groups share ids. Pool sizes are `pool_fraction` ·
+     (expected group rows) · min(1, V_f/rows); when the pools together need
+     more slots than V_f they wrap around and share more ids (mid-size
+     fields). In the huge fields the rest of a pool is private.
 3. Dense features: count = floor(exp(mu_j + load_j·a_g + sigma_j·eps)),
    zero with probability miss_j (Criteo's empty cells), stored as log(count+1).
    a_g is the group's activity, so dense features carry community signal.
@@ -77,6 +79,7 @@ class SynthConfig:
     group_exponent: float = 0.8
     in_group: float = 0.8
     pool_fraction: float = 1.0
+    pool_overlap: float = 0.25
     pool_zipf: float = 1.0
     zipf: float = 1.05
     large_field: int = 10_000
@@ -127,6 +130,7 @@ def validate(config: SynthConfig) -> None:
         (0 < config.test_fraction < 1, f"--test-fraction {config.test_fraction}: must be in (0, 1)"),
         (0 <= config.in_group <= 1, f"--in-group {config.in_group}: must be in [0, 1]"),
         (config.pool_fraction > 0, f"--pool-fraction {config.pool_fraction}: must be positive"),
+        (0 <= config.pool_overlap < 1, f"--pool-overlap {config.pool_overlap}: must be in [0, 1)"),
         (0 < config.click_rate < 1, f"--click-rate {config.click_rate}: must be in (0, 1)"),
         (config.chunk_rows >= 1, f"--chunk-rows {config.chunk_rows}: must be at least 1"),
         (config.groups >= 0, f"--groups {config.groups}: must be 0 (automatic) or positive"),
@@ -195,7 +199,12 @@ def build_world(config: SynthConfig) -> World:
     expected_rows = config.rows * group_probabilities(groups, config.group_exponent)
     share = np.minimum(1.0, caps[large] / config.rows)
     pool_size = np.maximum(1, np.rint(config.pool_fraction * np.outer(expected_rows, share))).astype(np.int64)
-    pool_start = np.cumsum(pool_size, axis=0) - pool_size
+    # Each pool begins `pool_overlap` of the way back into the previous
+    # group's: neighbouring communities share some ids (communities of
+    # communities), so some ids are used across parts even when every
+    # community sits whole on one part.
+    step = np.maximum(1, np.rint(pool_size * (1.0 - config.pool_overlap))).astype(np.int64)
+    pool_start = np.cumsum(step, axis=0) - step
     pool_span, pool_inv_a = zipf_span(pool_size, config.pool_zipf)
     raw_offsets = np.cumsum(caps) - caps
     factors, factor_base = _pair_factors(config, caps, raw_offsets, rng(4))

@@ -22,8 +22,9 @@ global id (field offsets included). Example with caps [3, 4], used raw ids
 offsets [0, 2].
 
 Rows are i.i.d., so the test split is simply the last `test_fraction` of
-them. The output is byte-identical for the same arguments (chunk_rows
-included), whatever the machine. With `save_groups`, each row's latent group
+them. The same arguments (chunk_rows included) give byte-identical arrays
+for any thread count; across CPUs and library versions exp/pow may round
+differently in the last bit, which can move an id across a rank boundary. With `save_groups`, each row's latent group
 is also written (`train_groups.npy`, `test_groups.npy`, int32) for checking
 partitioners against the truth; loaders ignore these files.
 """
@@ -75,9 +76,11 @@ class _SplitFile:
             view[:] = block[part]
 
     def remap(self, start: int, n: int, lut: np.ndarray) -> None:
-        """Replace every stored value v of rows [start, start+n) by lut[v], in place."""
+        """Replace every stored id v of rows [start, start+n) by lut[v], in place."""
+        from hetgmp.data.synth_kernels import remap_inplace
+
         for view, _ in self._regions(start, n):
-            view[:] = lut[view]
+            remap_inplace(np.asarray(view), lut)
 
 
 def _chunks(config: SynthConfig):
