@@ -22,17 +22,16 @@ from hetgmp.embedding.config import EmbeddingConfig
 from hetgmp.embedding.counters import StepCounters
 from hetgmp.embedding.local import LocalEmbedding
 from hetgmp.embedding.placement import Placement
+from hetgmp.embedding.sharded import ShardedEmbedding
 from hetgmp.errors import HetGMPError
 
-__all__ = ["EmbeddingConfig", "LocalEmbedding", "Placement", "StepCounters", "build_embedding"]
+__all__ = ["EmbeddingConfig", "LocalEmbedding", "Placement", "ShardedEmbedding", "StepCounters", "build_embedding"]
 
 
 def build_embedding(config: EmbeddingConfig, placement: Placement | None, ctx: DistContext):
     """world_size 1 -> LocalEmbedding (a plain table); else ShardedEmbedding (placement required)."""
     if ctx.world_size == 1:
         return LocalEmbedding(config, ctx.device)
-    from hetgmp.embedding.sharded import ShardedEmbedding
-
     if placement is None:
         raise HetGMPError(
             f"{ctx.world_size} workers need a placement of the embedding rows: pass a partition plan "
