@@ -32,3 +32,22 @@ def write_planted(directory: Path, train_rows: int = 4000, test_rows: int = 1000
         save_split(directory, split, dense, sparse, labels)
     write_meta(directory, meta)
     return meta
+
+
+def write_plan(dataset: Path, path: Path, parts: int = 2, gpus_per_node: int = 8) -> None:
+    """A simple valid plan for `dataset`: samples by their first id, rows round-robin,
+    each part's candidates the remote ids it reads, most used first."""
+    from hetgmp.data.arrays import load_dataset
+    from hetgmp.partition.plan import PartitionPlan
+
+    ds = load_dataset(dataset)
+    ids = np.asarray(ds.train.sparse, dtype=np.int64)
+    owner = np.arange(ds.meta.num_ids) % parts
+    data_partition = (ids[:, 0] % parts).astype(np.int32)
+    lists = []
+    for p in range(parts):
+        counts = np.bincount(ids[data_partition == p].ravel(), minlength=ds.meta.num_ids)
+        remote = np.flatnonzero((counts > 0) & (owner != p))
+        lists.append(remote[np.argsort(-counts[remote], kind="stable")].astype(np.int32))
+    meta = {"parts": parts, "gpus_per_node": gpus_per_node, "num_ids": ds.meta.num_ids, "train_rows": ds.meta.train_rows}
+    PartitionPlan(owner.astype(np.int32), data_partition, lists, meta).save(path)

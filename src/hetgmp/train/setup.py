@@ -56,16 +56,12 @@ class Run:
 
 
 def load_plan(path: str, dataset: Dataset, ctx: DistContext):
-    """The partition plan, checked against the dataset and the job's shape."""
+    """The partition plan, checked against the dataset, the worker count and (across nodes) GPUs per node."""
     from hetgmp.partition.plan import PartitionPlan
 
     plan = PartitionPlan.load(path)
-    if plan.parts != ctx.world_size:
-        raise HetGMPError(
-            f"partition {path} has {plan.parts} parts but {ctx.world_size} workers were started: "
-            f"re-run `hetgmp partition --parts {ctx.world_size}` or start {plan.parts} workers"
-        )
-    plan.check(dataset.meta, ctx.world_size, gpus_per_node=ctx.local_world_size if ctx.world_size > ctx.local_world_size else None)
+    multi_node = ctx.world_size > ctx.local_world_size
+    plan.check(dataset.meta, ctx.world_size, gpus_per_node=ctx.local_world_size if multi_node else None, train_ids=dataset.train.sparse)
     return plan
 
 
