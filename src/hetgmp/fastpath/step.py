@@ -208,7 +208,7 @@ class FastStep:
             loss = F.binary_cross_entropy_with_logits(logits_B.float(), labels_B.float())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        grad_ND = emb_BFD.grad.view(B * nf, -1)
+        grad_ND = emb_BFD.grad.reshape(B * nf, -1).contiguous()
         if self.acc_E is not None and self.kernel == "triton" and self._scratch is None:
             self._scratch = new_scratch(len(ids_N), grad_ND.shape[1], self.device)
         sparse_update(self.table_ED, ids_N, grad_ND, self.cfg.lr, self.acc_E, self.cfg.adagrad_eps,

@@ -179,6 +179,9 @@ def fused_update(
     adagrad = acc_E is not None
     block_n, block_d = _tile_shape(D, adagrad, block_n)
     tiles = triton.cdiv(N, block_n)
+    if ids_N.dtype == torch.int64 and table_ED.shape[0] <= torch.iinfo(torch.int32).max:
+        # A radix sort pays per key bit: 32-bit keys take half the passes.
+        ids_N = ids_N.int()
     sorted_N, perm_N = torch.sort(ids_N)
     run_start_T = perm_N  # any int tensor: read only when ADAGRAD
     if adagrad:
