@@ -55,6 +55,14 @@ def test_state_dict_round_trip():
         fresh.load_state_dict({**emb.state_dict(), "values": torch.zeros(50, 5)})
 
 
+def test_ids_outside_the_table_are_refused():
+    emb = LocalEmbedding(EmbeddingConfig(num_ids=50, dim=4), CPU)
+    with pytest.raises(HetGMPError, match="holds id 50 .* ids 0..49"):
+        emb(torch.tensor([[1, 50]]))
+    with pytest.raises(HetGMPError, match="holds id -1"):
+        emb.read(torch.tensor([[-1, 3]]))
+
+
 def test_memory_check_says_how_much_and_what_to_change():
     with pytest.raises(HetGMPError, match=r"needs [0-9.]+ GiB per worker .* more workers"):
         LocalEmbedding(EmbeddingConfig(num_ids=10**12, dim=128), CPU)

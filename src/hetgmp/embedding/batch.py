@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hetgmp.errors import HetGMPError
+
 
 @dataclass
 class BatchRows:
@@ -29,10 +31,19 @@ class BatchRows:
     slot_U: torch.Tensor | None = None   # sharded tables: local slot, -1 if not stored here
 
     @classmethod
-    def of(cls, ids: torch.Tensor, device: torch.device) -> "BatchRows":
-        """Unique ids of a batch, rows still to be filled in."""
+    def of(cls, ids: torch.Tensor, device: torch.device, num_ids: int) -> "BatchRows":
+        """Unique ids of a batch, rows still to be filled in; ids outside [0, num_ids) are refused."""
         local = ids.to(device=device, dtype=torch.int64)
         uids_U, inverse = torch.unique(local, return_inverse=True)
+        if len(uids_U):
+            # unique() has already waited for the device: reading its ends costs one small copy,
+            # and saves a device-side assert (which kills the process) on a bad id.
+            low, high = uids_U[[0, -1]].tolist()
+            if low < 0 or high >= num_ids:
+                raise HetGMPError(
+                    f"the batch holds id {low if low < 0 else high} but the embedding table has ids 0..{num_ids - 1}: "
+                    "the dataset's ids and the table's num_ids (meta.json) disagree; re-run `hetgmp prepare`"
+                )
         return cls(ids, uids_U, inverse, torch.empty(0, device=device))
 
     def output(self, requires_grad: bool) -> torch.Tensor:

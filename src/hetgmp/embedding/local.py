@@ -33,7 +33,7 @@ class LocalEmbedding:
         self._last: BatchRows | None = None
 
     def _batch(self, ids: torch.Tensor) -> BatchRows:
-        batch = BatchRows.of(ids, self.device)
+        batch = BatchRows.of(ids, self.device, self.config.num_ids)
         batch.rows_UD = self.table[batch.uids_U]
         return batch
 

@@ -95,7 +95,7 @@ class ShardedEmbedding:
         passed to the last step(next_ids=...), else read now (a collective)."""
         batch, self._next = self._next, None
         if batch is None or batch.ids is not ids_BF:
-            batch = BatchRows.of(ids_BF, self.device)
+            batch = BatchRows.of(ids_BF, self.device, self.config.num_ids)
             with torch.no_grad():
                 self._current.add(self._round(None, batch))
         self._last = batch
@@ -104,7 +104,7 @@ class ShardedEmbedding:
     @torch.no_grad()
     def read(self, ids_BF: torch.Tensor) -> torch.Tensor:
         """Current rows without gradient (evaluation); a collective."""
-        batch = BatchRows.of(ids_BF, self.device)
+        batch = BatchRows.of(ids_BF, self.device, self.config.num_ids)
         self.totals.add(self._round(None, batch))
         return batch.output(requires_grad=False)
 
@@ -114,7 +114,7 @@ class ShardedEmbedding:
         batch, self._last = self._last, None
         grad = batch.gradient() if batch is not None else None
         pushes = self._write(batch, *grad) if grad is not None else None
-        self._next = BatchRows.of(next_ids, self.device) if next_ids is not None else None
+        self._next = BatchRows.of(next_ids, self.device, self.config.num_ids) if next_ids is not None else None
         self._current.add(self._round(pushes, self._next))
         self.counters, self._current = self._current, StepCounters()
         self.totals.add(self.counters)
@@ -149,6 +149,7 @@ class ShardedEmbedding:
         if s.acc is not None:
             s.acc[:n] = sd["accumulator"].to(self.device)
         s.forget_mirrors()
+        self._last = self._next = None  # rows read before the load are not the loaded ones
 
     def gather_table(self) -> torch.Tensor:
         """The full (E, D) table from every worker's primaries, on every worker; a collective."""
