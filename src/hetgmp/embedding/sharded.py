@@ -29,9 +29,13 @@ A mirror is fresh while mirror_version + bound >= primary_version; a
 refreshed mirror is the primary plus its own unpushed delta (and accumulator
 delta). Rows of ids not stored here are kept only for the step.
 
-Host syncs per round: the two count exchanges (split sizes must be on the
-host), plus the dynamic shapes of unique() and masks. The stages only pass
-tensors along, so the round can later be issued asynchronously.
+Host syncs per step (the host must know every variable size): unique() of
+the next ids, the sizes of the read and write classifications, the two count
+exchanges (split sizes of all_to_all_single live on the host), unique() of the
+owner's gradient rows, the outdated requests, the answered mirrors, and with
+bound > 0 the mirrors due for a push. The stages only pass tensors along, so
+the round can later be issued asynchronously (on its own stream and process
+group) without changing the protocol.
 """
 
 from __future__ import annotations
@@ -61,6 +65,15 @@ class OwnGradients:
     slots: torch.Tensor   # int64 [N] primary slots
     grads: torch.Tensor   # float32 [N, D] summed over the step's occurrences
     counts: torch.Tensor  # int64 [N] occurrences
+
+
+@dataclass
+class Pushes:
+    """What one worker sends its owners in a round."""
+
+    own: OwnGradients | None  # kept here: owned rows' gradients for the owner's update
+    deltas: Outgoing          # mirror pushes [id, count, delta (D), accumulator delta?]
+    grads: Outgoing           # gradient pushes [id, count, gradient (D)]
 
 
 @dataclass
@@ -124,7 +137,7 @@ class ShardedEmbedding:
         """Push every pending mirror delta; afterwards the primaries hold all updates. A collective."""
         s = self.store
         due = torch.nonzero(s.pending_count > 0).squeeze(1)
-        pushes = (None, self._take_pending(due), self._empty_grads())
+        pushes = Pushes(None, self._take_pending(due), self._empty_grads())
         self.totals.add(self._round(pushes, None))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -166,8 +179,8 @@ class ShardedEmbedding:
 
     # ---- write: this step's gradients ----
 
-    def _write(self, batch: BatchRows, grad_UD: torch.Tensor, counts_U: torch.Tensor):
-        """Split the gradient by kind of row: (own gradients, mirror delta pushes, gradient pushes)."""
+    def _write(self, batch: BatchRows, grad_UD: torch.Tensor, counts_U: torch.Tensor) -> Pushes:
+        """Split the step's gradient by kind of row; update mirrors (bound > 0) and build the pushes."""
         # kind 0: owned; 1: mirror updated locally (bound > 0 only: see the module
         # docstring); 2: gradient pushed to the owner (not stored, or mirror at bound 0).
         mirror = (batch.slot_U >= 0) & (self.config.bound > 0)
@@ -176,7 +189,7 @@ class ShardedEmbedding:
         own = OwnGradients(batch.slot_U[own_i], grad_UD[own_i], counts_U[own_i])
         deltas = self._update_mirrors(batch.slot_U[mirror_i], grad_UD[mirror_i], counts_U[mirror_i])
         words = to_record([batch.uids_U[push_i], counts_U[push_i]], [grad_UD[push_i]])
-        return own, deltas, Outgoing.sort(batch.owner_U[push_i], words, self.world)
+        return Pushes(own, deltas, Outgoing.sort(batch.owner_U[push_i], words, self.world))
 
     def _update_mirrors(self, slots: torch.Tensor, grad: torch.Tensor, counts: torch.Tensor) -> Outgoing:
         """bound > 0: apply locally, accumulate pending, and push the mirrors whose count exceeds the bound."""
@@ -211,18 +224,19 @@ class ShardedEmbedding:
 
     # ---- one exchange round ----
 
-    def _round(self, pushes, batch: BatchRows | None) -> StepCounters:
+    def _round(self, pushes: Pushes | None, batch: BatchRows | None) -> StepCounters:
         """Push, apply, serve and gather: the stages of the module docstring, for one round."""
-        own, deltas, grads = pushes if pushes is not None else (None, self._take_pending(self._no_rows()), self._empty_grads())
+        if pushes is None:
+            pushes = Pushes(None, self._take_pending(self._no_rows()), self._empty_grads())
         reads = self._route_reads(batch)
         traffic = Traffic()
-        got_deltas, got_grads, got_requests = exchange_records([deltas, grads, reads.requests], traffic, self.rank)
-        self._apply_pushes(got_deltas, got_grads, own)
+        got_deltas, got_grads, got_requests = exchange_records([pushes.deltas, pushes.grads, reads.requests], traffic, self.rank)
+        self._apply_pushes(got_deltas, got_grads, pushes.own)
         (got_answers,) = exchange_records([self._serve(got_requests)], traffic, self.rank)
         refreshed = self._gather(batch, reads, got_answers)
         return StepCounters(
             distinct_ids=reads.distinct, local_hits=reads.distinct - len(reads.index), mirror_hits=reads.mirrors - refreshed,
-            rows_fetched=len(got_answers.words), rows_pushed=len(deltas.words) + len(grads.words),
+            rows_fetched=len(got_answers.words), rows_pushed=len(pushes.deltas.words) + len(pushes.grads.words),
             bytes_sent=traffic.sent, bytes_received=traffic.received,
         )
 
