@@ -76,8 +76,25 @@ def _stale_run(ctx, bound):
                 max_lag_served=emb.max_lag_served, reloaded=reloaded.numpy(), mismatch=mismatch)
 
 
+def _setup_errors(ctx):
+    """The messages of refused set-ups, each raised before anything large is allocated."""
+    ids, _ = _data(ctx.world_size)
+    attempts = {
+        "no placement": lambda: build_embedding(_config("sgd"), None, ctx),
+        "wrong parts": lambda: build_embedding(_config("sgd"), Placement.random(NUM_IDS, 3, seed=0), ctx),
+        "memory": lambda: build_embedding(EmbeddingConfig(NUM_IDS, 10**9), _placement("plan", ids, ctx.world_size), ctx),
+    }
+    messages = {}
+    for name, attempt in attempts.items():
+        try:
+            attempt()
+        except HetGMPError as e:
+            messages[name] = str(e)
+    return messages
+
+
 def _two_worker_checks(ctx):
-    return _equivalence(ctx, EQUIVALENCE), _stale_run(ctx, bound=2)
+    return _equivalence(ctx, EQUIVALENCE), _stale_run(ctx, bound=2), _setup_errors(ctx)
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +207,10 @@ def test_counters_agree_with_brute_force(two_workers):
     for rank, r in enumerate(two_workers):
         assert r[1]["counters"] == expected[rank]
     assert sum(d["mirror_hits"] for d in expected[0]) > 0 and sum(d["rows_pushed"] for d in expected[0]) > 0
+
+
+def test_setup_errors_say_what_to_change(two_workers):
+    for r in two_workers:
+        assert "need a placement" in r[2]["no placement"]
+        assert "3 parts but 2 workers" in r[2]["wrong parts"]
+        assert "GiB per worker" in r[2]["memory"] and "more workers" in r[2]["memory"]
