@@ -110,3 +110,42 @@ def test_dispatch_runs_every_backend_alike():
     want = _apply(sparse_update_reference, *case)
     for backend in ("torch", "triton", "auto"):
         _assert_same(_apply(sparse_update, *case, backend=backend), want)
+
+
+# Argument types of the kernels as fused_update launches them (int32 ids after the cast).
+_REDUCE_TYPES = {
+    "table_ptr": "*fp32", "acc_ptr": "*fp32", "count_ptr": "*i64", "scratch_ptr": "*fp32", "sorted_ptr": "*i32",
+    "perm_ptr": "*i64", "grad_ptr": "*fp32", "run_start_ptr": "*i64", "N": "i32", "D": "i32", "stride_t": "i64",
+    "stride_g": "i64", "lr": "fp32", "eps": "fp32",
+}
+_CROSSING_TYPES = {
+    "table_ptr": "*fp32", "acc_ptr": "*fp32", "scratch_ptr": "*fp32", "sorted_ptr": "*i32", "N": "i32", "D": "i32",
+    "stride_t": "i64", "lr": "fp32", "eps": "fp32",
+}
+
+
+@needs_triton
+def test_kernels_compile_for_an_h100_without_one():
+    """The interpreter skips Triton's compiler; this builds real sm_90 machine code
+    (no GPU needed), so a kernel that would not compile fails here, not on the card."""
+    import subprocess
+    import sys
+
+    code = f"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from hetgmp.kernels import triton_update as tu
+const = lambda **kw: {{k: "constexpr" for k in kw}}
+for fn, types, consts in [
+    (tu._reduce_apply_kernel, {_REDUCE_TYPES!r}, dict(ADAGRAD=False, COUNT=True, BLOCK_N=64, BLOCK_D=32)),
+    (tu._reduce_apply_kernel, {_REDUCE_TYPES!r}, dict(ADAGRAD=True, COUNT=False, BLOCK_N=16, BLOCK_D=128)),
+    (tu._adagrad_crossing_kernel, {_CROSSING_TYPES!r}, dict(BLOCK_N=16, BLOCK_D=128)),
+]:
+    src = ASTSource(fn=fn, signature={{**types, **const(**consts)}}, constexprs=consts)
+    assert "cubin" in triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm
+"""
+    # A fresh process: this one runs Triton in interpreter mode.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
