@@ -97,7 +97,8 @@ def test_community_structure(small):
     random parts, yet communities still share ids (not all private)."""
     ds = load_dataset(small)
     groups = np.load(small / "train_groups.npy")
-    large = [f for f, cap in enumerate(ds.meta.extra["vocab_caps"]) if cap > SynthConfig(rows=1).large_field * SMALL["scale"]]
+    large = [f for f, cap in enumerate(ds.meta.extra["vocab_caps"]) if cap > SynthConfig(rows=2).large_field]
+    assert len(large) == 5  # C3, C4, C12, C16, C21 at scale 0.01
     ids = np.asarray(ds.train.sparse)[:, large]
 
     def distinct_per_part(part):
