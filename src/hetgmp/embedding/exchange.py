@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+Group = dist.ProcessGroup | None  # None: the default group
+
 WORD = torch.int32
 MUST_FETCH = -1  # the version a request carries for a row the reader does not hold
 
@@ -92,10 +94,10 @@ class Traffic:
     received: int = 0
 
 
-def exchange_counts(counts_PK: torch.Tensor, traffic: Traffic) -> tuple[list[list[int]], list[list[int]]]:
+def exchange_counts(counts_PK: torch.Tensor, traffic: Traffic, group: Group = None) -> tuple[list[list[int]], list[list[int]]]:
     """All-to-all of per-destination record counts [P, K]; returns (sent, received) on the host."""
     received = torch.empty_like(counts_PK)
-    dist.all_to_all_single(received, counts_PK)
+    dist.all_to_all_single(received, counts_PK, group=group)
     both = torch.stack([counts_PK, received]).cpu().tolist()
     others = (counts_PK.shape[0] - 1) * counts_PK.shape[1] * 8
     traffic.sent += others
@@ -103,17 +105,17 @@ def exchange_counts(counts_PK: torch.Tensor, traffic: Traffic) -> tuple[list[lis
     return both[0], both[1]
 
 
-def exchange_records(kinds: list[Outgoing], traffic: Traffic, rank: int) -> list[Received]:
+def exchange_records(kinds: list[Outgoing], traffic: Traffic, rank: int, group: Group = None) -> list[Received]:
     """One round: every kind of record to its destination, in one all_to_all_single."""
     world = len(kinds[0].counts_P)
-    sent, got = exchange_counts(torch.stack([k.counts_P for k in kinds], dim=1), traffic)
+    sent, got = exchange_counts(torch.stack([k.counts_P for k in kinds], dim=1), traffic, group)
     widths = [k.words.shape[1] for k in kinds]
     pieces = [torch.split(k.words, [row[i] for row in sent]) for i, k in enumerate(kinds)]
     send = torch.cat([pieces[i][q].reshape(-1) for q in range(world) for i in range(len(kinds))])
     send_splits = [sum(n * w for n, w in zip(row, widths)) for row in sent]
     recv_splits = [sum(n * w for n, w in zip(row, widths)) for row in got]
     recv = torch.empty(sum(recv_splits), dtype=WORD, device=send.device)
-    dist.all_to_all_single(recv, send, recv_splits, send_splits)
+    dist.all_to_all_single(recv, send, recv_splits, send_splits, group=group)
     traffic.sent += 4 * (sum(send_splits) - send_splits[rank])
     traffic.received += 4 * (sum(recv_splits) - recv_splits[rank])
     return _split_received(recv, got, widths)
@@ -130,18 +132,18 @@ def _split_received(recv: torch.Tensor, got: list[list[int]], widths: list[int])
     return [Received(torch.cat(parts), [row[i] for row in got]) for i, parts in enumerate(per_kind)]
 
 
-def gather_primaries(ids_N: torch.Tensor, values_N: torch.Tensor, num_ids: int) -> torch.Tensor:
+def gather_primaries(ids_N: torch.Tensor, values_N: torch.Tensor, num_ids: int, group: Group = None) -> torch.Tensor:
     """Assemble [E, ...] on every worker from each worker's (ids, values) of the rows it owns."""
     device = values_N.device
     count = torch.tensor([len(ids_N)], device=device)
-    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, count)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(counts, count, group=group)
     most = int(max(c.item() for c in counts))
     pad = most - len(ids_N)
     ids_all = [torch.empty(most, dtype=torch.int64, device=device) for _ in counts]
     vals_all = [torch.empty((most,) + values_N.shape[1:], dtype=values_N.dtype, device=device) for _ in counts]
-    dist.all_gather(ids_all, torch.cat([ids_N, ids_N.new_zeros(pad)]))
-    dist.all_gather(vals_all, torch.cat([values_N, values_N.new_zeros((pad,) + values_N.shape[1:])]))
+    dist.all_gather(ids_all, torch.cat([ids_N, ids_N.new_zeros(pad)]), group=group)
+    dist.all_gather(vals_all, torch.cat([values_N, values_N.new_zeros((pad,) + values_N.shape[1:])]), group=group)
     out = values_N.new_zeros((num_ids,) + values_N.shape[1:])
     for n, ids, vals in zip(counts, ids_all, vals_all):
         out[ids[: int(n.item())]] = vals[: int(n.item())]

@@ -60,7 +60,9 @@ def _loss(model: torch.nn.Module, emb_BFD: torch.Tensor, labels_B: torch.Tensor)
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels_B)
 
 
-def reference_run(config: EmbeddingConfig, ids: np.ndarray, labels: np.ndarray, dense_lr: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_run(
+    config: EmbeddingConfig, ids: np.ndarray, labels: np.ndarray, dense_lr: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Synchronous training on whole global batches with a dense table: (table, dense weight)."""
     table = initial_rows(torch.arange(config.num_ids), config, device).requires_grad_(True)
     acc = torch.full((config.num_ids,), config.adagrad_init, device=device)
@@ -87,6 +89,10 @@ def train_toy(emb, ids: np.ndarray, labels: np.ndarray, dense_lr: float, rank: i
               device: torch.device, hook: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
     """The contract's loop on this worker's slices of the global batches; returns the dense weight.
 
+    The dense all-reduce is started (async_op=True) before emb.step() and
+    waited for after it: the table exchanges rows over its own process group,
+    so the two overlap.
+
     `hook(t, ids_BF, grad_BFD)`, if given, runs after each emb.step() with the
     step's ids and the gradient of its embeddings (for instrumented checks)."""
     rows = ids.shape[1] // world_size
@@ -98,12 +104,14 @@ def train_toy(emb, ids: np.ndarray, labels: np.ndarray, dense_lr: float, rank: i
         out = emb(batch)
         out.retain_grad()
         (_loss(model, out, label) / world_size).backward()
-        with torch.no_grad():
-            for p in model.parameters():
-                if world_size > 1:
-                    dist.all_reduce(p.grad)
-                p -= dense_lr * p.grad
+        params = list(model.parameters())
+        works = [dist.all_reduce(p.grad, async_op=True) for p in params] if world_size > 1 else []
         emb.step(next_ids=local[t + 1] if t + 1 < len(local) else None)
+        for work in works:
+            work.wait()
+        with torch.no_grad():
+            for p in params:
+                p -= dense_lr * p.grad
         if hook is not None:
             hook(t, batch, out.grad)
     return model.weight.detach().clone()

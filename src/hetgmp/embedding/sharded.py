@@ -43,6 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from hetgmp.distributed import DistContext
 from hetgmp.embedding.batch import BatchRows, split_by_kind
@@ -93,6 +94,10 @@ class ShardedEmbedding:
         placement.validate(config.num_ids, ctx.world_size)
         self.config, self.rank, self.world, self.device = config, ctx.rank, ctx.world_size, ctx.device
         self.store = RowStore(config, placement, ctx.rank, ctx.device)
+        # Its own process group: the trainer may run the dense all-reduce
+        # (async_op=True) while step() exchanges rows, without the two
+        # collectives' order mattering.
+        self.group = dist.new_group(backend=ctx.backend)
         self.acc_cols = [1] if config.adagrad else []
         self.counters = StepCounters()
         self.totals = StepCounters()
@@ -167,7 +172,7 @@ class ShardedEmbedding:
     def gather_table(self) -> torch.Tensor:
         """The full (E, D) table from every worker's primaries, on every worker; a collective."""
         s, n = self.store, self.store.num_primaries
-        return gather_primaries(s.ids[:n], s.rows[:n], self.config.num_ids)
+        return gather_primaries(s.ids[:n], s.rows[:n], self.config.num_ids, self.group)
 
     @property
     def max_lag_served(self) -> int:
@@ -230,9 +235,9 @@ class ShardedEmbedding:
             pushes = Pushes(None, self._take_pending(self._no_rows()), self._empty_grads())
         reads = self._route_reads(batch)
         traffic = Traffic()
-        got_deltas, got_grads, got_requests = exchange_records([pushes.deltas, pushes.grads, reads.requests], traffic, self.rank)
+        got_deltas, got_grads, got_requests = exchange_records([pushes.deltas, pushes.grads, reads.requests], traffic, self.rank, self.group)
         self._apply_pushes(got_deltas, got_grads, pushes.own)
-        (got_answers,) = exchange_records([self._serve(got_requests)], traffic, self.rank)
+        (got_answers,) = exchange_records([self._serve(got_requests)], traffic, self.rank, self.group)
         refreshed = self._gather(batch, reads, got_answers)
         return StepCounters(
             distinct_ids=reads.distinct, local_hits=reads.distinct - len(reads.index), mirror_hits=reads.mirrors - refreshed,
