@@ -60,6 +60,10 @@ class FastStepConfig:
     adagrad_eps: added to sqrt(accumulator) before dividing.
     amp: "none" or "bf16" (autocast for the model's forward).
     tf32: let fp32 matmuls use TF32 tensor cores.
+    compile: run the model's forward (and so its backward) through
+        torch.compile, which fuses its elementwise work (DCN's cross layer
+        reads and writes B x (F*d + I) activations several times); compiled
+        during the warm-up steps, then captured like the rest.
     cuda_graph: capture the step in a CUDA graph (CUDA only).
     kernel: sparse update implementation: auto, triton, torch, reference.
     warmup_steps: eager steps before the capture.
@@ -72,6 +76,7 @@ class FastStepConfig:
     adagrad_eps: float = DEFAULT_EPS
     amp: str = "none"
     tf32: bool = False
+    compile: bool = False
     cuda_graph: bool = True
     kernel: str = "auto"
     warmup_steps: int = 3
@@ -135,6 +140,7 @@ class FastStep:
         self.cfg = cfg
         self.device = table_ED.device
         self.model = model
+        self._forward = torch.compile(model, dynamic=False) if cfg.compile else model
         self.table_ED = table_ED.detach()
         self.acc_E = acc_E
         if cfg.sparse_optimizer == "adagrad" and acc_E is None:
@@ -188,7 +194,9 @@ class FastStep:
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             loss = self._train(*inputs)
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        main = torch.cuda.current_stream(self.device)
+        main.wait_stream(side)
+        loss.record_stream(main)  # the caller reads it on its own stream
         return loss
 
     def _capture(self, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -204,7 +212,7 @@ class FastStep:
         with matmul_precision(self.cfg, self.device):
             emb_BFD = self.table_ED.index_select(0, ids_N).view(B, nf, -1).requires_grad_()
             with autocast(self.cfg, self.device):
-                logits_B = self.model(dense_BI, emb_BFD)
+                logits_B = self._forward(dense_BI, emb_BFD)
             loss = F.binary_cross_entropy_with_logits(logits_B.float(), labels_B.float())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
