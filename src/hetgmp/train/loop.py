@@ -2,9 +2,10 @@
 
 Gradient convention: every worker back-propagates its local mean loss divided
 by the world size, dense gradients are all-reduced with SUM (one flattened
-buffer, one collective per step), and the embedding applies the sparse
-gradients it receives unscaled. The result is the gradient of the global
-batch's mean loss; with one worker it is the plain mean loss.
+buffer, one collective per step, overlapping the table's exchange), and the
+embedding applies the sparse gradients it receives unscaled. The result is the
+gradient of the global batch's mean loss; with one worker it is the plain
+mean loss.
 
 The steady-state loop never waits on the device: each step's loss and
 correct count go into a device-side window, read (`.item()`) only at log,
@@ -17,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -92,32 +93,41 @@ def train_loop(run: Run, start: int, log: RunLog) -> dict[str, Any]:
 
 
 def train_step(run: Run, batch: Batch, next_batch: Batch | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step; returns the local mean loss and correct count as device scalars."""
+    """One step; returns the local mean loss and correct count as device scalars.
+
+    The dense all-reduce runs while the table exchanges rows (`emb.step` uses
+    its own process group), and the dense optimizer steps once it is done.
+    """
     emb_BFD = run.emb(batch.ids)
     logits_B = run.model(batch.dense, emb_BFD)
     loss = F.binary_cross_entropy_with_logits(logits_B, batch.labels)
     run.dense_opt.zero_grad(set_to_none=False)
     (loss / run.ctx.world_size).backward()
-    all_reduce_gradients(run)
-    run.dense_opt.step()
+    finish_all_reduce = start_gradient_all_reduce(run)
     run.emb.step(next_ids=None if next_batch is None else next_batch.ids)
+    finish_all_reduce()
+    run.dense_opt.step()
     correct = ((logits_B.detach() > 0) == (batch.labels > 0.5)).sum()
     return loss.detach(), correct
 
 
-def all_reduce_gradients(run: Run) -> None:
-    """SUM the dense gradients over workers through one flattened buffer."""
+def start_gradient_all_reduce(run: Run) -> Callable[[], None]:
+    """Start SUMming the dense gradients over workers in one flattened buffer;
+    the returned function waits and writes the sums back into `.grad`."""
     if run.ctx.world_size == 1:
-        return
+        return lambda: None
     params = [p for p in run.model.parameters() if p.requires_grad]
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset: offset + n].view_as(p)
-        offset += n
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    work = dist.all_reduce(flat, async_op=True)
+
+    def finish() -> None:
+        work.wait()
+        offset = 0
+        for p in params:
+            p.grad = flat[offset: offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+    return finish
 
 
 class Clock:
