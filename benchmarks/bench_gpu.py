@@ -81,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tiny = args.device == "cpu" and args.quick
     args.configs = args.configs or ("64x4" if tiny else "8192x16,8192x128,65536x16")
     args.variants = args.variants or ",".join(v for v in VARIANTS if not (tiny and v in SLOW_ON_CPU))
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}: choose from {', '.join(VARIANTS)}")
     args.vocab_cap = args.vocab_cap or (100 if tiny else None)
     args.isolate = args.isolate or ("cell" if args.device == "cuda" else "none")
     args.warmup, args.steps, args.repeats = (1, 1, 2) if tiny else (6, 20, 3) if args.quick else (10, 50, 5)
@@ -143,23 +146,24 @@ def time_yardstick(model: str, batch: int, dim: int, args: argparse.Namespace) -
     return seconds_per_step(step, batches, args.warmup, args.steps, args.repeats)
 
 
-def run_cell(model: str, batch: int, dim: int, args: argparse.Namespace) -> list[dict]:
-    """The yardstick, each variant, and the fastest variant with row-wise Adagrad."""
-    rows = []
+def run_cell(model: str, batch: int, dim: int, args: argparse.Namespace, rows: list[dict], save=lambda: None) -> None:
+    """Append the yardstick's row, each variant's, and the fastest variant's with
+    row-wise Adagrad to `rows`, calling save() after each."""
+    first = len(rows)
 
     def record(variant: str, fn) -> None:
         print(f"[{model} {batch}x{dim}] {variant} ...", flush=True)
         rows.append({"model": model, "batch": batch, "dim": dim, "variant": variant, **measured(fn, args.device)})
+        save()
 
     record("yardstick", lambda: time_yardstick(model, batch, dim, args))
     for name in args.variants.split(","):
         record(name, lambda name=name: time_fast(model, batch, dim, fast_config(args, **VARIANTS[name]), args))
-    timed = [r for r in rows[1:] if r["sec"] is not None]
+    timed = [r for r in rows[first + 1:] if r["sec"] is not None]
     if timed:
         best = min(timed, key=lambda r: r["sec"])["variant"]
         cfg = fast_config(args, sparse_optimizer="adagrad", **VARIANTS[best])
         record(f"{best}+adagrad", lambda: time_fast(model, batch, dim, cfg, args))
-    return rows
 
 
 def max_diffs(fast: FastStep, ref: ReferenceStep) -> dict:
@@ -186,8 +190,8 @@ def check_one(model: str, overrides: dict, args: argparse.Namespace) -> dict:
     return {**max_diffs(fast, ref), "loss": loss_diff}
 
 
-def run_checks(args: argparse.Namespace) -> list[dict]:
-    out = []
+def run_checks(args: argparse.Namespace, out: list[dict], save=lambda: None) -> None:
+    """Append one line per (model, checked variant) to `out`, calling save() after each."""
     models = args.models.split(",")
     for model in models:
         for name, overrides in CHECKS.items():
@@ -204,20 +208,23 @@ def run_checks(args: argparse.Namespace) -> list[dict]:
                 traceback.print_exc()
                 out.append({"check": f"{model} {name}", "text": f"error {type(exc).__name__}: {exc}"[:200], "ok": False})
             print(f"check {out[-1]['check']}: {out[-1]['text']}", flush=True)
-    return out
+            save()
 
 
-def in_child(args: argparse.Namespace, extra: list[str]) -> dict:
-    """Re-run this script for one piece of work; its output streams through."""
+def in_child(args: argparse.Namespace, extra: list[str]) -> tuple[dict, str | None]:
+    """Re-run this script for one piece of work; its output streams through.
+
+    Returns what the child saved (it saves after every row, so a child that
+    dies keeps the rows before the fault) and an error if it did not finish.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "out.json"
         cmd = [sys.executable, __file__, "--device", args.device, "--kernel", args.kernel, "--variants", args.variants,
                "--child-json", str(path), *(["--quick"] if args.quick else []),
                *(["--vocab-cap", str(args.vocab_cap)] if args.vocab_cap else []), *extra]
-        proc = subprocess.run(cmd)
-        if path.exists():
-            return json.loads(path.read_text())
-        return {"error": f"child process exited with status {proc.returncode} (its output is above)"}
+        code = subprocess.run(cmd).returncode
+        got = json.loads(path.read_text()) if path.exists() else {}
+    return got, None if code == 0 else f"child process exited with status {code} (its output is above)"
 
 
 def gather(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
@@ -225,17 +232,18 @@ def gather(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     checks, rows = [], []
     if not args.skip_check:
         if args.isolate == "cell":
-            got = in_child(args, ["--models", args.models, "--check-only"])
-            checks = got.get("checks") or [{"check": "all", "text": got.get("error", "no result"), "ok": False}]
+            got, error = in_child(args, ["--models", args.models, "--check-only"])
+            checks = got.get("checks", []) + ([{"check": "rest", "text": error, "ok": False}] if error else [])
         else:
-            checks = run_checks(args)
+            run_checks(args, checks)
     for model, batch, dim in cells(args):
         if args.isolate == "cell":
-            got = in_child(args, ["--models", model, "--configs", f"{batch}x{dim}", "--skip-check"])
-            rows += got.get("rows") or [{"model": model, "batch": batch, "dim": dim, "variant": "all", "sec": None,
-                                         "peak_gib": None, "error": got.get("error", "no result")}]
+            got, error = in_child(args, ["--models", model, "--configs", f"{batch}x{dim}", "--skip-check"])
+            rows += got.get("rows", [])
+            if error:
+                rows.append({"model": model, "batch": batch, "dim": dim, "variant": "rest", "sec": None, "peak_gib": None, "error": error})
         else:
-            rows += run_cell(model, batch, dim, args)
+            run_cell(model, batch, dim, args, rows)
     return checks, rows
 
 
@@ -281,8 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cpu":
         torch.set_num_threads(1)  # tiny sizes: threads only contend
     if args.child_json:
-        out = {"checks": run_checks(args)} if args.check_only else {"rows": [r for c in cells(args) for r in run_cell(*c, args)]}
-        Path(args.child_json).write_text(json.dumps(out))
+        out: dict[str, list[dict]] = {"checks": [], "rows": []}
+
+        def save() -> None:
+            Path(args.child_json).write_text(json.dumps(out))
+
+        if args.check_only:
+            run_checks(args, out["checks"], save)
+        for cell in [] if args.check_only else cells(args):
+            run_cell(*cell, args, out["rows"], save)
         return 0
     checks, rows = gather(args)
     print("\n" + "\n".join(header(args)) + "\n")
