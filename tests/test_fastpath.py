@@ -43,6 +43,16 @@ def _train(step_cls, model, table, cfg, batches):
     return model, step.table_ED, step.acc_E, losses
 
 
+def test_fast_step_counts_versions_as_the_runtime_does():
+    batches = _batches(3)
+    versions = torch.zeros(ROWS, dtype=torch.int64)
+    step = FastStep(build_model("wdl", FIELDS, DENSE, 4), torch.zeros(ROWS, 4), FastStepConfig(kernel="torch"), versions_E=versions)
+    for b in batches:
+        step.step(*b)
+    want = torch.bincount(torch.cat([ids.flatten() for _, ids, _ in batches]), minlength=ROWS)
+    assert torch.equal(versions, want)
+
+
 def _compare(model_name, cfg, steps=4):
     torch.manual_seed(0)
     dim = 4

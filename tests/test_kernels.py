@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from hetgmp.errors import HetGMPError  # noqa: E402
-from hetgmp.kernels import sparse_update, sparse_update_reference, sparse_update_torch  # noqa: E402
+from hetgmp.kernels import DEFAULT_EPS, sparse_update, sparse_update_reference, sparse_update_torch  # noqa: E402
 
 
 def _skewed_case(n, d, e, seed, adagrad):
@@ -79,7 +79,7 @@ def _fused_update(*args, **kwargs):
 @pytest.mark.parametrize(("n", "d"), [(240, 1), (160, 4), (64, 17)])
 def test_triton_fused_update_matches_reference(adagrad, n, d):
     case = _skewed_case(n, d, 40, seed=10 * d + adagrad, adagrad=adagrad)
-    got = _apply(_fused_update, *case, eps=1e-10, scratch_TD=None, block_n=16)
+    got = _apply(_fused_update, *case, eps=DEFAULT_EPS, scratch_TD=None, block_n=16)
     _assert_same(got, _apply(sparse_update_reference, *case))
 
 
@@ -91,7 +91,7 @@ def test_triton_handles_one_id_filling_many_tiles_and_int32_ids():
     table = torch.randn(10, 3)
     for acc in (None, torch.rand(10)):
         scratch = torch.zeros(5, 3)
-        got = _apply(_fused_update, ids, grad, table, acc, eps=1e-10, scratch_TD=scratch, block_n=16)
+        got = _apply(_fused_update, ids, grad, table, acc, eps=DEFAULT_EPS, scratch_TD=scratch, block_n=16)
         _assert_same(got, _apply(sparse_update_reference, ids, grad, table, acc))
         assert not scratch.any(), "the Adagrad scratch must be left zeroed for the next call"
 

@@ -128,14 +128,24 @@ class FastStep:
     optimizer; `step(dense_BI, ids_BF, labels_B) -> loss` trains one batch.
 
     The table (float32 [E, D], D = the model's table width) and the model are
-    used in place, on the table's device:
+    used in place, on the table's device; so are the row-wise Adagrad
+    accumulator (float32 [E], zeros if not given) and, if given, the versions
+    (int64 [E], += each row's occurrences per step, as the embedding runtime
+    counts them):
 
         fast = FastStep(model.cuda(), table_ED, FastStepConfig(lr=0.01, dense_lr=0.01))
         for dense_BI, ids_BF, labels_B in batches:
             loss = fast.step(dense_BI, ids_BF, labels_B)
     """
 
-    def __init__(self, model: nn.Module, table_ED: torch.Tensor, cfg: FastStepConfig, acc_E: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        table_ED: torch.Tensor,
+        cfg: FastStepConfig,
+        acc_E: torch.Tensor | None = None,
+        versions_E: torch.Tensor | None = None,
+    ) -> None:
         cfg.check()
         self.cfg = cfg
         self.device = table_ED.device
@@ -143,6 +153,7 @@ class FastStep:
         self._forward = torch.compile(model, dynamic=False) if cfg.compile else model
         self.table_ED = table_ED.detach()
         self.acc_E = acc_E
+        self.versions_E = versions_E
         if cfg.sparse_optimizer == "adagrad" and acc_E is None:
             self.acc_E = torch.zeros(len(table_ED), dtype=torch.float32, device=self.device)
         if cfg.sparse_optimizer == "sgd":
@@ -220,6 +231,6 @@ class FastStep:
         if self.acc_E is not None and self.kernel == "triton" and self._scratch is None:
             self._scratch = new_scratch(len(ids_N), grad_ND.shape[1], self.device)
         sparse_update(self.table_ED, ids_N, grad_ND, self.cfg.lr, self.acc_E, self.cfg.adagrad_eps,
-                      backend=self.kernel, scratch_TD=self._scratch)
+                      counts_E=self.versions_E, backend=self.kernel, scratch_TD=self._scratch)
         self.optimizer.step()
         return loss.detach()

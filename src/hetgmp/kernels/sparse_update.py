@@ -34,7 +34,7 @@ import torch
 
 from hetgmp.errors import HetGMPError
 
-DEFAULT_EPS = 1e-10
+DEFAULT_EPS = 1e-8  # as the embedding runtime and FBGEMM's row-wise Adagrad
 BACKENDS = ("auto", "triton", "torch", "reference")
 
 
