@@ -79,11 +79,6 @@ class TrainConfig:
         if self.resume and not self.checkpoint_dir:
             raise HetGMPError("--resume needs --checkpoint-dir DIR (the directory the interrupted run saved to)")
 
-    def identity(self) -> dict[str, Any]:
-        """The settings a checkpoint must share with the run resuming it."""
-        keys = ("model", "embed_dim", "optimizer", "sparse_optimizer", "bound", "seed")
-        return {k: getattr(self, k) for k in keys}
-
     def config_hash(self) -> str:
         """Short hash of every setting that changes what one step computes."""
         keys = ("model", "embed_dim", "batch_size", "optimizer", "lr", "sparse_optimizer", "sparse_lr", "bound", "store_rate", "seed")

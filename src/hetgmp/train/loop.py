@@ -64,6 +64,8 @@ def cpu_threads(local_world_size: int) -> int:
 def describe(run: Run, start: int) -> str:
     cfg, ctx = run.cfg, run.ctx
     where = f"resumed at step {start}" if start else "from scratch"
+    if cfg.resume and not start:
+        where += f" (no checkpoint in {cfg.checkpoint_dir} yet)"
     return (
         f"training {cfg.model} d={cfg.embed_dim} on {cfg.data}: {ctx.world_size} worker(s) on {ctx.device.type}, "
         f"batch {cfg.batch_size}/worker, {run.total_steps} steps ({run.steps_per_epoch}/epoch), "

@@ -1,0 +1,97 @@
+"""Throughput and AUC of `hetgmp train` end to end (data in memory, loop, exchange, evaluation).
+
+Makes a synthetic dataset (and, for several workers, a plan) under --work once,
+then trains each model for --iter steps and prints one markdown table:
+steady-state samples/s per worker and in total (median of the TRAIN lines
+after the first, which holds warm-up), rows fetched per step, final AUC, wall
+time. Several workers run under torchrun on this host.
+
+    python benchmarks/bench_train.py --device cuda                         # one GPU, WDL/DCN/DFM
+    python benchmarks/bench_train.py --device cuda --nproc 2 --bound 100   # two GPUs, a plan, 1% mirrors
+    python benchmarks/bench_train.py --device cpu --rows 200000 --iter 40 --batch-size 1024 --models wdl   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    began = time.perf_counter()
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env=env)
+    return time.perf_counter() - began
+
+
+def prepare(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    data = args.work / f"synth-{args.rows}"
+    if not (data / "meta.json").is_file():
+        run([sys.executable, "-m", "hetgmp.cli", "synth", "--rows", str(args.rows), "--output", str(data), "--scale", str(args.scale)])
+    if args.nproc == 1:
+        return data, None
+    plan = args.work / f"plan-{args.rows}-{args.nproc}.npz"
+    if not plan.is_file():
+        run([sys.executable, "-m", "hetgmp.cli", "partition", str(data), "--parts", str(args.nproc), "--output", str(plan),
+             "--batch-size", str(args.batch_size), "--gpus-per-node", str(args.nproc), "--device", args.device])
+    return data, plan
+
+
+def train(args: argparse.Namespace, model: str, data: Path, plan: Path | None) -> dict:
+    out = args.work / f"run-{model}-{args.nproc}-{args.bound}-{args.batch_size}-{args.embed_dim}"
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = out / "metrics.jsonl"
+    metrics.unlink(missing_ok=True)
+    flags = ["train", "--data", str(data), "--model", model, "--device", args.device, "--batch-size", str(args.batch_size),
+             "--embed-dim", str(args.embed_dim), "--iter", str(args.iter), "--log-every", str(args.log_every), "--val",
+             "--bound", str(args.bound), "--metrics", str(metrics), "--output", str(out / "train.log"), "--no-progress"]
+    if plan is not None:
+        flags += ["--partition", str(plan), "--store-rate", str(args.store_rate)]
+    if args.nproc == 1:
+        seconds = run([sys.executable, "-m", "hetgmp.cli", *flags])
+    else:
+        seconds = run(["torchrun", "--standalone", "--nproc-per-node", str(args.nproc), "-m", "hetgmp.cli", *flags], env=dict(os.environ))
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    lines = [r for r in records if r["phase"] == "train"][1:] or [r for r in records if r["phase"] == "train"]
+    final = [r for r in records if r["phase"] == "eval"][-1]
+    return {
+        "model": model, "per_worker": statistics.median(r["samples_per_s_per_worker"] for r in lines),
+        "total": statistics.median(r["samples_per_s"] for r in lines),
+        "fetched": statistics.median(r.get("rows_fetched", 0.0) for r in lines), "auc": final["auc"], "seconds": seconds,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, default=Path("/tmp/hetgmp-bench-train"))
+    p.add_argument("--rows", type=int, default=2_000_000)
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--models", nargs="+", default=["wdl", "dcn", "dfm"])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--nproc", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=8192)
+    p.add_argument("--embed-dim", type=int, default=16)
+    p.add_argument("--iter", type=int, default=200)
+    p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--bound", type=int, default=0)
+    p.add_argument("--store-rate", type=float, default=0.01)
+    args = p.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    data, plan = prepare(args)
+    results = [train(args, model, data, plan) for model in args.models]
+    print(f"\n{args.nproc} worker(s) on {args.device}, batch {args.batch_size}/worker, d={args.embed_dim}, "
+          f"{args.iter} steps, bound {args.bound}, {args.rows:,} synthetic rows\n")
+    print("| model | samples/s per worker | samples/s total | rows fetched/step | AUC | wall s |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['model']} | {r['per_worker']:.3g} | {r['total']:.3g} | {r['fetched']:.0f} | {r['auc']:.4f} | {r['seconds']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
