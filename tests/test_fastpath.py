@@ -94,8 +94,20 @@ def test_bf16_autocast_step_matches_bf16_reference():
 def test_config_errors_name_the_field():
     with pytest.raises(HetGMPError, match="dense_optimizer='rmsprop'.*amp='fp8'"):
         FastStepConfig(dense_optimizer="rmsprop", amp="fp8").check()
-    with pytest.raises(HetGMPError, match="input buffers exist after the first step"):
+    with pytest.raises(HetGMPError, match="input buffers exist only for a CUDA-graph step"):
         FastStep(build_model("wdl", 2, 1, 2), torch.zeros(5, 2), FastStepConfig(kernel="torch")).input_buffers()
+
+
+def test_graph_input_buffers_take_int32_ids_and_fixed_shapes():
+    # The capture itself needs CUDA; the buffer protocol around it does not.
+    fast = FastStep(build_model("wdl", FIELDS, DENSE, 4), torch.zeros(ROWS, 4), FastStepConfig(kernel="torch"))
+    first, second = _batches(2)
+    buffers = fast._load(*first)
+    assert buffers[1].dtype == torch.int32 and torch.equal(buffers[1], first[1].int())
+    assert fast._load(*second) is buffers and torch.equal(buffers[0], second[0])
+    assert fast._load(*buffers) is buffers
+    with pytest.raises(HetGMPError, match="fixed shapes"):
+        fast._load(second[0][:3], second[1][:3], second[2][:3])
 
 
 def test_gpu_benchmark_runs_its_code_path_on_cpu(tmp_path):

@@ -15,12 +15,15 @@ captures the step in a CUDA graph, and every call from then on replays it.
 Every call trains on its batch exactly once.
 
 Input protocol under a graph: the graph reads fixed input buffers. `step(d, i, y)`
-copies the batch into them (three device copies) unless the arguments *are*
-those buffers: a loader may write each batch straight into
-`input_buffers()` and call `step(*fast.input_buffers())`. Every batch must
-have the shapes and dtypes of the first. The returned loss is a device
-tensor that the next replay overwrites: read it (or `.clone()` it) before the
-next call. Learning rates are baked into the graph at capture.
+copies the batch into them (three device copies; the ids buffer is int32
+while the table has fewer than 2^31 rows) unless the arguments *are* those
+buffers: a loader may write each batch straight into `input_buffers()` and
+call `step(*fast.input_buffers())`. Every batch must have the shapes of the
+first. The returned loss is a device tensor that the next replay overwrites:
+read it (or `.clone()` it) before the next call. Learning rates are baked
+into the graph at capture; the graph reads and writes the table, the
+accumulator and the model's parameters where they are, so restore a
+checkpoint in place (`load_state_dict`, `copy_`), never by swapping tensors.
 
 Off CUDA (or with `cuda_graph=False`) the same step runs eagerly.
 
@@ -183,14 +186,19 @@ class FastStep:
         return self._loss
 
     def input_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The graph's (dense_BI, ids_BF, labels_B) buffers; exist after the first step."""
+        """The graph's (dense_BI, ids_BF, labels_B) buffers: a CUDA-graph step has them after its first call."""
         if self._inputs is None:
-            raise HetGMPError("input buffers exist after the first step(): call step() once with a real batch")
+            raise HetGMPError("input buffers exist only for a CUDA-graph step, after its first step() call: call step() once with a real batch")
         return self._inputs
 
     def _load(self, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._inputs is None:
-            self._inputs = tuple(t.detach().clone() for t in batch)
+            dense_BI, ids_BF, labels_B = (t.detach() for t in batch)
+            # int32 ids (the copy converts): the gather takes them as they are and
+            # the sort in the sparse update needs half the radix passes.
+            narrow = len(self.table_ED) <= torch.iinfo(torch.int32).max
+            ids_BF = ids_BF.to(device=self.device, dtype=torch.int32 if narrow else ids_BF.dtype, copy=True)
+            self._inputs = (dense_BI.to(self.device, copy=True), ids_BF, labels_B.to(self.device, copy=True))
             return self._inputs
         for buf, t in zip(self._inputs, batch):
             if t is not buf:
