@@ -9,7 +9,7 @@ import torch
 from hetgmp.errors import HetGMPError
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.loop import train
-from tinydata import write_planted
+from tinydata import write_plan, write_planted
 
 
 @pytest.fixture
@@ -59,6 +59,9 @@ def test_resume_refuses_another_models_checkpoint(tmp_path, one_thread):
     train(_cfg(tmp_path, "ck", iter=2))
     with pytest.raises(HetGMPError, match=r"model: checkpoint 'wdl', this run 'dcn'.*embed_dim: checkpoint 16, this run 8"):
         train(_cfg(tmp_path, "ck", iter=4, model="dcn", embed_dim=8, resume=True))
+    write_plan(tmp_path / "ds", tmp_path / "plan.npz", parts=1)
+    with pytest.raises(HetGMPError, match=r"plan: checkpoint 'single', this run '[0-9a-f]{16}'"):
+        train(_cfg(tmp_path, "ck", iter=4, partition=str(tmp_path / "plan.npz"), resume=True))
 
 
 def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, one_thread):
