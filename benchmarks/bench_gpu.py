@@ -75,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--vocab-cap", type=int, default=None, help="limit each field's size (default: Criteo's)")
     ap.add_argument("--isolate", choices=("cell", "none"), default=None, help="child process per cell (default on cuda)")
     ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="print each cell's kernel profile of its fastest variant")
     ap.add_argument("--child-json", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--check-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -139,6 +140,24 @@ def time_fast(model: str, batch: int, dim: int, cfg: FastStepConfig, args: argpa
     return seconds_per_step(fast.step, batches, args.warmup, args.steps, args.repeats)
 
 
+def profile_fast(model: str, batch: int, dim: int, overrides: dict, args: argparse.Namespace) -> str:
+    """Where a step's time goes: the variant run eagerly under torch.profiler,
+    kernels sorted by their own device time. Eager, because a graph replay
+    hides its kernels from the profiler; the kernels are the same."""
+    cards = capped_cardinalities(args.vocab_cap)
+    net, table = new_model_and_table(model, dim, cards, args.device)
+    fast = FastStep(net, table, fast_config(args, **{**overrides, "cuda_graph": False}))
+    batches = criteo_batches(batch, args.num_batches, args.device, cards)
+    cuda = args.device == "cuda"
+    seconds_per_step(fast.step, batches, args.warmup, 1, 1)
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    steps = 2 if args.device == "cpu" else 10
+    with torch.profiler.profile(activities=activities) as prof:
+        seconds_per_step(fast.step, batches, 0, steps, 1)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    return f"per {steps} steps:\n" + prof.key_averages().table(sort_by=key, row_limit=15)
+
+
 def time_yardstick(model: str, batch: int, dim: int, args: argparse.Namespace) -> float:
     cards = capped_cardinalities(args.vocab_cap)
     step = yardstick_step(model, dim, cards, args.device)
@@ -164,6 +183,11 @@ def run_cell(model: str, batch: int, dim: int, args: argparse.Namespace, rows: l
         best = min(timed, key=lambda r: r["sec"])["variant"]
         cfg = fast_config(args, sparse_optimizer="adagrad", **VARIANTS[best])
         record(f"{best}+adagrad", lambda: time_fast(model, batch, dim, cfg, args))
+        if args.profile:
+            try:
+                print(f"[{model} {batch}x{dim}] profile of {best}, run eagerly, {profile_fast(model, batch, dim, VARIANTS[best], args)}", flush=True)
+            except Exception:
+                traceback.print_exc()
 
 
 def max_diffs(fast: FastStep, ref: ReferenceStep) -> dict:
@@ -220,7 +244,7 @@ def in_child(args: argparse.Namespace, extra: list[str]) -> tuple[dict, str | No
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "out.json"
         cmd = [sys.executable, __file__, "--device", args.device, "--kernel", args.kernel, "--variants", args.variants,
-               "--child-json", str(path), *(["--quick"] if args.quick else []),
+               "--child-json", str(path), *(["--quick"] if args.quick else []), *(["--profile"] if args.profile else []),
                *(["--vocab-cap", str(args.vocab_cap)] if args.vocab_cap else []), *extra]
         code = subprocess.run(cmd).returncode
         got = json.loads(path.read_text()) if path.exists() else {}

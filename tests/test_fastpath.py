@@ -116,10 +116,10 @@ def test_gpu_benchmark_runs_its_code_path_on_cpu(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT / "src")
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--quick", "--profile"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
     assert len(table) >= 3 and "FAILED" not in out.stdout, out.stdout
-    assert "max abs diff" in out.stdout
+    assert "max abs diff" in out.stdout and "profile of" in out.stdout
