@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_flag(p, "--val-fraction", type=float, default=0.1, help="fraction of rows, last in the shuffled order, kept as the test split")
         add_flag(p, "--skip-bad-rows", action="store_true", help="skip malformed rows (counted in meta.json) instead of stopping at the first")
         add_flag(p, "--force", action="store_true", help="replace --output if it exists (only once the new one is complete)")
-        add_flag(p, "--block-size", type=int, default=16 << 20, help="bytes of text parsed per batch (memory/overhead trade-off)")
+        add_flag(p, "--block-size", type=int, default=4 << 20, help="bytes of text parsed per batch; up to 32 blocks are buffered ahead")
         add_flag(p, "--no-progress", action="store_true", help="hide the progress bars (on stderr)")
         p.set_defaults(run=run)
 

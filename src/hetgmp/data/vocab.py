@@ -76,7 +76,7 @@ class _SortedUniques:
         distinct = sorted_unique(keys)
         self._pending.append(distinct)
         self._pending_size += len(distinct)
-        if self._pending_size > max(len(self._merged), 1 << 20):
+        if self._pending_size > max(len(self._merged), 1 << 18):
             self._merge()
 
     def _merge(self) -> None:
