@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from hetgmp.distributed import DistContext
 from hetgmp.errors import HetGMPError
 
 KEEP = 2
+_DAMAGED_FIX = "delete that step folder and point `latest` at the previous one (or delete `latest` to start over)"
 LATEST = "latest"
 # meta.json keys that must match for a checkpoint to be resumed.
 MUST_MATCH = ("model", "embed_dim", "table_width", "num_fields", "num_dense", "num_ids", "world_size", "plan",
@@ -108,7 +110,10 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
 
 def check_meta(folder: Path, expected: dict[str, Any]) -> dict[str, Any]:
     """Read meta.json and refuse a checkpoint of another model, dims, world size or plan."""
-    saved = json.loads((folder / "meta.json").read_text())
+    try:
+        saved = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise HetGMPError(f"{folder / 'meta.json'} is not readable JSON ({e}): the checkpoint is damaged; {_DAMAGED_FIX}") from e
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {expected.get(k)!r}" for k in MUST_MATCH if saved.get(k) != expected.get(k)]
     if diffs:
         raise HetGMPError(
@@ -119,11 +124,22 @@ def check_meta(folder: Path, expected: dict[str, Any]) -> dict[str, Any]:
     return saved
 
 
-def load_rank_state(folder: Path, rank: int, device: torch.device) -> dict[str, Any]:
+def load_rank_state(folder: Path, rank: int) -> dict[str, Any]:
+    """This rank's state on the CPU: each load_state_dict moves it to its device, and
+    the dense optimizer's step counters stay on the CPU as the optimizer keeps them."""
     path = folder / f"rank-{rank}.pt"
     if not path.is_file():
-        raise HetGMPError(f"{path} is missing: the checkpoint {folder} is damaged; delete it and its `latest` pointer")
-    return torch.load(path, map_location=device, weights_only=True)
+        raise HetGMPError(f"{path} is missing: the checkpoint {folder} is damaged; {_DAMAGED_FIX}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        # RuntimeError: torch's zip reader on a truncated file; UnpicklingError:
+        # garbage bytes, or objects other than tensors and containers.
+        first = str(e).strip().splitlines()[0][:200]
+        raise HetGMPError(
+            f"{path} is not a loadable checkpoint (expected a torch.save zip of tensors, loaded with weights_only=True; "
+            f"torch says: {first}): the file is truncated or corrupt; {_DAMAGED_FIX}"
+        ) from e
 
 
 def rng_state() -> dict[str, Any]:

@@ -14,6 +14,7 @@ killed after a grace period) and a HetGMPError names the rank and its code.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -47,11 +48,14 @@ def launch_local(nproc: int, argv: list[str]) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     port = free_port()
     cmd = [sys.executable, "-m", "hetgmp.cli", *argv]
+    # A SIGTERM to the launcher (a job scheduler's stop) must stop the workers too.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     procs = [subprocess.Popen(cmd, env=worker_env(r, nproc, port, max(1, cores // nproc))) for r in range(nproc)]
     try:
         return watch(procs)
     finally:
         stop(procs)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def watch(procs: list[subprocess.Popen]) -> int:

@@ -278,7 +278,7 @@ def resume(run: Run) -> int:
     if folder is None:
         return 0
     ckpt.check_meta(folder, run.checkpoint_meta())
-    state = ckpt.load_rank_state(folder, run.ctx.rank, run.ctx.device)
+    state = ckpt.load_rank_state(folder, run.ctx.rank)
     run.model.load_state_dict(state["model"])
     run.dense_opt.load_state_dict(state["dense_optimizer"])
     run.emb.load_state_dict(state["embedding"])
