@@ -19,6 +19,7 @@ embed_partition [0, 1, 1, 0, 1], data_partition [1, 0, 0, 1],
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,8 @@ class PartitionPlan:
                 lists = [z[str(p)] for p in range(parts)]
                 meta = json.loads(str(z["meta_json"])) if "meta_json" in keys else {"parts": parts}
                 return cls(z["embed_partition"], z["data_partition"], lists, meta)
-        except (ValueError, OSError, KeyError) as e:
-            raise HetGMPError(f"{path} is not a readable partition file ({e}): re-run `hetgmp partition`") from e
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise HetGMPError(f"{path} is not a readable partition file (expected an .npz archive; {e}): it is truncated or corrupt; re-run `hetgmp partition`") from e
 
     def check(self, dataset_meta: DatasetMeta, world_size: int, gpus_per_node: int | None = None, train_ids: np.ndarray | None = None) -> None:
         """Raise HetGMPError, saying what to re-run, if this plan does not fit the run.

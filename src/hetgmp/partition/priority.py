@@ -37,7 +37,7 @@ def _count_candidates(counts, owner, chunks):  # pragma: no cover - compiled
 
 @njit(parallel=True, cache=True)
 def _fill_candidates(counts, owner, deg, soft, w, starts, ids_out, prio_out):  # pragma: no cover - compiled
-    """Write each part's candidates in id order at starts[t, p] (chunk t's slot of part p)."""
+    """Write every candidate, in id order, at starts[t, p]: chunk t's slot in part p's segment."""
     num_ids, parts = counts.shape
     chunks = starts.shape[0]
     top = len(soft) - 1
@@ -49,33 +49,36 @@ def _fill_candidates(counts, owner, deg, soft, w, starts, ids_out, prio_out):  #
                 c = counts[e, p]
                 if c > 0 and o != p:
                     s = soft[min(c, top)]
-                    ids_out[p][pos[p]] = e
-                    prio_out[p][pos[p]] = w[p, o] * s * s * (1.0 / deg[e] + 1.0 / c)
+                    ids_out[pos[p]] = e
+                    prio_out[pos[p]] = w[p, o] * s * s * (1.0 / deg[e] + 1.0 / c)
                     pos[p] += 1
 
 
 @njit(parallel=True, cache=True)
-def _rank(ids_out, prio_out):  # pragma: no cover - compiled
-    """Sort each part's list by descending priority; mergesort is stable, so ties keep id order."""
-    for p in prange(len(ids_out)):
-        order = np.argsort(-prio_out[p], kind="mergesort")
-        ids_out[p][:] = ids_out[p][order]
-        prio_out[p][:] = prio_out[p][order]
+def _rank(bounds, ids_out, prio_out):  # pragma: no cover - compiled
+    """Sort each part's segment by descending priority; mergesort is stable, so ties keep id order."""
+    for p in prange(len(bounds) - 1):
+        lo, hi = bounds[p], bounds[p + 1]
+        order = np.argsort(-prio_out[lo:hi], kind="mergesort")
+        ids_out[lo:hi] = ids_out[lo:hi][order]
+        prio_out[lo:hi] = prio_out[lo:hi][order]
 
 
 def candidate_lists(counts: np.ndarray, owner: np.ndarray, deg: np.ndarray, soft: np.ndarray, weights: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(ids, priorities) per part, ranked; ids are int32 (int64 past 2^31 ids)."""
+    """(ids, priorities) per part, ranked; ids are int32 (int64 past 2^31 ids).
+
+    All parts share one flat buffer, part p holding [bounds[p], bounds[p+1]);
+    the returned arrays are views into it.
+    """
     parts = counts.shape[1]
-    chunks = numba.get_num_threads() * 4
-    per = _count_candidates(counts, owner, chunks)
-    totals = per.sum(axis=0)
-    starts = np.vstack([np.zeros((1, parts), dtype=np.int64), np.cumsum(per, axis=0)[:-1]])
-    id_dtype = np.int32 if len(owner) < 2**31 else np.int64
-    ids_out = numba.typed.List([np.empty(int(n), dtype=id_dtype) for n in totals])
-    prio_out = numba.typed.List([np.empty(int(n), dtype=np.float64) for n in totals])
+    per = _count_candidates(counts, owner, numba.get_num_threads() * 4)
+    bounds = np.concatenate([[0], np.cumsum(per.sum(axis=0))]).astype(np.int64)
+    starts = bounds[None, :-1] + np.vstack([np.zeros((1, parts), dtype=np.int64), np.cumsum(per, axis=0)[:-1]])
+    ids_out = np.empty(bounds[-1], dtype=np.int32 if len(owner) < 2**31 else np.int64)
+    prio_out = np.empty(bounds[-1], dtype=np.float64)
     _fill_candidates(counts, owner, deg, soft, weights, starts, ids_out, prio_out)
-    _rank(ids_out, prio_out)
-    return list(ids_out), list(prio_out)
+    _rank(bounds, ids_out, prio_out)
+    return np.split(ids_out, bounds[1:-1]), np.split(prio_out, bounds[1:-1])
 
 
 def mirror_count(list_length: int, store_rate: float) -> int:

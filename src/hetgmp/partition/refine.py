@@ -47,10 +47,24 @@ from hetgmp.partition.state import PartitionState
 class RefineConfig:
     """Knobs of the fast refinement (defaults are the benchmarked settings)."""
 
-    chunk: int = 2048  # vertices proposed against one snapshot of the counts
+    chunk: int = 0  # vertices proposed against one snapshot of the counts; 0: auto_chunk
     tol: float = 0.03  # parts stay within this fraction of even
     balance_scale: float = 0.1  # proposals use balance_scale * (alpha, beta)
     sample_sweeps: int = 2  # sample passes per round before the row pass
+
+
+def auto_chunk(total: int, parts: int) -> int:
+    """Chunk size for `total` vertices: about 1/32 of a part, between 16 and 4096.
+
+    Proposals in one chunk do not see each other, so a chunk must stay a
+    small slice of a part: at a sixth of a part, measured quality fell below
+    the original's; at 1/32 it matched one-at-a-time moves.
+    """
+    return int(min(4096, max(16, total // (parts * 32))))
+
+
+def chunk_for(config: RefineConfig, total: int, parts: int) -> int:
+    return config.chunk or auto_chunk(total, parts)
 
 
 def caps(total: int, parts: int, tol: float) -> tuple[int, int]:
@@ -192,7 +206,10 @@ def run_round(state: PartitionState, config: RefineConfig = RefineConfig()) -> t
     for _ in range(config.sample_sweeps):
         moved_s += sample_pass(
             ids, state.part, state.owner, state.counts, state.sizes, state.marginal, state.weights,
-            alpha * config.balance_scale, config.chunk, s_floor, s_cap,
+            alpha * config.balance_scale, chunk_for(config, len(state.part), state.parts), s_floor, s_cap,
         )
-    moved_r = row_pass(state.counts, state.owner, state.rows, state.soft, state.weights, beta * config.balance_scale, config.chunk, r_floor, r_cap)
+    moved_r = row_pass(
+        state.counts, state.owner, state.rows, state.soft, state.weights,
+        beta * config.balance_scale, chunk_for(config, state.num_ids, state.parts), r_floor, r_cap,
+    )
     return int(moved_s), int(moved_r)

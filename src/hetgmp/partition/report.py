@@ -63,7 +63,7 @@ def final_line(summary: dict) -> str:
     drop = part["count"] / rand["count"] - 1 if rand["count"] > 0 else 0.0
     return (
         f"remote rows per batch: random {rand['fraction']:.1%} ({rand['count']:,.0f}) -> partitioned {part['fraction']:.1%} "
-        f"({part['count']:,.0f}) ({drop:+.1%}) -> with {summary['store_rate']:g} mirrors {mirr['fraction']:.1%} ({mirr['count']:,.0f})"
+        f"({part['count']:,.0f}) ({drop:+.1%}) -> with {100 * summary['store_rate']:g}% mirrors {mirr['fraction']:.1%} ({mirr['count']:,.0f})"
     )
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from hetgmp.partition.reference import alpha_beta
-from hetgmp.partition.refine import RefineConfig, caps
+from hetgmp.partition.refine import RefineConfig, caps, chunk_for
 from hetgmp.partition.state import PartitionState
 
 
@@ -132,12 +132,14 @@ class TorchRefiner:
     def _sample_pass(self) -> int:
         n = self.ids.shape[0]
         floor, cap = caps(n, self.w.shape[0], self.config.tol)
-        return sum(self._sample_chunk(lo, min(lo + self.config.chunk, n), floor, cap) for lo in range(0, n, self.config.chunk))
+        step = chunk_for(self.config, n, self.w.shape[0])
+        return sum(self._sample_chunk(lo, min(lo + step, n), floor, cap) for lo in range(0, n, step))
 
     def _row_pass(self) -> int:
         e = self.owner.shape[0]
         floor, cap = caps(e, self.w.shape[0], self.config.tol)
-        return sum(self._row_chunk(lo, min(lo + self.config.chunk, e), floor, cap) for lo in range(0, e, self.config.chunk))
+        step = chunk_for(self.config, e, self.w.shape[0])
+        return sum(self._row_chunk(lo, min(lo + step, e), floor, cap) for lo in range(0, e, step))
 
     def run_round(self) -> tuple[int, int]:
         """`sample_sweeps` sample passes then a row pass, each guarded. Returns (samples, rows) moved."""
