@@ -24,6 +24,7 @@ from hetgmp.models import build_model, table_width
 from hetgmp.train.checkpoint import fingerprint
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import BatchStream, EvalBatches, shard_sizes, steps_per_epoch, train_rows
+from hetgmp.train.validate import check_rows
 
 
 @dataclass
@@ -114,8 +115,11 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
     sizes = shard_sizes(data_partition, meta.train_rows, ctx.world_size)
     per_epoch = steps_per_epoch(sizes, cfg.batch_size)
     rows = train_rows(dataset.train, data_partition, ctx.rank, ctx.world_size, ctx.device)
+    check_rows(dataset.directory, "train", meta, rows.ids, rows.labels)
     stream = BatchStream(rows, cfg.batch_size, per_epoch, cfg.seed, ctx.rank)
     eval_batches = EvalBatches(dataset.test, ctx.rank, ctx.world_size, cfg.batch_size, ctx.device) if cfg.val else None
+    if eval_batches is not None:
+        check_rows(dataset.directory, "test", meta, eval_batches.rows.ids, eval_batches.rows.labels)
 
     torch.manual_seed(cfg.seed)
     num_dense = int(dataset.train.dense.shape[1])
