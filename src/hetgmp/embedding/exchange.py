@@ -16,7 +16,7 @@ and 2 of kind 1 (widths 4 and 6) to rank 1:
     send counts [[0, 0], [1, 2]]  -> split sizes in words [0, 1*4 + 2*6 = 16]
 
 The counts travel first, in a small all_to_all whose result the host reads
-(the one device-to-host sync of a round); the words follow.
+(a device-to-host sync: split sizes live on the host); the words follow.
 """
 
 from __future__ import annotations
