@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from bench_kernels import kernel_rows, kernel_table
 from yardstick import NUM_DENSE, LR, capped_cardinalities, criteo_batches, seconds_per_step, yardstick_step
 from hetgmp.fastpath import FastStep, FastStepConfig, ReferenceStep
 from hetgmp.models import build_model, table_width
@@ -78,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true", help="print each cell's kernel profile of its fastest variant")
     ap.add_argument("--child-json", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--check-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--kernels-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     tiny = args.device == "cpu" and args.quick
     args.configs = args.configs or ("64x4" if tiny else "8192x16,8192x128,65536x16")
@@ -251,9 +253,17 @@ def in_child(args: argparse.Namespace, extra: list[str]) -> tuple[dict, str | No
     return got, None if code == 0 else f"child process exited with status {code} (its output is above)"
 
 
-def gather(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
-    """Run the check and every cell, in child processes or here."""
-    checks, rows = [], []
+def run_kernels(args: argparse.Namespace, out: list[dict], save=lambda: None) -> None:
+    """Append bench_kernels' rows for each batch x d to `out`, calling save() after each."""
+    for batch, dim in sorted({(b, d) for _, b, d in cells(args)}):
+        print(f"[kernels {batch}x{dim}] ...", flush=True)
+        out += kernel_rows(batch, dim, args.device, args.vocab_cap, args.steps, args.repeats)
+        save()
+
+
+def gather(args: argparse.Namespace) -> tuple[list[dict], list[dict], list[dict]]:
+    """Run the check, every cell and the kernel timings, in child processes or here."""
+    checks, rows, kernels = [], [], []
     if not args.skip_check:
         if args.isolate == "cell":
             got, error = in_child(args, ["--models", args.models, "--check-only"])
@@ -268,7 +278,12 @@ def gather(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
                 rows.append({"model": model, "batch": batch, "dim": dim, "variant": "rest", "sec": None, "peak_gib": None, "error": error})
         else:
             run_cell(model, batch, dim, args, rows)
-    return checks, rows
+    if args.isolate == "cell":
+        got, error = in_child(args, ["--models", args.models, "--configs", args.configs, "--kernels-only"])
+        kernels = got.get("kernels", []) + ([{"batch": "-", "dim": "-", "piece": "rest", "sec": None, "error": error}] if error else [])
+    else:
+        run_kernels(args, kernels)
+    return checks, rows, kernels
 
 
 def header(args: argparse.Namespace) -> list[str]:
@@ -313,21 +328,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cpu":
         torch.set_num_threads(1)  # tiny sizes: threads only contend
     if args.child_json:
-        out: dict[str, list[dict]] = {"checks": [], "rows": []}
+        out: dict[str, list[dict]] = {"checks": [], "rows": [], "kernels": []}
 
         def save() -> None:
             Path(args.child_json).write_text(json.dumps(out))
 
         if args.check_only:
             run_checks(args, out["checks"], save)
-        for cell in [] if args.check_only else cells(args):
-            run_cell(*cell, args, out["rows"], save)
+        elif args.kernels_only:
+            run_kernels(args, out["kernels"], save)
+        else:
+            for cell in cells(args):
+                run_cell(*cell, args, out["rows"], save)
         return 0
-    checks, rows = gather(args)
+    checks, rows, kernels = gather(args)
     print("\n" + "\n".join(header(args)) + "\n")
     for c in checks:
         print(f"- check {c['check']}: {c['text']}{'' if c['ok'] else '  <-- CHECK FAILED'}")
     print("\n" + "\n".join(table_lines(rows)))
+    print("\nThe sparse pieces alone (bench_kernels.py):\n\n" + "\n".join(kernel_table(kernels)))
     return 0
 
 

@@ -1,0 +1,84 @@
+"""The sparse pieces of one step, timed alone on Criteo-shaped ids.
+
+For each batch x d: the gather (`index_select`, the memory floor of reading
+the rows), the sort of the ids, and the sparse update four ways: the fused
+Triton kernel and the fixed-shape torch path (`index_add_`), each with SGD and
+row-wise Adagrad. The table has the full Criteo vocabulary unless capped.
+
+    python benchmarks/bench_kernels.py [--configs 8192x16,8192x128,65536x16] [--device cuda]
+
+bench_gpu.py prints the same table after its main one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+import torch
+
+from yardstick import capped_cardinalities, criteo_batches, seconds_per_step
+from hetgmp.kernels import new_scratch, sparse_update, triton_available
+
+
+def _timer(fn: Callable[[], object], like: torch.Tensor, steps: int, repeats: int) -> float:
+    return seconds_per_step(lambda _: fn(), [(like,)], 3, steps, repeats)
+
+
+def kernel_rows(batch: int, dim: int, device: str, cap: int | None, steps: int, repeats: int) -> list[dict]:
+    """Seconds per call of each piece at one batch x d; failures are recorded, not raised."""
+    cards = capped_cardinalities(cap)
+    _, ids_BF, _ = criteo_batches(batch, 1, device, cards)[0]
+    ids_N = ids_BF.reshape(-1).int()
+    gen = torch.Generator(device=device).manual_seed(0)
+    grad_ND = torch.randn(len(ids_N), dim, device=device, generator=gen) * 1e-3
+    table_ED = torch.empty(sum(cards), dim, device=device).normal_(0.0, 0.01, generator=gen)
+    acc_E = torch.zeros(len(table_ED), device=device)
+    pieces: dict[str, Callable[[], object]] = {
+        "gather (index_select)": lambda: table_ED.index_select(0, ids_N),
+        "sort int32 ids": lambda: torch.sort(ids_N),
+    }
+    kernels = ["triton", "torch"] if triton_available(device) else ["torch"]
+    for kernel in kernels:
+        scratch = new_scratch(len(ids_N), dim, device) if kernel == "triton" else None
+        for opt, acc in (("sgd", None), ("adagrad", acc_E)):
+            name = f"update {kernel} {opt}" + (" (index_add_)" if kernel == "torch" and opt == "sgd" else "")
+            pieces[name] = lambda kernel=kernel, acc=acc, scratch=scratch: sparse_update(
+                table_ED, ids_N, grad_ND, 0.01, acc, backend=kernel, scratch_TD=scratch)
+    rows = [{"batch": batch, "dim": dim, "piece": "distinct ids", "value": len(torch.unique(ids_N)), "error": None}]
+    for name, fn in pieces.items():
+        row = {"batch": batch, "dim": dim, "piece": name, "sec": None, "error": None}
+        try:
+            row["sec"] = _timer(fn, grad_ND, steps, repeats)
+        except Exception as exc:  # one failing piece must not hide the others
+            row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        rows.append(row)
+    return rows
+
+
+def kernel_table(rows: list[dict]) -> list[str]:
+    lines = ["| batch | d | piece | ms/call | note |", "|---|---|---|---|---|"]
+    for r in rows:
+        if "value" in r:
+            lines.append(f"| {r['batch']} | {r['dim']} | {r['piece']} | | {r['value']:,} of {26 * r['batch']:,} |")
+            continue
+        ms = f"{r['sec'] * 1e3:.4f}" if r["sec"] else "-"
+        lines.append(f"| {r['batch']} | {r['dim']} | {r['piece']} | {ms} | {'FAILED: ' + r['error'] if r['error'] else ''} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--configs", default="8192x16,8192x128,65536x16")
+    ap.add_argument("--vocab-cap", type=int, default=None)
+    args = ap.parse_args()
+    rows = []
+    for config in args.configs.split(","):
+        batch, dim = (int(x) for x in config.split("x"))
+        rows += kernel_rows(batch, dim, args.device, args.vocab_cap, 20, 5)
+    print("\n".join(kernel_table(rows)))
+
+
+if __name__ == "__main__":
+    main()
