@@ -76,7 +76,7 @@ def _fused_update(*args, **kwargs):
 
 @needs_triton
 @pytest.mark.parametrize("adagrad", [False, True])
-@pytest.mark.parametrize(("n", "d"), [(240, 1), (160, 4), (64, 17)])
+@pytest.mark.parametrize(("n", "d"), [(1, 4), (250, 1), (150, 4), (70, 17)])
 def test_triton_fused_update_matches_reference(adagrad, n, d):
     case = _skewed_case(n, d, 40, seed=10 * d + adagrad, adagrad=adagrad)
     got = _apply(_fused_update, *case, eps=DEFAULT_EPS, scratch_TD=None, block_n=16)
