@@ -60,6 +60,7 @@ class TrainConfig:
     sparse_optimizer: str = _f("rowwise_adagrad", "optimizer of the embedding table", choices=SPARSE_OPTIMIZERS)
     sparse_lr: float = _f(0.05, "learning rate of the embedding table")
     progress: bool = _f(True, "show a progress bar on rank 0 (stderr)")
+    skip_nonfinite: bool = _f(False, "skip a worker's batch whose loss or gradients are NaN/inf (counted as skipped_batches) instead of stopping the run")
 
     def validate(self) -> None:
         """Reject values no run could use, naming the flag."""

@@ -29,8 +29,11 @@ from hetgmp.errors import HetGMPError
 from hetgmp.train import checkpoint as ckpt
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import Batch
+from hetgmp.train.agree import check_same_settings
 from hetgmp.train.evaluate import evaluate
+from hetgmp.train.liveness import start_heartbeat
 from hetgmp.train.logs import RunLog
+from hetgmp.train.nonfinite import NonFiniteGuard
 from hetgmp.train.setup import Run, build_run
 
 
@@ -38,9 +41,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Join the launcher's job (or run alone), train, evaluate; returns rank 0's last records."""
     cfg.validate()
     ctx = init_distributed(cfg.device)
+    heartbeat = start_heartbeat(ctx)
     try:
         if ctx.device.type == "cpu":
             torch.set_num_threads(cpu_threads(ctx.local_world_size))
+        check_same_settings(cfg, ctx)
         run = build_run(cfg, ctx)
         start = resume(run) if cfg.resume else 0
         log = RunLog(ctx.is_main, cfg.output, cfg.metrics, run.total_steps, start, cfg.progress)
@@ -49,7 +54,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             return train_loop(run, start, log)
         finally:
             log.close()
+    except RuntimeError as e:  # a failed collective: name the lost worker, if one was lost
+        error = heartbeat.explain(e, "while the job ran") if heartbeat else e
+        if error is e:
+            raise
+        raise error from e
     finally:
+        if heartbeat:
+            heartbeat.stop()
         shutdown()
 
 
@@ -76,13 +88,16 @@ def describe(run: Run, start: int) -> str:
 def train_loop(run: Run, start: int, log: RunLog) -> dict[str, Any]:
     cfg = run.cfg
     window = StepWindow(cfg.log_every, run.ctx, start)
+    guard = NonFiniteGuard(cfg.skip_nonfinite, run.ctx.world_size)
     last: dict[str, Any] = {"step": start, "train": None, "eval": None, "checkpoint": None}
     clock = Clock()
     batch = run.stream.batch(start) if start < run.total_steps else None
     for step in range(start, run.total_steps):
         next_batch = run.stream.batch(step + 1) if step + 1 < run.total_steps else None
-        loss, correct = train_step(run, batch, next_batch)
+        loss, correct = train_step(run, batch, next_batch, guard)
         window.add(loss, correct, run.emb.counters)
+        if guard.skip:
+            window.add_counter("skipped_batches", guard.skipped())
         batch, done = next_batch, step + 1
         log.advance()
         if done % cfg.log_every == 0:
@@ -94,40 +109,44 @@ def train_loop(run: Run, start: int, log: RunLog) -> dict[str, Any]:
     return finish(run, window, clock, log, last)
 
 
-def train_step(run: Run, batch: Batch, next_batch: Batch | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step; returns the local mean loss and correct count as device scalars.
+def train_step(run: Run, batch: Batch, next_batch: Batch | None, guard: NonFiniteGuard) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step; returns the loss to record (see nonfinite.py) and the correct count as device scalars.
 
     The dense all-reduce runs while the table exchanges rows (`emb.step` uses
     its own process group), and the dense optimizer steps once it is done.
     """
-    emb_BFD = run.emb(batch.ids)
+    emb_BFD = guard.gate(run.emb(batch.ids))
     logits_B = run.model(batch.dense, emb_BFD)
     loss = F.binary_cross_entropy_with_logits(logits_B, batch.labels)
+    guard.begin(loss.detach())
     run.dense_opt.zero_grad(set_to_none=False)
     (loss / run.ctx.world_size).backward()
-    finish_all_reduce = start_gradient_all_reduce(run)
+    finish_all_reduce = start_gradient_all_reduce(run, guard)
     run.emb.step(next_ids=None if next_batch is None else next_batch.ids)
-    finish_all_reduce()
+    guard.before_dense_step(run.dense_opt, finish_all_reduce())
     run.dense_opt.step()
     correct = ((logits_B.detach() > 0) == (batch.labels > 0.5)).sum()
-    return loss.detach(), correct
+    return guard.loss_record(loss.detach()), correct
 
 
-def start_gradient_all_reduce(run: Run) -> Callable[[], None]:
-    """Start SUMming the dense gradients over workers in one flattened buffer;
-    the returned function waits and writes the sums back into `.grad`."""
-    if run.ctx.world_size == 1:
-        return lambda: None
+def start_gradient_all_reduce(run: Run, guard: NonFiniteGuard) -> Callable[[], torch.Tensor]:
+    """Start SUMming the dense gradients over workers in one flattened buffer whose spare
+    last element carries the worker's non-finite flag; the returned function waits,
+    writes the sums back into `.grad` and returns the number of bad workers (a device scalar)."""
     params = [p for p in run.model.parameters() if p.requires_grad]
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-    work = dist.all_reduce(flat, async_op=True)
+    grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+    flat = torch.cat([*grads, torch.zeros(1, dtype=grads[0].dtype, device=grads[0].device)])
+    guard.flag_dense(flat)
+    work = dist.all_reduce(flat, async_op=True) if run.ctx.world_size > 1 else None
 
-    def finish() -> None:
-        work.wait()
+    def finish() -> torch.Tensor:
+        if work is not None:
+            work.wait()
         offset = 0
         for p in params:
             p.grad = flat[offset: offset + p.numel()].view_as(p)
             offset += p.numel()
+        return flat[-1]
 
     return finish
 
@@ -171,6 +190,9 @@ class StepWindow:
         for key, value in _counter_items(counters):
             self.counters[key] = self.counters.get(key, 0) + value
 
+    def add_counter(self, key: str, value: Any) -> None:
+        self.counters[key] = self.counters.get(key, 0) + value
+
     def check_finite(self, run: Run) -> None:
         """Raise on the first non-finite loss of the window on any worker."""
         bad = (~torch.isfinite(self.loss[: self.n])).nonzero()
@@ -208,8 +230,8 @@ def non_finite_error(run: Run, step: int) -> HetGMPError:
     latest = ckpt.latest_checkpoint(run.cfg.checkpoint_dir) if run.cfg.checkpoint_dir else None
     kept = f"the last good checkpoint {latest} is kept (resume from it with --resume)" if latest else "no checkpoint was saved (use --checkpoint-dir)"
     return HetGMPError(
-        f"the training loss became NaN or infinite at step {step}; {kept}. "
-        "Check the dataset for NaN/inf features, or lower --lr / --sparse-lr"
+        f"the training loss or a gradient became NaN or infinite at step {step}; {kept}. "
+        "Check the dataset for NaN/inf features, lower --lr / --sparse-lr, or pass --skip-nonfinite to skip such batches"
     )
 
 
@@ -219,6 +241,11 @@ def report_train(run: Run, window: StepWindow, done: int, clock: Clock, log: Run
     stats = window.drain()
     per_worker = steps * run.cfg.batch_size / clock.lap()
     world = run.ctx.world_size
+    batches = steps * world
+    if run.cfg.skip_nonfinite:  # the window holds 0 for a skipped batch's loss: average the others
+        stats["skipped_batches"] = round(stats["skipped_batches"] * batches)
+        kept = batches - stats["skipped_batches"]
+        stats["loss"] = stats["loss"] * batches / kept if kept else float("nan")
     record = {
         "step": done, "epoch": (done - 1) // run.steps_per_epoch, "samples": done * run.cfg.batch_size * world,
         "loss": stats.pop("loss"), "accuracy": stats.pop("correct") / run.cfg.batch_size,

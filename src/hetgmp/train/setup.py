@@ -77,12 +77,14 @@ def build_placement(cfg: TrainConfig, plan, num_ids: int, ctx: DistContext) -> t
 
 
 def build_dense_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    # Fused implementations skip a step on the device when told `found_inf` (--skip-nonfinite).
+    fused = True if cfg.skip_nonfinite else None
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr)
+        return torch.optim.SGD(params, lr=cfg.lr, fused=fused)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr)
+        return torch.optim.Adam(params, lr=cfg.lr, fused=fused)
     if cfg.optimizer == "adagrad":
-        return torch.optim.Adagrad(params, lr=cfg.lr)
+        return torch.optim.Adagrad(params, lr=cfg.lr, fused=fused)
     raise HetGMPError(f"--optimizer must be sgd, adam or adagrad, not {cfg.optimizer!r}")
 
 
