@@ -49,6 +49,24 @@ def _gzipped(text: Path) -> Path:
     return path
 
 
+def _tar_gzipped(text: Path) -> Path:
+    """dac.tar.gz's layout: train.txt inside a gzipped tar."""
+    path = text.with_name(text.stem + ".tar.gz")
+    if not path.exists():
+        stage = text.with_name(text.stem + "-tar")
+        stage.mkdir(exist_ok=True)
+        member = stage / "train.txt"
+        if not member.exists():
+            member.symlink_to(text.resolve())
+        with open(path.with_suffix(".partial"), "wb") as dst:
+            tar = subprocess.Popen(["tar", "-C", str(stage), "-chf", "-", "train.txt"], stdout=subprocess.PIPE)
+            subprocess.run(["gzip", "-c", "-1"], stdin=tar.stdout, stdout=dst, check=True)
+            if tar.wait() != 0:
+                raise SystemExit("tar failed")
+        path.with_suffix(".partial").rename(path)
+    return path
+
+
 def run_prepare(source: Path, output: Path, rows: int) -> dict[str, float]:
     """One `hetgmp prepare criteo` in a child; its wall time, CPU time and peak RSS."""
     load_before = os.getloadavg()[0]
@@ -84,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2_000_000, help="rows of generated text (at least 2M for the reported figures)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/hetgmp-bench-prepare"), help="where the text and outputs go (text is reused)")
-    parser.add_argument("--forms", default="txt,gz", help="comma list of input forms to time: txt, gz")
+    parser.add_argument("--forms", default="txt,gz", help="comma list of input forms to time: txt, gz, tar.gz")
     parser.add_argument("--rss-scaling", action="store_true", help="also time half the rows (plain text) to show how RSS grows with rows")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -93,13 +111,14 @@ def main() -> None:
     if args.rss_scaling:
         runs.append(("txt (half)", _text(args.workdir, args.rows // 2), args.rows // 2))
     for form in args.forms.split(","):
-        runs.append((form, text if form == "txt" else _gzipped(text), args.rows))
+        source = {"txt": lambda: text, "gz": lambda: _gzipped(text), "tar.gz": lambda: _tar_gzipped(text)}[form]()
+        runs.append((form, source, args.rows))
     print(f"machine: {platform.node()}, {os.cpu_count()} cores, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, python {platform.python_version()}")
     print("| input | rows | GB | wall s | CPU s | rows/s | peak RSS GB | full Criteo min (wall) | full Criteo min (CPU / 1 core) | load avg |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for form, source, rows in runs:
-        out = args.workdir / f"out-{form.split()[0]}"
+        out = args.workdir / f"out-{form.split()[0].replace('.', '-')}"
         results.append(run_prepare(source, out, rows))
         print(_row(form, results[-1]), flush=True)
         shutil.rmtree(out)

@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from hetgmp.data.vocab import hex_strings
+
 CRITEO_FIELD_SIZES = [
     1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
     27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
@@ -40,9 +42,8 @@ def _value_of(field: int, ids: np.ndarray) -> np.ndarray:
 
 
 def _hex(values: np.ndarray) -> pa.Array:
-    digits = np.frombuffer(b"0123456789abcdef", np.uint8)
-    nibbles = (values[:, None] >> np.arange(28, -1, -4, dtype=np.uint64)) & np.uint64(15)
-    return pa.array(digits[nibbles].view("S8").ravel().astype(str))
+    """32-bit values as 8 lowercase hex digits (the key of value v is v + 1, see vocab.py)."""
+    return pa.array(hex_strings(values.astype(np.int64) + 1)).cast(pa.string())
 
 
 def _with_missing(rng: np.random.Generator, values: pa.Array, rate: float) -> pa.Array:

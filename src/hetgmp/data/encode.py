@@ -77,15 +77,15 @@ class _Pass1:
         self.stats = _Stats()
 
     def _typed(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Labels int8 (n,), raw dense int64 (I, n) and the ok mask (1 + I, n) of the label and each integer."""
+        """Labels int8 (n,), dense float32 (I, n) and the ok mask (1 + I, n) of the label and each integer."""
         n, layout = batch.num_rows, self.layout
         labels = np.empty(n, np.int8)
-        raw = np.empty((len(layout.dense), n), np.int64)
+        dense = np.empty((len(layout.dense), n), np.float32)
         ok = np.empty((1 + len(layout.dense), n), np.bool_)
         kernels.parse_labels(*string_buffers(batch.column(layout.label)), labels, ok[0])
         for j, name in enumerate(layout.dense):
-            kernels.parse_ints(*string_buffers(batch.column(name)), raw[j], ok[1 + j])
-        return labels, raw, ok
+            kernels.parse_dense(*string_buffers(batch.column(name)), dense[j], ok[1 + j])
+        return labels, dense, ok
 
     def _bad_row_message(self, batch: pa.RecordBatch, ok: np.ndarray, row: int) -> tuple[int, str]:
         column = int(np.argmin(ok[:, row]))
@@ -104,7 +104,7 @@ class _Pass1:
 
     def process(self, batch: pa.RecordBatch) -> None:
         n = batch.num_rows
-        labels, raw, ok = self._typed(batch)
+        labels, dense, ok = self._typed(batch)
         good = ok.all(axis=0)
         bad = np.flatnonzero(~good)
         if len(bad):
@@ -117,15 +117,15 @@ class _Pass1:
         self._check_invalid(self.reader.line_of(self.stats.rows_emitted + n - 1))
         self.stats.rows_emitted += n
         keep = None if not len(bad) else good
-        self._append(batch, labels, raw, keep)
+        self._append(batch, labels, dense, keep)
 
-    def _append(self, batch: pa.RecordBatch, labels: np.ndarray, raw: np.ndarray, keep: np.ndarray | None) -> None:
+    def _append(self, batch: pa.RecordBatch, labels: np.ndarray, dense: np.ndarray, keep: np.ndarray | None) -> None:
         if keep is not None:
-            batch, labels, raw = batch.filter(pa.array(keep)), labels[keep], raw[:, keep]
+            batch, labels, dense = batch.filter(pa.array(keep)), labels[keep], dense[:, keep]
         n = batch.num_rows
         records = np.empty(n, self.buckets.dtype)
         records["label"] = labels
-        records["dense"] = kernels.dense_transform(raw).T
+        records["dense"] = dense.T
         keys = records["keys"]
         for f, vocab in enumerate(self.vocabs):
             keys[:, f] = vocab.keys(batch.column(self.layout.categorical[f]))

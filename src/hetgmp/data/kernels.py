@@ -59,18 +59,23 @@ def _hex_keys(offsets, data, nibble, out):
 
 
 @njit(nogil=True, cache=True)
-def parse_ints(offsets, data, out, ok):
-    """Parse optionally signed decimal integers; empty parses as 0. ok[i] is False where value i is not one."""
+def parse_dense(offsets, data, out, ok):
+    """Integer features -> the original's dense values, in one pass.
+
+    Empty is 0; then log(x + 1) if x > -1 else -1, in float64 as the original
+    computed it, stored as float32. ok[i] is False where value i is not an
+    optionally signed decimal integer. Example: ["0", "", "1", "-5"] ->
+    [0.0, 0.0, 0.6931472, -1.0], all ok; "1.5" is not ok.
+    """
     for i in range(out.shape[0]):
         start = offsets[i]
         end = offsets[i + 1]
         negative = False
+        good = True
         if end > start and (data[start] == 45 or data[start] == 43):
             negative = data[start] == 45
             start += 1
             good = end > start  # a sign alone is not a number
-        else:
-            good = True
         good = good and end - start <= MAX_INT_DIGITS
         value = 0
         for j in range(start, end):
@@ -79,7 +84,8 @@ def parse_ints(offsets, data, out, ok):
                 good = False
                 break
             value = value * 10 + (c - 48)
-        out[i] = -value if negative else value
+        x = float(-value if negative else value)
+        out[i] = np.log(x + 1.0) if x > -1.0 else -1.0
         ok[i] = good
 
 
@@ -124,15 +130,3 @@ def lookup_sorted(table, index, shift, keys, base, out):
             else:
                 hi = mid
         out[i] = base + lo
-
-
-def dense_transform(raw: np.ndarray) -> np.ndarray:
-    """The original's dense features: log(x + 1) if x > -1 else -1 (empty was already 0).
-
-    Computed in float64 as the original did, then stored as float32.
-    Example: [0, 1, -1, -5] -> [0.0, 0.6931472, -1.0, -1.0].
-    """
-    x = raw.astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(x > -1, np.log(x + 1.0), -1.0)
-    return out.astype(np.float32)
