@@ -62,6 +62,7 @@ SETTINGS = [
     _s("default", "adam", 1e-3, "rowwise_adagrad", 0.05),
     _s("original-sgd", "sgd", 0.01, "sgd", 0.01),
     _s("sparse-rwa-0.1", "adam", 1e-3, "rowwise_adagrad", 0.1),
+    _s("sparse-rwa-0.2", "adam", 1e-3, "rowwise_adagrad", 0.2),
     _s("sparse-rwa-0.02", "adam", 1e-3, "rowwise_adagrad", 0.02),
     _s("sparse-sgd-1", "adam", 1e-3, "sgd", 1.0),
     _s("sparse-sgd-10", "adam", 1e-3, "sgd", 10.0),
@@ -123,14 +124,14 @@ def reference(data: Path, work: Path, batch_size: int = 4096) -> dict:
     return result
 
 
-def staleness(data: Path, work: Path, setting: Setting) -> dict[int, dict]:
-    """Bound 0 and bound 100 on 2 workers with a 2-part plan and 1% mirrors."""
+def staleness(data: Path, work: Path, setting: Setting, bounds: list[int]) -> dict[int, dict]:
+    """The given bounds (0 and 100) on 2 workers with a 2-part plan and 1% mirrors."""
     plan = work / "plan-2.npz"
     if not plan.is_file():
         hetgmp("partition", str(data), "--parts", "2", "--output", str(plan),
                "--batch-size", str(setting.batch_size), log=work / "partition.log")
     flags = [*setting.flags(), "--nproc", "2", "--partition", str(plan), "--store-rate", "0.01"]
-    return {bound: train(data, work / f"2w-bound{bound}-{setting.name}", [*flags, "--bound", str(bound)]) for bound in (0, 100)}
+    return {bound: train(data, work / f"2w-bound{bound}-{setting.name}", [*flags, "--bound", str(bound)]) for bound in bounds}
 
 
 def table(rows: list[tuple[str, dict, Setting | None]]) -> str:
@@ -151,6 +152,7 @@ def main() -> None:
     parser.add_argument("--skip-grid", action="store_true")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--staleness", default=None, metavar="SETTING", help="run the 2-worker bound 0 / bound 100 pair with this setting")
+    parser.add_argument("--bounds", type=int, nargs="+", default=[0, 100], help="staleness bounds to compare")
     args = parser.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -169,7 +171,7 @@ def main() -> None:
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     if args.staleness:
         setting = by_name[args.staleness]
-        for bound, r in staleness(data, args.work, setting).items():
+        for bound, r in staleness(data, args.work, setting, args.bounds).items():
             rows.append((f"2 workers, plan, 1% mirrors, bound {bound}", r, setting))
     print(table(rows))
 

@@ -106,7 +106,10 @@ def _panel(ax: Any, records: list[dict[str, Any]], x: str, y: str, title: str, e
     if not any(math.isfinite(v) for v in ys):
         ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, color="gray")
         return
-    ax.plot(_column(records, x), ys, marker="." if len(records) < 50 else None, linewidth=1.2)
+    xs = _column(records, x)
+    ax.plot(xs, ys, marker="." if len(records) < 50 else None, linewidth=1.2)
+    if y == "auc":  # the number a reader looks for, readable even from one point
+        ax.annotate(f"{ys[-1]:.4f}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(-6, -14), ha="right", fontsize=9)
     if y.startswith("samples_per_s"):
         ax.set_ylim(bottom=0)  # from zero, so noise does not look like a collapse
 
