@@ -234,6 +234,7 @@ def prepare_table(layout: TableLayout, config: PrepareConfig) -> DatasetMeta:
             writer.close()
         shutil.rmtree(work)
         save_vocab(tmp, vocab)
+        meta.extra["seconds_pass1"] = round(pass1.stats.seconds["read"], 1)
         meta.extra["seconds"] = round(time.perf_counter() - start, 1)
         write_meta(tmp, meta)
     return meta
