@@ -75,6 +75,7 @@ def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, on
     dense = np.load(bad / "train_dense_feats.npy")
     np.save(bad / "train_dense_feats.npy", np.full_like(dense, np.nan))
     with pytest.raises(HetGMPError, match=r"NaN or infinite at step 5; the last good checkpoint .*step-000004 is kept"):
-        train(_cfg(tmp_path, "ck", data=str(bad), iter=12, checkpoint_every=2, resume=True))
+        train(_cfg(tmp_path, "ck", data=str(bad), iter=12, checkpoint_every=2, resume=True, output=str(tmp_path / "run.log")))
+    assert "NaN or infinite at step 5" in (tmp_path / "run.log").read_text()
     assert (tmp_path / "ck" / "latest").read_text().strip() == "step-000004"
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["latest", "step-000004"]

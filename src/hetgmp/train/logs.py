@@ -58,6 +58,11 @@ class RunLog:
         if self._log:
             self._log.write(line + "\n")
 
+    def note(self, line: str) -> None:
+        """A line for the log file only."""
+        if self.enabled and self._log:
+            self._log.write(line + "\n")
+
     def advance(self, steps: int = 1) -> None:
         if self._bar is not None:
             self._bar.update(steps)

@@ -52,6 +52,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         try:
             log.info(describe(run, start))
             return train_loop(run, start, log)
+        except HetGMPError as e:
+            log.note(f"error: {e}")  # the CLI prints it; the log file keeps it too
+            raise
         finally:
             log.close()
     except RuntimeError as e:  # a failed collective: name the lost worker, if one was lost
