@@ -63,7 +63,7 @@ def _compare(model_name, cfg, steps=4):
     fast = _train(FastStep, model, table, cfg, batches)
     ref = _train(ReferenceStep, model, table, cfg, batches)
     torch.testing.assert_close(fast[1], ref[1], rtol=0, atol=1e-5)
-    if cfg.sparse_optimizer == "adagrad":
+    if cfg.sparse_optimizer == "rowwise_adagrad":
         torch.testing.assert_close(fast[2], ref[2], rtol=1e-5, atol=1e-5)
     for (name, p), q in zip(fast[0].named_parameters(), ref[0].parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
@@ -79,7 +79,7 @@ def test_fast_step_matches_reference_sgd(model_name):
 
 @pytest.mark.parametrize("kernel", ["torch", pytest.param("triton", marks=pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed"))])
 def test_fast_step_matches_reference_adagrad_adam(kernel):
-    _compare("wdl", FastStepConfig(lr=0.1, dense_lr=0.01, sparse_optimizer="adagrad", dense_optimizer="adam", kernel=kernel))
+    _compare("wdl", FastStepConfig(lr=0.1, dense_lr=0.01, sparse_optimizer="rowwise_adagrad", dense_optimizer="adam", kernel=kernel))
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")

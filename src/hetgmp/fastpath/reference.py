@@ -31,7 +31,7 @@ class ReferenceStep:
         self.model = model
         self.table_ED = table_ED.detach().requires_grad_()
         self.acc_E = None
-        if cfg.sparse_optimizer == "adagrad":
+        if cfg.sparse_optimizer == "rowwise_adagrad":
             self.acc_E = acc_E if acc_E is not None else torch.zeros(len(table_ED), device=self.device)
         self.optimizer = dense_optimizer(list(model.parameters()), cfg, self.device)
 

@@ -44,11 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hetgmp.embedding.config import OPTIMIZERS as EMBEDDING_OPTIMIZERS
 from hetgmp.errors import HetGMPError
 from hetgmp.kernels import DEFAULT_EPS, new_scratch, resolve_backend, sparse_update
 
 DENSE_OPTIMIZERS = ("sgd", "adam")
-SPARSE_OPTIMIZERS = ("sgd", "adagrad")
+# The embedding runtime's names: the trainer passes its --sparse-optimizer through.
+SPARSE_OPTIMIZERS = EMBEDDING_OPTIMIZERS
 AMP_MODES = ("none", "bf16")
 
 
@@ -59,7 +61,7 @@ class FastStepConfig:
     lr: embedding learning rate (SGD folded into the table, or row-wise Adagrad).
     dense_lr: learning rate of the dense weights.
     dense_optimizer: "sgd" or "adam".
-    sparse_optimizer: "sgd" or "adagrad" (row-wise: one accumulator per row).
+    sparse_optimizer: "sgd" or "rowwise_adagrad" (one accumulator per row).
     adagrad_eps: added to sqrt(accumulator) before dividing.
     amp: "none" or "bf16" (autocast for the model's forward).
     tf32: let fp32 matmuls use TF32 tensor cores.
@@ -157,7 +159,7 @@ class FastStep:
         self.table_ED = table_ED.detach()
         self.acc_E = acc_E
         self.versions_E = versions_E
-        if cfg.sparse_optimizer == "adagrad" and acc_E is None:
+        if cfg.sparse_optimizer == "rowwise_adagrad" and acc_E is None:
             self.acc_E = torch.zeros(len(table_ED), dtype=torch.float32, device=self.device)
         if cfg.sparse_optimizer == "sgd":
             self.acc_E = None
