@@ -1,11 +1,12 @@
 """`hetgmp demo` end to end at a tiny size: synth -> partition -> 2 CPU workers -> eval -> comparison."""
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+from tinydata import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -20,5 +21,5 @@ def test_demo_runs_the_pipeline_and_reports(tmp_path):
     assert "AUC reached" in text and "planted model:" in text
     assert "less communication than random placement" in text and "measured   rows fetched per step" in text
     assert {"data", "plan.npz", "plan.json", "partition.log", "train.log", "metrics.jsonl", "random.jsonl"} <= {p.name for p in out.iterdir()}
-    evals = [json.loads(line) for line in open(out / "metrics.jsonl") if '"eval"' in line]
+    evals = read_metrics(out / "metrics.jsonl", "eval")
     assert evals and evals[-1]["test_rows"] == 600 and evals[-1]["auc"] > 0.55

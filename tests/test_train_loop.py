@@ -1,6 +1,5 @@
 """Single-worker training in this process: it learns, and its AUC is sklearn's on the same predictions."""
 
-import json
 
 import numpy as np
 import pytest
@@ -13,11 +12,7 @@ from hetgmp.train.config import TrainConfig, config_to_argv
 from hetgmp.train.data import BatchStream, Rows, contiguous_shard, shard_sizes, steps_per_epoch
 from hetgmp.train.evaluate import metrics
 from hetgmp.train.loop import train
-from tinydata import write_planted
-
-
-def _records(path):
-    return [json.loads(line) for line in open(path)]
+from tinydata import read_metrics, write_planted
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +31,7 @@ def trained(tmp_path_factory):
 
 def test_single_worker_learns_and_logs(trained):
     root, cfg, result = trained
-    records = _records(root / "m.jsonl")
+    records = read_metrics(root / "m.jsonl")
     train_lines = [r for r in records if r["phase"] == "train"]
     evals = [r for r in records if r["phase"] == "eval"]
     assert [r["step"] for r in evals] == [40, 80, 90]  # every 40 steps and at the end (3 epochs x 30 steps)

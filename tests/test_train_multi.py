@@ -1,6 +1,5 @@
 """Real multi-process training through the CLI: 2 local workers (Gloo) with a plan, resume, two torchrun nodes."""
 
-import json
 import os
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import torch
 
 from hetgmp.cli import main
 from test_train_checkpoint import _assert_same_state
-from tinydata import write_plan, write_planted
+from tinydata import read_metrics, write_plan, write_planted
 from workers import free_port
 
 pytestmark = pytest.mark.slow
@@ -21,10 +20,6 @@ def _hetgmp(*argv, timeout=240):
     done = subprocess.run([sys.executable, "-m", "hetgmp.cli", *argv], env=ENV, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
-
-
-def _records(path):
-    return [json.loads(line) for line in open(path)]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +40,7 @@ def test_two_workers_and_two_nodes_train_log_and_resume_exactly(planned):
     root = planned
     _hetgmp(*_train_argv(root, "full", "--nproc", "2", "--iter", "16", "--val", "--eval-every", "8", "--log-every", "4",
                          "--metrics", str(root / "m.jsonl")))
-    records = _records(root / "m.jsonl")
+    records = read_metrics(root / "m.jsonl")
     train_lines = [r for r in records if r["phase"] == "train"]
     evals = [r for r in records if r["phase"] == "eval"]
     assert [r["step"] for r in train_lines] == [4, 8, 12, 16] and [r["step"] for r in evals] == [8, 16]
@@ -69,7 +64,7 @@ def test_two_workers_and_two_nodes_train_log_and_resume_exactly(planned):
     ]
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
-    nodes = _records(root / "nodes.jsonl")
+    nodes = read_metrics(root / "nodes.jsonl")
     assert [(r["phase"], r["step"]) for r in nodes] == [("train", 3), ("train", 6), ("train", 7), ("eval", 7)]
     assert nodes[-1]["test_rows"] == 1000
 

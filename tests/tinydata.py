@@ -51,3 +51,11 @@ def write_plan(dataset: Path, path: Path, parts: int = 2, gpus_per_node: int = 8
         lists.append(remote[np.argsort(-counts[remote], kind="stable")].astype(np.int32))
     meta = {"parts": parts, "gpus_per_node": gpus_per_node, "num_ids": ds.meta.num_ids, "train_rows": ds.meta.train_rows}
     PartitionPlan(owner.astype(np.int32), data_partition, lists, meta).save(path)
+
+
+def read_metrics(path: Path, phase: str | None = None) -> list[dict]:
+    """The JSONL metrics file's records, optionally only those of one phase ("train" or "eval")."""
+    import json
+
+    records = [json.loads(line) for line in open(path)]
+    return [r for r in records if phase is None or r["phase"] == phase]
