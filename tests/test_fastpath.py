@@ -43,12 +43,17 @@ def _train(step_cls, model, table, cfg, batches):
     return model, step.table_ED, step.acc_E, losses
 
 
-def test_fast_step_counts_versions_as_the_runtime_does():
+def test_fast_step_counts_versions_and_correct_samples():
     batches = _batches(3)
     versions = torch.zeros(ROWS, dtype=torch.int64)
-    step = FastStep(build_model("wdl", FIELDS, DENSE, 4), torch.zeros(ROWS, 4), FastStepConfig(kernel="torch"), versions_E=versions)
-    for b in batches:
-        step.step(*b)
+    model = build_model("wdl", FIELDS, DENSE, 4)
+    table = torch.randn(ROWS, 4)
+    step = FastStep(model, table, FastStepConfig(kernel="torch", accuracy=True), versions_E=versions)
+    for dense, ids, labels in batches:
+        with torch.no_grad():
+            want_correct = ((model(dense, table[ids]) > 0) == (labels > 0.5)).sum()
+        step.step(dense, ids, labels)
+        assert step.correct.item() == want_correct.item()
     want = torch.bincount(torch.cat([ids.flatten() for _, ids, _ in batches]), minlength=ROWS)
     assert torch.equal(versions, want)
 

@@ -70,6 +70,9 @@ class FastStepConfig:
         reads and writes B x (F*d + I) activations several times); compiled
         during the warm-up steps, then captured like the rest.
     cuda_graph: capture the step in a CUDA graph (CUDA only).
+    accuracy: also count, each step, the samples whose logit sign matches the
+        label (`FastStep.correct`, a device scalar; off by default, as it costs
+        a few small kernels a step).
     kernel: sparse update implementation: auto, triton, torch, reference.
     warmup_steps: eager steps before the capture.
     """
@@ -83,6 +86,7 @@ class FastStepConfig:
     tf32: bool = False
     compile: bool = False
     cuda_graph: bool = True
+    accuracy: bool = False
     kernel: str = "auto"
     warmup_steps: int = 3
 
@@ -172,6 +176,7 @@ class FastStep:
         self._inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._graph: torch.cuda.CUDAGraph | None = None
         self._loss: torch.Tensor | None = None
+        self.correct: torch.Tensor | None = None
         self._warm = 0
 
     def step(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
@@ -235,6 +240,8 @@ class FastStep:
             with autocast(self.cfg, self.device):
                 logits_B = self._forward(dense_BI, emb_BFD)
             loss = F.binary_cross_entropy_with_logits(logits_B.float(), labels_B.float())
+            if self.cfg.accuracy:
+                self.correct = ((logits_B.detach() > 0) == (labels_B > 0.5)).sum()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         grad_ND = emb_BFD.grad.reshape(B * nf, -1).contiguous()
