@@ -117,7 +117,9 @@ def test_truncated_gzip_is_reported(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("kwargs, message", [({"val_fraction": 1.0}, "--val-fraction"), ({"seed": -1}, "--seed")])
+@pytest.mark.parametrize(
+    "kwargs, message", [({"val_fraction": 1.0}, "--val-fraction"), ({"seed": -1}, "--seed"), ({"block_size": 0}, "--block-size")]
+)
 def test_bad_settings(tmp_path, kwargs, message):
     raw = tmp_path / "train.txt"
     raw.write_text(criteo_text(10, seed=1))

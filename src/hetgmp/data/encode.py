@@ -214,6 +214,8 @@ def _first_invalid(reader: BatchReader) -> tuple[int, str] | None:
 def _check_config(config: PrepareConfig) -> None:
     if not 0.0 <= config.val_fraction < 1.0:
         raise HetGMPError(f"--val-fraction is {config.val_fraction}; it must be in [0, 1), e.g. 0.1 for the last 10% as test split")
+    if config.block_size < 1024:
+        raise HetGMPError(f"--block-size is {config.block_size} bytes; give at least 1024 (a block must hold whole rows; the default is 4 MiB)")
     if config.seed < 0:
         raise HetGMPError(f"--seed is {config.seed}; it must be a non-negative integer")
 
