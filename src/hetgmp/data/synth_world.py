@@ -138,7 +138,7 @@ def validate(config: SynthConfig) -> None:
     ]
     for ok, message in rules:
         if not ok:
-            raise HetGMPError(f"hetgmp synth {message}")
+            raise HetGMPError(message)
     test_rows = int(round(config.rows * config.test_fraction))
     if test_rows < 1 or test_rows >= config.rows:
         raise HetGMPError(f"--rows {config.rows} with --test-fraction {config.test_fraction} leaves an empty split: raise --rows")
