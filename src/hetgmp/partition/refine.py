@@ -83,8 +83,13 @@ BLOCK = 128  # vertices per parallel task: one scratch array each, not one per v
 
 
 @njit(parallel=True, cache=True)
-def _propose_samples(ids, lo, hi, part, owner, counts, sizes, marginal, w, alpha, best):  # pragma: no cover - compiled
-    """best[i - lo] = the part maximising the original's sample score, for i in [lo, hi)."""
+def _propose_samples(ids, lo, hi, part, owner, counts, sizes, marginal, w, alpha, hot, best):  # pragma: no cover - compiled
+    """best[i - lo] = the part maximising the original's sample score, for i in [lo, hi).
+
+    Ids marked `hot` are skipped: they are read so often in every part that
+    one more or one fewer reader changes their soft count by less than
+    HOT_MARGINAL, the same for every part, so they cannot sway a proposal.
+    """
     top = len(marginal) - 1
     parts = counts.shape[1]
     for blk in prange((hi - lo + BLOCK - 1) // BLOCK):
@@ -96,6 +101,8 @@ def _propose_samples(ids, lo, hi, part, owner, counts, sizes, marginal, w, alpha
             score[cur] -= alpha  # the sample is taken out of its own part first
             for f in range(ids.shape[1]):
                 e = ids[i, f]
+                if hot[e]:
+                    continue
                 o = owner[e]
                 for k in range(parts):
                     c = counts[e, k] - (1 if k == cur else 0)
@@ -105,6 +112,26 @@ def _propose_samples(ids, lo, hi, part, owner, counts, sizes, marginal, w, alpha
                 if score[k] > score[b]:
                     b = k
             best[i - lo] = b
+
+
+HOT_MARGINAL = 1e-7
+
+
+@njit(parallel=True, cache=True)
+def _hot_ids(counts, marginal):  # pragma: no cover - compiled
+    """hot[e] = 1 when D(c[e][k] - 1) < HOT_MARGINAL in every part k (D decreases in c)."""
+    threshold = len(marginal)
+    for c in range(len(marginal) - 1):
+        if marginal[c] < HOT_MARGINAL:
+            threshold = c
+            break
+    hot = np.zeros(counts.shape[0], dtype=np.uint8)
+    for e in prange(counts.shape[0]):
+        low = counts[e, 0]
+        for k in range(1, counts.shape[1]):
+            low = min(low, counts[e, k])
+        hot[e] = low - 1 - 64 >= threshold  # 64 spare: counts drift during the pass
+    return hot
 
 
 @njit(cache=True)
@@ -139,10 +166,11 @@ def _apply_samples(ids, lo, hi, part, owner, counts, sizes, marginal, w, best, f
 def sample_pass(ids, part, owner, counts, sizes, marginal, w, alpha, chunk, floor, cap):  # pragma: no cover - compiled
     """One batched sample pass over all samples; returns the number moved."""
     best = np.empty(chunk, dtype=np.int32)
+    hot = _hot_ids(counts, marginal)
     moved = 0
     for lo in range(0, ids.shape[0], chunk):
         hi = min(lo + chunk, ids.shape[0])
-        _propose_samples(ids, lo, hi, part, owner, counts, sizes, marginal, w, alpha, best)
+        _propose_samples(ids, lo, hi, part, owner, counts, sizes, marginal, w, alpha, hot, best)
         moved += _apply_samples(ids, lo, hi, part, owner, counts, sizes, marginal, w, best, floor, cap)
     return moved
 
