@@ -21,6 +21,7 @@ from test_train_checkpoint import _assert_same_state
 from tinydata import write_planted
 
 pytestmark = pytest.mark.slow
+END = 60  # steps of the uninterrupted run: the killed one is stopped within its first few
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,8 @@ def _latest_step(ckpt) -> int:
 
 def test_launcher_names_the_killed_worker_and_resume_matches(data):
     root = data
+    # The uninterrupted run goes on beside the one to be killed (END is well past the kill).
+    full = start(*_argv(root, "full", "--nproc", "2", "--iter", str(END)))
     launcher = start(*_argv(root, "cut", "--nproc", "2", "--iter", "100000", "--checkpoint-every", "3"))
     wait_for(lambda: (root / "cut" / "latest").exists() or launcher.poll() is not None, what="the first checkpoint")
     ranks = children(launcher.pid)
@@ -53,14 +56,14 @@ def test_launcher_names_the_killed_worker_and_resume_matches(data):
     assert not any(os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read().lower()
                    for pid in ranks.values())
 
-    # Resume a few steps past the last complete checkpoint; an uninterrupted run goes as far.
-    end = _latest_step(root / "cut") + 3
-    resumed = hetgmp(*_argv(root, "cut", "--nproc", "2", "--iter", str(end), "--resume"))
-    assert resumed.returncode == 0 and f"resumed at step {end - 3}" in resumed.stdout, resumed.stderr[-3000:]
-    full = hetgmp(*_argv(root, "full", "--nproc", "2", "--iter", str(end)))
-    assert full.returncode == 0, full.stderr[-3000:]
+    last = _latest_step(root / "cut")
+    assert last < END
+    resumed = hetgmp(*_argv(root, "cut", "--nproc", "2", "--iter", str(END), "--resume"))
+    assert resumed.returncode == 0 and f"resumed at step {last}" in resumed.stdout, resumed.stderr[-3000:]
+    [(code, err)] = finish([full], timeout=240)
+    assert code == 0, err[-3000:]
     for rank in (0, 1):
-        name = f"step-{end:06d}/rank-{rank}.pt"
+        name = f"step-{END:06d}/rank-{rank}.pt"
         _assert_same_state(torch.load(root / "full" / name, weights_only=True), torch.load(root / "cut" / name, weights_only=True))
 
 
