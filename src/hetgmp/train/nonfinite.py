@@ -14,10 +14,12 @@ No checkpoint is written after a bad step, so "last good" really is good.
 `--skip-nonfinite`: a bad worker's batch contributes nothing. Its embedding
 gradient is zeroed in backward, before the table's exchange sends it, and
 its dense gradient before the all-reduce; the step goes on with the other
-workers' gradients. When every worker was bad, the dense optimizer skips the
-step through `found_inf` (fused optimizers test it on the device and leave
-parameters, moments and step counters as they were), and the table receives
-zero gradients (SGD and row-wise Adagrad then change no row; only the rows'
+workers' gradients. When every worker was bad, every gradient is zero:
+plain SGD and Adagrad then change no parameter (Adagrad's step counter still
+moves, which matters only with an lr decay, never set here), Adam, whose
+moments would move the weights, is built fused and skips the step through
+`found_inf` on the device (parameters, moments and step counter untouched),
+and the table's SGD and row-wise Adagrad change no row (only the rows'
 update counts move). Skipped batches are counted per TRAIN line
 (`skipped_batches`, summed over workers) and the loss averages the others.
 
@@ -73,10 +75,10 @@ class NonFiniteGuard:
         flat[-1] = self.bad.to(flat.dtype)
 
     def before_dense_step(self, optimizer: torch.optim.Optimizer, bad_workers: torch.Tensor) -> None:
-        """`bad_workers`: the all-reduced spare element. With skip, a step where every worker
-        was bad is skipped by the (fused) optimizer itself."""
+        """`bad_workers`: the all-reduced spare element. With skip, a fused optimizer (Adam)
+        skips a step where every worker was bad on the device."""
         self.bad_workers = bad_workers
-        if self.skip:
+        if self.skip and optimizer.defaults.get("fused"):
             optimizer.found_inf = (bad_workers >= self.world).to(torch.float32).reshape(())
 
     def loss_record(self, loss: torch.Tensor) -> torch.Tensor:

@@ -77,14 +77,13 @@ def build_placement(cfg: TrainConfig, plan, num_ids: int, ctx: DistContext) -> t
 
 
 def build_dense_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    # Fused implementations skip a step on the device when told `found_inf` (--skip-nonfinite).
-    fused = True if cfg.skip_nonfinite else None
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, fused=fused)
+        return torch.optim.SGD(params, lr=cfg.lr)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, fused=fused)
+        # Fused Adam skips a step on the device when told `found_inf` (--skip-nonfinite, see nonfinite.py).
+        return torch.optim.Adam(params, lr=cfg.lr, fused=True if cfg.skip_nonfinite else None)
     if cfg.optimizer == "adagrad":
-        return torch.optim.Adagrad(params, lr=cfg.lr, fused=fused)
+        return torch.optim.Adagrad(params, lr=cfg.lr)
     raise HetGMPError(f"--optimizer must be sgd, adam or adagrad, not {cfg.optimizer!r}")
 
 
