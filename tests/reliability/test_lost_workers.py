@@ -93,3 +93,14 @@ def test_mismatched_flags_are_named_at_start_up(data):
         assert code == 2 and "Traceback" not in err, err[-3000:]
         assert "workers were started with different settings: rank 1 differs from rank 0 in bound (100 vs 0), embed_dim (8 vs 16)" in err, err
     assert not (root / "mixed").exists()
+
+
+def test_losing_rank_0_which_hosts_the_store_is_named(data):
+    """Rank 0 hosts the rendezvous store under --nproc and mpirun: when it dies, the store goes with it."""
+    root = data
+    procs = start_workers(_argv(root, "zero", "--iter", "100000", "--checkpoint-every", "2"), world_size=2)
+    wait_for(lambda: (root / "zero" / "latest").exists() or any(p.poll() is not None for p in procs), what="the first checkpoint")
+    procs[0].kill()
+    [(code0, _), (code1, err)] = finish(procs, timeout=60)
+    assert code0 == -signal.SIGKILL and code1 == 2, err[-3000:]
+    assert "worker rank 0 of 2 (it hosts the job's rendezvous store) or the network to it was lost" in err, err[-3000:]
