@@ -68,6 +68,8 @@ SETTINGS = [
     _s("sparse-sgd-10", "adam", 1e-3, "sgd", 10.0),
     _s("adam-3e-3", "adam", 3e-3, "rowwise_adagrad", 0.05),
     _s("adam-3e-4", "adam", 3e-4, "rowwise_adagrad", 0.05),
+    _s("adam-3e-3-rwa-0.1", "adam", 3e-3, "rowwise_adagrad", 0.1),
+    _s("adagrad-0.01-rwa-0.1", "adagrad", 0.01, "rowwise_adagrad", 0.1),
     _s("adagrad-0.01", "adagrad", 0.01, "rowwise_adagrad", 0.05),
     _s("adagrad-0.05", "adagrad", 0.05, "rowwise_adagrad", 0.05),
     _s("sgd-0.1", "sgd", 0.1, "rowwise_adagrad", 0.05),
@@ -109,19 +111,23 @@ def train(data: Path, run_dir: Path, flags: list[str]) -> dict:
     return result
 
 
-def reference(data: Path, work: Path, batch_size: int = 4096) -> dict:
-    """The standard Wide & Deep's one-epoch AUC (cached in work/reference.json)."""
-    cache = work / f"reference-b{batch_size}.json"
+def reference(data: Path, work: Path, seed: int, batch_size: int = 4096) -> dict:
+    """The standard Wide & Deep's one-epoch AUC (cached in work/reference-b4096[-seedN].json)."""
+    cache = work / f"reference-b{batch_size}{_suffix(seed)}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     sys.path.insert(0, str(REPO / "tests"))
     from reference_wdl import train_reference_wdl
 
     start = time.perf_counter()
-    auc = train_reference_wdl(data, epochs=1, batch_size=batch_size)
+    auc = train_reference_wdl(data, epochs=1, batch_size=batch_size, seed=seed)
     result = {"auc": auc, "batch_size": batch_size, "seconds": round(time.perf_counter() - start, 1)}
     cache.write_text(json.dumps(result) + "\n")
     return result
+
+
+def _suffix(seed: int) -> str:
+    return f"-seed{seed}" if seed else ""
 
 
 def staleness(data: Path, work: Path, setting: Setting, bounds: list[int]) -> dict[int, dict]:
@@ -153,6 +159,7 @@ def main() -> None:
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--staleness", default=None, metavar="SETTING", help="run the 2-worker bound 0 / bound 100 pair with this setting")
     parser.add_argument("--bounds", type=int, nargs="+", default=[0, 100], help="staleness bounds to compare")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every grid and reference run (runs of seed N > 0 go to NAME-seedN)")
     args = parser.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -164,10 +171,11 @@ def main() -> None:
     by_name = {s.name: s for s in SETTINGS}
     rows: list[tuple[str, dict, Setting | None]] = []
     if not args.skip_reference:
-        rows.append(("reference Wide&Deep", reference(data, args.work), None))
+        rows.append(("reference Wide&Deep", reference(data, args.work, args.seed), None))
     if not args.skip_grid:
         for name in args.settings or list(by_name):
-            rows.append((name, train(data, args.work / name, by_name[name].flags()), by_name[name]))
+            run_dir = args.work / f"{name}{_suffix(args.seed)}"
+            rows.append((name, train(data, run_dir, [*by_name[name].flags(), "--seed", str(args.seed)]), by_name[name]))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     if args.staleness:
         setting = by_name[args.staleness]
