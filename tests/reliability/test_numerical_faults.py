@@ -18,6 +18,7 @@ from hetgmp.errors import HetGMPError
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import epoch_seed
 from hetgmp.train.loop import train
+from hetgmp.train.nonfinite import NonFiniteGuard
 from jobs import hetgmp
 from tinydata import write_planted
 
@@ -124,3 +125,25 @@ def test_two_workers_skip_through_the_cli(poisoned, tmp_path):
     records = [json.loads(line) for line in open(metrics)]
     assert sum(r["skipped_batches"] for r in records) == len(expected) == 2
     assert re.search(r"TRAIN step 10 .* skipped 1 non-finite batches", done.stdout), done.stdout
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_an_infinite_gradient_with_a_finite_loss_is_caught(skip):
+    """sqrt at 0: the loss is 0, its gradient inf. The guard flags the step (default: a NaN loss record,
+    stopping the run at the next check) or zeroes this worker's gradients (skip)."""
+    guard = NonFiniteGuard(skip=skip, world_size=1)
+    rows = torch.ones(4, 3, requires_grad=True)
+    weight = torch.nn.Parameter(torch.ones(3))
+    loss = torch.sqrt(guard.gate(rows) - 1).sum() + (weight * 0.5).sum()
+    guard.begin(loss.detach())
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(weight.grad).all()  # only the table's gradient is bad
+    flat = torch.cat([weight.grad.reshape(-1), torch.zeros(1)])
+    guard.flag_dense(flat)
+    optimizer = torch.optim.Adam([weight], fused=True)
+    guard.before_dense_step(optimizer, flat[-1])
+    if skip:
+        assert torch.equal(rows.grad, torch.zeros_like(rows)) and torch.equal(flat, torch.tensor([0.0, 0.0, 0.0, 1.0]))
+        assert guard.loss_record(loss.detach()) == 0 and guard.skipped() == 1 and optimizer.found_inf == 1
+    else:
+        assert torch.isinf(rows.grad).all() and torch.isnan(guard.loss_record(loss.detach()))
