@@ -1,4 +1,4 @@
-"""The reliability suite imports the shared test helpers (tinydata, workers, prepare_reference) from tests/."""
+"""The reliability suite imports the shared test modules (tinydata, workers, prepare_reference) from tests/."""
 
 import sys
 from pathlib import Path
