@@ -51,6 +51,7 @@ class Heartbeat:
         # Keys of a torchrun restart must not meet the last attempt's.
         self.prefix = f"hetgmp/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
         self._stop = threading.Event()
+        self.store_lost = False  # set by the heartbeat thread when the store stops answering
         self._thread = threading.Thread(target=self._beat, name="hetgmp-heartbeat", daemon=True)
         self._thread.start()
 
@@ -62,6 +63,7 @@ class Heartbeat:
             try:
                 self.store.add(self._key("alive", self.rank), 1)
             except Exception:  # the store is gone: the job is ending, nothing to beat for
+                self.store_lost = True
                 return
             if self._stop.wait(HEARTBEAT_S):
                 return
@@ -71,6 +73,8 @@ class Heartbeat:
 
     def lost_ranks(self) -> list[int] | None:
         """Ranks that stopped beating without reporting a failure; None when the store is unreachable."""
+        if self.store_lost:  # known already: asking again would only repeat torch's connection warnings
+            return None
         try:
             self.store.add(self._key("failed", self.rank), 1)
             before = self._read("alive")
