@@ -57,7 +57,7 @@ def test_sample_pass_moves_only_when_cost_drops(graph):
     before = st.cost()
     alpha, _ = reference.alpha_beta(st)
     floor, cap = refine.caps(len(st.part), PARTS, 0.03)
-    moved = refine.sample_pass(st.ids, st.part, st.owner, st.counts, st.sizes, st.marginal, st.weights, alpha, 64, floor, cap)
+    moved = refine.sample_pass(st.ids, st.part, st.owner, st.counts, st.sizes, st.marginal, st.weights, alpha, 64, floor, cap, np.zeros(len(st.part), np.float32), np.inf)
     assert moved > 0 and st.cost() < before
 
 
