@@ -209,7 +209,7 @@ def check_one(model: str, overrides: dict, args: argparse.Namespace) -> dict:
     batch, dim = (16, 4) if args.device == "cpu" else (1024, 16)
     net, table = new_model_and_table(model, dim, cards, args.device)
     table.mul_(30.0)  # larger rows than N(0, 0.01), so the embeddings move the loss
-    cfg = fast_config(args, lr=0.1, dense_lr=0.1, **overrides)
+    cfg = fast_config(args, **{"lr": 0.1, "dense_lr": 0.1, **overrides})
     fast = FastStep(copy.deepcopy(net), table.clone(), cfg)
     ref = ReferenceStep(net, table, cfg)
     loss_diff = 0.0
