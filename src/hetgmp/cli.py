@@ -20,13 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"hetgmp.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"hetgmp.commands.{name}":
-                raise
-            continue  # subcommand not built in this version
-        module.register(sub)
+        importlib.import_module(f"hetgmp.commands.{name}").register(sub)
     return parser
 
 

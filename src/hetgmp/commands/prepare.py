@@ -15,7 +15,7 @@ INPUTS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = new_parser(sub, "prepare", "Turn a raw CTR download into the dataset arrays (sorted label encoding, seeded split).")
+    parser = new_parser(sub, "prepare", "turn a raw CTR download into the dataset arrays (sorted label encoding, seeded split)")
     datasets = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     for name, inputs in INPUTS.items():
         p = new_parser(datasets, name, f"Prepare {name.capitalize()} from {inputs}.")
