@@ -35,6 +35,20 @@ cost does not count), and `sample_sweeps` = 2 sample passes per round: the
 second sweep gives most of the gain over the original (about 13-15% fewer
 remote rows at 5 rounds). Ids read so often in every part that they cannot
 sway a proposal are skipped when proposing (see _propose_samples).
+
+Settled samples are not re-scored. Each proposal records the sample's gap,
+score(cur) minus the best other score. The first sweep of a round scores
+every sample (the row pass before it moved owners); the second scores only
+samples whose gap was at most `settled` (default 1) times one id's largest
+term w_max D(0) (about 0.1 on one node): those that proposed a move, and
+near ties. On
+the 2M-sample synth graph the second sweeps then score 1.6M instead of 7.2M
+samples over 4 rounds after the first, at the same quality (32.0% remote
+rows per batch either way; gap 0, moves only, gave 33.3%). Rescoring stayed
+samples in the next round's first sweep only if their gap was small saved
+12% more scoring at a small loss, so it is not done. Skipping only withholds
+proposals; every move is still checked exactly, so the cost and balance
+guarantees above hold.
 """
 
 from __future__ import annotations
@@ -57,7 +71,7 @@ class RefineConfig:
     tol: float = 0.03  # parts stay within this fraction of even
     balance_scale: float = 0.1  # proposals use balance_scale * (alpha, beta)
     sample_sweeps: int = 2  # sample passes per round before the row pass
-    settled: float = float("inf")  # later sweeps of a round skip samples whose gap exceeded this
+    settled: float = 1.0  # later sweeps skip samples that stayed by a gap above this many w_max D(0)
 
 
 def auto_chunk(total: int, parts: int) -> int:
@@ -273,18 +287,22 @@ def row_pass(counts, owner, rows, soft, w, beta, chunk, floor, cap):  # pragma: 
 
 
 def run_round(state: PartitionState, config: RefineConfig = RefineConfig()) -> tuple[int, int]:
-    """One round: `sample_sweeps` sample passes, then a row pass. Returns (samples moved, rows moved)."""
+    """One round: `sample_sweeps` sample passes, then a row pass. Returns (samples moved, rows moved).
+
+    The first sweep scores every sample; later ones skip the settled (see `settled`).
+    """
     alpha, beta = alpha_beta(state)
     ids = np.asarray(state.ids)
     s_floor, s_cap = caps(len(state.part), state.parts, config.tol)
     r_floor, r_cap = caps(state.num_ids, state.parts, config.tol)
     moved_s = 0
     gap = np.zeros(len(state.part), dtype=np.float32)
+    settled = config.settled * state.weights.max() * state.marginal[0]  # one id's largest term
     for sweep in range(config.sample_sweeps):
         moved_s += sample_pass(
             ids, state.part, state.owner, state.counts, state.sizes, state.marginal, state.weights,
             alpha * config.balance_scale, chunk_for(config, len(state.part), state.parts), s_floor, s_cap,
-            gap, np.inf if sweep == 0 else config.settled,
+            gap, np.inf if sweep == 0 else settled,
         )
     moved_r = row_pass(
         state.counts, state.owner, state.rows, state.soft, state.weights,

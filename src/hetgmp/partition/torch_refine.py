@@ -15,8 +15,9 @@ lowers the cost at the chunk's snapshot (delta = cost_k[best] - cost_k[cur]
 its floor, are dropped, in a few rounds, until the net flows fit). Moves of
 one chunk do not see each other, so after each pass the exact SPEC cost is
 recomputed and the pass is undone if it rose: the cost never goes up from
-round to round, and balance holds chunk by chunk. Hot ids are not skipped here:
-on a GPU the gather costs the same either way.
+round to round, and balance holds chunk by chunk. Hot ids and settled samples
+(refine.py's `settled`) are not skipped here: on a GPU the gather costs the
+same either way, and every sample is scored in every sweep.
 """
 
 from __future__ import annotations
