@@ -34,7 +34,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path | None]:
     data = args.work / f"synth-{args.rows}"
     if not (data / "meta.json").is_file():
         run([sys.executable, "-m", "hetgmp.cli", "synth", "--rows", str(args.rows), "--output", str(data), "--scale", str(args.scale)])
-    if args.nproc == 1:
+    if args.nproc == 1 or args.no_plan:
         return data, None
     plan = args.work / f"plan-{args.rows}-{args.nproc}.npz"
     if not plan.is_file():
@@ -44,7 +44,8 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path | None]:
 
 
 def train(args: argparse.Namespace, model: str, data: Path, plan: Path | None) -> dict:
-    out = args.work / f"run-{model}-{args.nproc}-{args.bound}-{args.batch_size}-{args.embed_dim}"
+    placement = "random" if plan is None else "plan"
+    out = args.work / f"run-{model}-{args.nproc}-{placement}-{args.bound}-{args.batch_size}-{args.embed_dim}"
     out.mkdir(parents=True, exist_ok=True)
     metrics = out / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
@@ -81,12 +82,14 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--bound", type=int, default=0)
     p.add_argument("--store-rate", type=float, default=0.01)
+    p.add_argument("--no-plan", action="store_true", help="random owners and no mirrors (row sharding as TorchRec/HugeCTR do it)")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     data, plan = prepare(args)
     results = [train(args, model, data, plan) for model in args.models]
     print(f"\n{args.nproc} worker(s) on {args.device}, batch {args.batch_size}/worker, d={args.embed_dim}, "
-          f"{args.iter} steps, bound {args.bound}, {args.rows:,} synthetic rows\n")
+          f"{args.iter} steps, bound {args.bound}, {'plan, store rate ' + str(args.store_rate) if plan else 'random owners'}, "
+          f"{args.rows:,} synthetic rows\n")
     print("| model | samples/s per worker | samples/s total | rows fetched/step | AUC | wall s |")
     print("|---|---|---|---|---|---|")
     for r in results:
