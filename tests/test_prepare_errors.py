@@ -135,3 +135,13 @@ def test_missing_input_and_no_rows(tmp_path):
     with pytest.raises(HetGMPError, match="0 usable rows|cannot be parsed"):
         prepare_criteo(PrepareConfig(empty, tmp_path / "out", progress=False))
     assert not (tmp_path / "out").exists()
+
+
+def test_input_inside_output_is_refused_even_with_force(tmp_path):
+    out = tmp_path / "criteo"
+    out.mkdir()
+    raw = out / "train.txt"
+    raw.write_text(criteo_text(50, seed=1))
+    with pytest.raises(HetGMPError, match="lies inside --output"):
+        prepare_criteo(PrepareConfig(raw, out, progress=False, force=True))
+    assert raw.read_text() == criteo_text(50, seed=1)

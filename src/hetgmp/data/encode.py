@@ -218,6 +218,10 @@ def _check_config(config: PrepareConfig) -> None:
         raise HetGMPError(f"--block-size is {config.block_size} bytes; give at least 1024 (a block must hold whole rows; the default is 4 MiB)")
     if config.seed < 0:
         raise HetGMPError(f"--seed is {config.seed}; it must be a non-negative integer")
+    output = Path(config.output).resolve()
+    if output in Path(config.input).resolve().parents:
+        # --force replaces the whole output directory, which would delete the input with it.
+        raise HetGMPError(f"--input {config.input} lies inside --output {config.output}: write the arrays to another directory")
 
 
 def prepare_table(layout: TableLayout, config: PrepareConfig) -> DatasetMeta:
