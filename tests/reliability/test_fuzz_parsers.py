@@ -72,7 +72,7 @@ ARROW_DECODE = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExcept
 @FUZZ
 @given(dataset=st.sampled_from(sorted(PREPARE)), raw=st.binary(max_size=3000))
 def test_random_bytes_prepare_or_raise_our_error(dataset, raw):
-    _prepare(dataset, raw)
+    _check_accepted(_prepare(dataset, raw))
 
 
 @ARROW_DECODE
@@ -86,12 +86,17 @@ def test_mutated_valid_files_prepare_or_raise_our_error(dataset, edits):
     for where, cut, insert in edits:
         at = int(where * len(raw))
         raw[at: at + cut] = insert  # replace `cut` bytes at `at` with a byte sequence the formats care about
-    out = _prepare(dataset, bytes(raw))
-    if out is not None:  # whatever was accepted is a well-formed dataset
-        ds = load_dataset(out)
-        assert ds.meta.train_rows + ds.meta.test_rows > 0
-        assert set(np.unique(ds.train.labels)) <= {0.0, 1.0}
-        shutil.rmtree(out.parent)
+    _check_accepted(_prepare(dataset, bytes(raw)))
+
+
+def _check_accepted(out: Path | None) -> None:
+    """Whatever a reader accepted is a well-formed dataset (then removed); None means it refused."""
+    if out is None:
+        return
+    ds = load_dataset(out)
+    assert ds.meta.train_rows + ds.meta.test_rows > 0
+    assert set(np.unique(ds.train.labels)) <= {0.0, 1.0}
+    shutil.rmtree(out.parent)
 
 
 CRITEO_CELL = st.text(st.characters(blacklist_characters="\t\n\r", blacklist_categories=("Cs",)), max_size=6)
