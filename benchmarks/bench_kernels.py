@@ -1,9 +1,11 @@
 """The sparse pieces of one step, timed alone on Criteo-shaped ids.
 
-For each batch x d: the gather (`index_select`, the memory floor of reading
-the rows), the sort of the ids, and the sparse update four ways: the fused
-Triton kernel and the fixed-shape torch path (`index_add_`), each with SGD and
-row-wise Adagrad. The table has the full Criteo vocabulary unless capped.
+For each batch x d: the gather two ways (`index_select` in batch order, and
+the sorted gather of hetgmp.kernels.gather, alone and with its sort), the sort
+of the ids, and the sparse update: the fused Triton kernel (sorting itself,
+or reusing a given sort) and the fixed-shape torch path (`index_add_`), each
+with SGD and row-wise Adagrad. On CUDA each piece is captured in a CUDA graph
+and timed by replays, so the figures are GPU time, not launch overhead. The table has the full Criteo vocabulary unless capped.
 Each update is also run once against the reference on the same ids (hot ids
 spanning hundreds of tiles at these sizes) and its largest difference shown.
 
@@ -21,10 +23,22 @@ import torch
 
 from yardstick import capped_cardinalities, criteo_batches, seconds_per_step
 from hetgmp.kernels import new_scratch, sparse_update, sparse_update_reference, triton_available
+from hetgmp.kernels.gather import gather_rows, sort_ids
 
 
 def _timer(fn: Callable[[], object], like: torch.Tensor, steps: int, repeats: int) -> float:
-    return seconds_per_step(lambda _: fn(), [(like,)], 3, steps, repeats)
+    if not like.is_cuda:
+        return seconds_per_step(lambda _: fn(), [(like,)], 3, steps, repeats)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return seconds_per_step(lambda _: graph.replay(), [(like,)], 3, steps, repeats)
 
 
 def max_diff_vs_reference(ids_N: torch.Tensor, grad_ND: torch.Tensor, kernel: str, adagrad: bool) -> float:
@@ -53,9 +67,12 @@ def kernel_rows(batch: int, dim: int, device: str, cap: int | None, steps: int, 
     grad_ND = torch.randn(len(ids_N), dim, device=device, generator=gen) * 1e-3
     table_ED = torch.empty(sum(cards), dim, device=device).normal_(0.0, 0.01, generator=gen)
     acc_E = torch.zeros(len(table_ED), device=device)
+    order = sort_ids(ids_N, len(table_ED))
     pieces: dict[str, Callable[[], object]] = {
         "gather (index_select)": lambda: table_ED.index_select(0, ids_N),
-        "sort int32 ids": lambda: torch.sort(ids_N),
+        "gather sorted, given the sort": lambda: gather_rows(table_ED, order),
+        "gather sorted, bf16 rows, given the sort": lambda: gather_rows(table_ED, order, torch.bfloat16),
+        "sort int32 ids": lambda: sort_ids(ids_N, len(table_ED)),
     }
     kernels = ["triton", "torch"] if triton_available(device) else ["torch"]
     for kernel in kernels:
@@ -64,12 +81,15 @@ def kernel_rows(batch: int, dim: int, device: str, cap: int | None, steps: int, 
             name = f"update {kernel} {opt}" + (" (index_add_)" if kernel == "torch" and opt == "sgd" else "")
             pieces[name] = lambda kernel=kernel, acc=acc, scratch=scratch: sparse_update(
                 table_ED, ids_N, grad_ND, 0.01, acc, backend=kernel, scratch_TD=scratch)
+            if kernel == "triton":
+                pieces[name + ", given the sort"] = lambda acc=acc, scratch=scratch: sparse_update(
+                    table_ED, ids_N, grad_ND, 0.01, acc, backend="triton", scratch_TD=scratch, order=order)
     rows = [{"batch": batch, "dim": dim, "piece": "distinct ids", "value": len(torch.unique(ids_N)), "error": None}]
     for name, fn in pieces.items():
         row = {"batch": batch, "dim": dim, "piece": name, "sec": None, "error": None}
         try:
             row["sec"] = _timer(fn, grad_ND, steps, repeats)
-            if name.startswith("update"):
+            if name.startswith("update") and "given" not in name:
                 row["diff"] = max_diff_vs_reference(ids_N, grad_ND, name.split()[1], "adagrad" in name)
         except Exception as exc:  # one failing piece must not hide the others
             row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]

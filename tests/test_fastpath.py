@@ -128,3 +128,27 @@ def test_gpu_benchmark_runs_its_code_path_on_cpu(tmp_path):
     table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
     assert len(table) >= 3 and "FAILED" not in out.stdout, out.stdout
     assert "max abs diff" in out.stdout and "profile of" in out.stdout
+
+
+@pytest.mark.parametrize("gather", ["sorted", "plain"])
+def test_gather_orders_agree(gather):
+    _compare("wdl", FastStepConfig(lr=0.5, dense_lr=0.5, kernel="torch", gather=gather), steps=3)
+
+
+def test_bf16_rows_step_matches_bf16_reference():
+    # One step: after it the tables differ by float rounding, which a bf16 cast
+    # of the next step's rows can turn into a whole bf16 ulp.
+    cfg = FastStepConfig(lr=0.5, dense_lr=0.5, amp="bf16", bf16_rows=True, kernel="torch")
+    _compare("wdl", cfg, steps=1)
+    with pytest.raises(HetGMPError, match="bf16_rows=True needs amp='bf16'"):
+        FastStepConfig(bf16_rows=True).check()
+
+
+def test_auto_kernel_takes_index_add_for_narrow_sgd_rows():
+    from hetgmp.fastpath.step import INDEX_ADD_MAX_DIM, update_kernel
+
+    cpu = torch.device("cpu")
+    assert update_kernel(FastStepConfig(), INDEX_ADD_MAX_DIM, cpu) == "torch"
+    wide = update_kernel(FastStepConfig(), INDEX_ADD_MAX_DIM + 1, cpu)
+    assert wide == ("triton" if HAVE_TRITON else "torch")  # the interpreter counts as Triton here
+    assert update_kernel(FastStepConfig(sparse_optimizer="rowwise_adagrad"), 16, cpu) == wide

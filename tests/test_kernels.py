@@ -118,6 +118,10 @@ _REDUCE_TYPES = {
     "perm_ptr": "*i64", "grad_ptr": "*fp32", "run_start_ptr": "*i64", "N": "i32", "D": "i32", "stride_t": "i64",
     "stride_g": "i64", "lr": "fp32", "eps": "fp32",
 }
+_GATHER_TYPES = {
+    "table_ptr": "*fp32", "out_ptr": "*bf16", "sorted_ptr": "*i32", "perm_ptr": "*i64", "N": "i32", "D": "i32",
+    "stride_t": "i64", "stride_o": "i64",
+}
 _CROSSING_TYPES = {
     "table_ptr": "*fp32", "acc_ptr": "*fp32", "scratch_ptr": "*fp32", "sorted_ptr": "*i32", "N": "i32", "D": "i32",
     "stride_t": "i64", "lr": "fp32", "eps": "fp32",
@@ -135,12 +139,14 @@ def test_kernels_compile_for_an_h100_without_one():
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from hetgmp.kernels import triton_update as tu
+from hetgmp.kernels import triton_update as tu, triton_gather as tg
 const = lambda **kw: {{k: "constexpr" for k in kw}}
 for fn, types, consts in [
     (tu._reduce_apply_kernel, {_REDUCE_TYPES!r}, dict(ADAGRAD=False, COUNT=True, BLOCK_N=64, BLOCK_D=32)),
     (tu._reduce_apply_kernel, {_REDUCE_TYPES!r}, dict(ADAGRAD=True, COUNT=False, BLOCK_N=16, BLOCK_D=128)),
     (tu._adagrad_crossing_kernel, {_CROSSING_TYPES!r}, dict(BLOCK_N=16, BLOCK_D=128)),
+    (tg._gather_sorted_kernel, {_GATHER_TYPES!r}, dict(BLOCK_N=16, BLOCK_D=128)),
+    (tg._gather_sorted_kernel, {{**{_GATHER_TYPES!r}, "out_ptr": "*fp32"}}, dict(BLOCK_N=128, BLOCK_D=16)),
 ]:
     src = ASTSource(fn=fn, signature={{**types, **const(**consts)}}, constexprs=consts)
     assert "cubin" in triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm
@@ -149,3 +155,32 @@ for fn, types, consts in [
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("use_triton", [False, pytest.param(True, marks=needs_triton)])
+@pytest.mark.parametrize("d", [3, 16, 130])
+def test_sorted_gather_matches_index_select(use_triton, d):
+    from hetgmp.kernels.gather import gather_rows, sort_ids
+
+    ids, _, table, _ = _skewed_case(300, d, 50, seed=d, adagrad=False)
+    order = sort_ids(ids, len(table))
+    assert order[0].dtype == torch.int32 and torch.equal(ids[order[1]].int(), order[0])
+    assert torch.equal(gather_rows(table, order, use_triton=use_triton), table.index_select(0, ids))
+    if not use_triton:  # the interpreter truncates to bf16 where the GPU rounds to nearest
+        got = gather_rows(table, order, torch.bfloat16, use_triton=False)
+        assert torch.equal(got, table.index_select(0, ids).bfloat16())
+
+
+@needs_triton
+@pytest.mark.parametrize("adagrad", [False, True])
+def test_update_reuses_a_given_sort(adagrad):
+    from hetgmp.kernels.gather import sort_ids
+
+    ids, grad, table, acc = _skewed_case(200, 8, 30, seed=5, adagrad=adagrad)
+    want = _apply(sparse_update_reference, ids, grad, table, acc)
+    order = sort_ids(ids, len(table))
+    for backend in ("torch", "triton"):
+        _assert_same(_apply(sparse_update, ids, grad, table, acc, backend=backend, order=order), want)
+    bf16 = grad.bfloat16()
+    want = _apply(sparse_update_reference, ids, bf16.float(), table, acc)
+    _assert_same(_apply(sparse_update, ids, bf16, table, acc, backend="triton", order=order), want)

@@ -38,8 +38,11 @@ class ReferenceStep:
     def step(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
         """Train on one batch; returns the mean loss."""
         with matmul_precision(self.cfg, self.device):
+            rows_BFD = self.table_ED[ids_BF]
+            if self.cfg.bf16_rows:
+                rows_BFD = rows_BFD.to(torch.bfloat16)
             with autocast(self.cfg, self.device):
-                logits_B = self.model(dense_BI, self.table_ED[ids_BF])
+                logits_B = self.model(dense_BI, rows_BFD)
             loss = F.binary_cross_entropy_with_logits(logits_B.float(), labels_B.float())
             self.optimizer.zero_grad(set_to_none=True)
             self.table_ED.grad = None

@@ -47,11 +47,18 @@ from torch import nn
 from hetgmp.embedding.config import OPTIMIZERS as EMBEDDING_OPTIMIZERS
 from hetgmp.errors import HetGMPError
 from hetgmp.kernels import DEFAULT_EPS, new_scratch, resolve_backend, sparse_update
+from hetgmp.kernels.gather import gather_rows, sort_ids
 
 DENSE_OPTIMIZERS = ("sgd", "adam")
 # The embedding runtime's names: the trainer passes its --sparse-optimizer through.
 SPARSE_OPTIMIZERS = EMBEDDING_OPTIMIZERS
 AMP_MODES = ("none", "bf16")
+GATHERS = ("sorted", "plain")
+# SGD rows this narrow are updated with index_add_, which needs no sort: on an
+# H100 at 8192 x 16 it took 0.023 ms against the fused kernel's 0.055 ms
+# (whose tiles are mostly idle lanes at 16 columns); at d = 128 the fused
+# kernel wins, 0.09 against 0.30 ms (benchmarks/GPU_NOTES.md).
+INDEX_ADD_MAX_DIM = 32
 
 
 @dataclass(frozen=True)
@@ -73,8 +80,21 @@ class FastStepConfig:
     accuracy: also count, each step, the samples whose logit sign matches the
         label (`FastStep.correct`, a device scalar; off by default, as it costs
         a few small kernels a step).
-    kernel: sparse update implementation: auto, triton, torch, reference.
+    kernel: sparse update implementation: auto (Triton where it runs, except
+        index_add_ for SGD on rows of at most INDEX_ADD_MAX_DIM), triton,
+        torch, reference.
+    gather: "sorted" (sort the ids once, read the rows in sorted order and
+        reuse the sort in the update: see hetgmp.kernels.gather) or "plain"
+        (index_select in batch order).
+    bf16_rows: with amp="bf16", gather the rows as bf16 (the model's matmuls
+        read bf16 anyway) and take their gradient in bf16: half the bytes of
+        the gather, the model's input and the gradient; the table, the
+        gradient's sum per row and the optimizer stay fp32.
     warmup_steps: eager steps before the capture.
+    flag_nonfinite: return NaN as the loss of a step whose table or dense
+        gradient holds a NaN or inf, so that a caller who reads only losses
+        (the trainer, at its log points) stops at that very step; one sum
+        per gradient tensor, no host sync.
     """
 
     lr: float = 0.01
@@ -88,7 +108,10 @@ class FastStepConfig:
     cuda_graph: bool = True
     accuracy: bool = False
     kernel: str = "auto"
+    gather: str = "sorted"
+    bf16_rows: bool = False
     warmup_steps: int = 3
+    flag_nonfinite: bool = False
 
     def check(self) -> None:
         """Raise HetGMPError naming every field out of range."""
@@ -97,13 +120,23 @@ class FastStepConfig:
             ("dense_optimizer", self.dense_optimizer, DENSE_OPTIMIZERS),
             ("sparse_optimizer", self.sparse_optimizer, SPARSE_OPTIMIZERS),
             ("amp", self.amp, AMP_MODES),
+            ("gather", self.gather, GATHERS),
         ):
             if value not in allowed:
                 bad.append(f"{name}={value!r} (choose {', '.join(allowed)})")
+        if self.bf16_rows and self.amp != "bf16":
+            bad.append("bf16_rows=True needs amp='bf16'")
         if self.warmup_steps < 1:
             bad.append(f"warmup_steps={self.warmup_steps} (at least 1: kernels compile before the capture)")
         if bad:
             raise HetGMPError("fast step config: " + "; ".join(bad))
+
+
+def nan_unless_finite(loss: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
+    """`loss`, or NaN if any gradient holds a NaN or inf: a sum is finite exactly when its
+    terms are (short of overflowing float32), and 0 * sum adds 0 to the loss, or NaN."""
+    total = torch.stack([g.sum(dtype=torch.float32) for g in grads]).sum()
+    return loss + 0.0 * total
 
 
 def dense_optimizer(params: list[nn.Parameter], cfg: FastStepConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -167,7 +200,9 @@ class FastStep:
             self.acc_E = torch.zeros(len(table_ED), dtype=torch.float32, device=self.device)
         if cfg.sparse_optimizer == "sgd":
             self.acc_E = None
-        self.kernel = resolve_backend(cfg.kernel, self.device)
+        self.kernel = update_kernel(cfg, table_ED.shape[1], self.device)
+        # The sorted gather is a Triton kernel wherever the Triton update could run.
+        self._triton_gather = resolve_backend(cfg.kernel, self.device) == "triton"
         self.use_graph = cfg.cuda_graph and self.device.type == "cuda"
         if self.use_graph and self.kernel == "reference":
             raise HetGMPError("the 'reference' sparse update syncs with the host and cannot be captured: use kernel 'triton' or 'torch', or cuda_graph=False")
@@ -235,8 +270,9 @@ class FastStep:
     def _train(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
         B, nf = ids_BF.shape
         ids_N = ids_BF.reshape(-1)
+        order = sort_ids(ids_N, len(self.table_ED)) if self.cfg.gather == "sorted" else None
         with matmul_precision(self.cfg, self.device):
-            emb_BFD = self.table_ED.index_select(0, ids_N).view(B, nf, -1).requires_grad_()
+            emb_BFD = self._gather(ids_N, order).view(B, nf, -1).requires_grad_()
             with autocast(self.cfg, self.device):
                 logits_B = self._forward(dense_BI, emb_BFD)
             loss = F.binary_cross_entropy_with_logits(logits_B.float(), labels_B.float())
@@ -245,9 +281,25 @@ class FastStep:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         grad_ND = emb_BFD.grad.reshape(B * nf, -1).contiguous()
+        if self.cfg.flag_nonfinite:
+            loss = nan_unless_finite(loss.detach(), [grad_ND, *(p.grad for p in self.model.parameters() if p.grad is not None)])
         if self.acc_E is not None and self.kernel == "triton" and self._scratch is None:
             self._scratch = new_scratch(len(ids_N), grad_ND.shape[1], self.device)
         sparse_update(self.table_ED, ids_N, grad_ND, self.cfg.lr, self.acc_E, self.cfg.adagrad_eps,
-                      counts_E=self.versions_E, backend=self.kernel, scratch_TD=self._scratch)
+                      counts_E=self.versions_E, backend=self.kernel, scratch_TD=self._scratch, order=order)
         self.optimizer.step()
         return loss.detach()
+
+    def _gather(self, ids_N: torch.Tensor, order: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        dtype = torch.bfloat16 if self.cfg.bf16_rows else self.table_ED.dtype
+        if order is None:
+            return self.table_ED.index_select(0, ids_N).to(dtype)
+        return gather_rows(self.table_ED, order, dtype, use_triton=self._triton_gather)
+
+
+def update_kernel(cfg: FastStepConfig, dim: int, device: torch.device) -> str:
+    """The sparse update's implementation for rows of width `dim` (see FastStepConfig.kernel)."""
+    name = resolve_backend(cfg.kernel, device)
+    if cfg.kernel == "auto" and cfg.sparse_optimizer == "sgd" and dim <= INDEX_ADD_MAX_DIM:
+        return "torch"
+    return name

@@ -48,6 +48,7 @@ def sparse_update_reference(
     counts_E: torch.Tensor | None = None,
 ) -> None:
     """The update written the obvious way (see the module doc); syncs with the host."""
+    grad_ND = grad_ND.to(table_ED.dtype)
     uniq_U, inverse_N = torch.unique(ids_N.long(), return_inverse=True)
     gsum_UD = torch.zeros(len(uniq_U), grad_ND.shape[1], dtype=grad_ND.dtype, device=grad_ND.device)
     gsum_UD.index_add_(0, inverse_N, grad_ND)
@@ -61,8 +62,8 @@ def sparse_update_reference(
         counts_E.index_add_(0, uniq_U, torch.bincount(inverse_N, minlength=len(uniq_U)).to(counts_E.dtype))
 
 
-def _segments(ids_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fixed-shape run decomposition of the sorted ids.
+def _segments(ids_N: torch.Tensor, order: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fixed-shape run decomposition of the sorted ids (sorted here unless `order` is given).
 
     Returns (perm_N, seg_N, rows_N, valid_N): perm_N sorts the ids; the i-th
     sorted occurrence belongs to segment seg_N[i]; segment s is row rows_N[s]
@@ -70,7 +71,8 @@ def _segments(ids_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     Example: ids [5, 3, 5] -> sorted [3, 5, 5], perm [1, 0, 2], seg [0, 1, 1],
     rows [3, 5, 0], valid [True, True, False].
     """
-    sorted_N, perm_N = torch.sort(ids_N.long())
+    sorted_N, perm_N = order if order is not None else torch.sort(ids_N)
+    sorted_N = sorted_N.long()
     starts_N = torch.ones_like(sorted_N, dtype=torch.bool)
     starts_N[1:] = sorted_N[1:] != sorted_N[:-1]
     seg_N = torch.cumsum(starts_N, 0) - 1
@@ -87,13 +89,15 @@ def sparse_update_torch(
     acc_E: torch.Tensor | None = None,
     eps: float = DEFAULT_EPS,
     counts_E: torch.Tensor | None = None,
+    order: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """The same update with fixed shapes and no host sync, in plain torch ops."""
+    grad_ND = grad_ND.to(table_ED.dtype)  # index_add_ takes one dtype (bf16 gradients, see FastStepConfig)
     if acc_E is None:
         # SGD is linear in the gradient: summing by row is index_add_'s own job.
         table_ED.index_add_(0, ids_N, grad_ND, alpha=-lr)
     else:
-        perm_N, seg_N, rows_N, valid_N = _segments(ids_N)
+        perm_N, seg_N, rows_N, valid_N = _segments(ids_N, order)
         gsum_ND = torch.zeros_like(grad_ND).index_add_(0, seg_N, grad_ND[perm_N])
         # Slots past the last segment point at row 0 and add zeros there.
         acc_E.index_add_(0, rows_N, torch.where(valid_N, gsum_ND.square().mean(1), 0.0))
@@ -149,12 +153,15 @@ def sparse_update(
     counts_E: torch.Tensor | None = None,
     backend: str = "auto",
     scratch_TD: torch.Tensor | None = None,
+    order: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Apply the update (module doc) with the chosen implementation.
 
     `scratch_TD` is the Triton Adagrad path's zeroed scratch
     (`new_scratch`); pass a persistent one to avoid a fresh zeroed buffer per
-    call. The kernels leave it zeroed again.
+    call. The kernels leave it zeroed again. `order` is the ids' (sorted,
+    permutation) from `hetgmp.kernels.gather.sort_ids` when the caller already
+    sorted them (for the gather): the sorting paths then skip their own sort.
     """
     _check(table_ED, ids_N, grad_ND, acc_E)
     if len(ids_N) == 0:
@@ -162,10 +169,10 @@ def sparse_update(
     name = resolve_backend(backend, table_ED.device)
     if name == "triton":
         importlib.import_module("hetgmp.kernels.triton_update").fused_update(
-            table_ED, ids_N, grad_ND, lr, acc_E, eps, counts_E, scratch_TD
+            table_ED, ids_N, grad_ND, lr, acc_E, eps, counts_E, scratch_TD, order=order
         )
     elif name == "torch":
-        sparse_update_torch(table_ED, ids_N, grad_ND, lr, acc_E, eps, counts_E)
+        sparse_update_torch(table_ED, ids_N, grad_ND, lr, acc_E, eps, counts_E, order)
     else:
         sparse_update_reference(table_ED, ids_N, grad_ND, lr, acc_E, eps, counts_E)
 

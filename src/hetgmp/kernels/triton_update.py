@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hetgmp.kernels.gather import sort_ids
+
 # Tile size: ptxas (sm_90) keeps 2048 fp32 elements per 4-warp program in about
 # 100 registers without spills; 8192 spilled at 255. SGD splits D into
 # 32-column blocks (columns are independent), which keeps tiles tall, so a hot
@@ -102,7 +104,8 @@ def _reduce_apply_kernel(
     cols = dblock * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = cols < D
     src = tl.load(perm_ptr + pos, mask=inside, other=0).to(tl.int64)
-    g = tl.load(grad_ptr + src[:, None] * stride_g + cols[None, :], mask=inside[:, None] & cmask[None, :], other=0.0)
+    # Gradients may arrive in bf16 (FastStepConfig.bf16_rows): sums are taken in fp32.
+    g = tl.load(grad_ptr + src[:, None] * stride_g + cols[None, :], mask=inside[:, None] & cmask[None, :], other=0.0).to(tl.float32)
     flags = tl.broadcast_to(starts[:, None], (BLOCK_N, BLOCK_D))
     run_g, _ = tl.associative_scan((g, flags), 0, _segmented_add)
 
@@ -171,8 +174,10 @@ def fused_update(
     counts_E: torch.Tensor | None,
     scratch_TD: torch.Tensor | None,
     block_n: int | None = None,
+    order: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
-    """Sort the ids, then one (SGD) or two (Adagrad) kernels; see the module doc.
+    """Sort the ids (unless `order`, their (sorted, permutation), is given), then
+    one (SGD) or two (Adagrad) kernels; see the module doc.
 
     `block_n` (a power of two >= 16) overrides the tile height; the CPU tests
     use small tiles so that runs cross many tile boundaries.
@@ -181,10 +186,7 @@ def fused_update(
     adagrad = acc_E is not None
     block_n, block_d = _tile_shape(D, adagrad, block_n)
     tiles = triton.cdiv(N, block_n)
-    if ids_N.dtype == torch.int64 and table_ED.shape[0] <= torch.iinfo(torch.int32).max:
-        # A radix sort pays per key bit: 32-bit keys take half the passes.
-        ids_N = ids_N.int()
-    sorted_N, perm_N = torch.sort(ids_N)
+    sorted_N, perm_N = order if order is not None else sort_ids(ids_N, table_ED.shape[0])
     run_start_T = perm_N  # any int tensor: read only when ADAGRAD
     if adagrad:
         run_start_T = torch.searchsorted(sorted_N, sorted_N[::block_n].contiguous())
@@ -194,7 +196,7 @@ def fused_update(
             raise ValueError(f"Adagrad scratch must be contiguous {(tiles, D)}, got {tuple(scratch_TD.shape)}")
     grid = (tiles, triton.cdiv(D, block_d))
     _reduce_apply_kernel[grid](
-        table_ED, acc_E if adagrad else table_ED, counts_E if counts_E is not None else ids_N,
+        table_ED, acc_E if adagrad else table_ED, counts_E if counts_E is not None else sorted_N,
         scratch_TD if adagrad else table_ED, sorted_N, perm_N, grad_ND, run_start_T,
         N, D, table_ED.stride(0), grad_ND.stride(0), lr, eps,
         ADAGRAD=adagrad, COUNT=counts_E is not None, BLOCK_N=block_n, BLOCK_D=block_d,
