@@ -143,12 +143,3 @@ def test_bf16_rows_step_matches_bf16_reference():
     with pytest.raises(HetGMPError, match="bf16_rows=True needs amp='bf16'"):
         FastStepConfig(bf16_rows=True).check()
 
-
-def test_auto_kernel_takes_index_add_for_narrow_sgd_rows():
-    from hetgmp.fastpath.step import INDEX_ADD_MAX_DIM, update_kernel
-
-    cpu = torch.device("cpu")
-    assert update_kernel(FastStepConfig(), INDEX_ADD_MAX_DIM, cpu) == "torch"
-    wide = update_kernel(FastStepConfig(), INDEX_ADD_MAX_DIM + 1, cpu)
-    assert wide == ("triton" if HAVE_TRITON else "torch")  # the interpreter counts as Triton here
-    assert update_kernel(FastStepConfig(sparse_optimizer="rowwise_adagrad"), 16, cpu) == wide

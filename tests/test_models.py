@@ -68,6 +68,29 @@ def test_dcn_cross_layer_matches_the_formula():
     torch.testing.assert_close(model(dense, emb).detach(), expected[:, 0])
 
 
+@pytest.mark.parametrize("name", ["wdl", "dcn"])
+def test_factored_forward_has_the_literal_gradients(name):
+    """WDL and DCN compute their output layer factored (see their docstrings):
+    in float64, value and every gradient match the formula as written."""
+    torch.manual_seed(4)
+    model = build_model(name, 3, 2, 2).double()
+    dense, emb = (t.double().requires_grad_() for t in _inputs(name, batch=5, fields=3, dense=2, dim=2, seed=4))
+    flat = emb.reshape(5, -1)
+    if name == "wdl":
+        literal = torch.cat([flat, model.deep(dense)], 1) @ model.out.weight.T
+    else:
+        x0 = torch.cat([flat, dense], 1)
+        cross = x0 * (x0 @ model.cross_w)[:, None] + x0 + model.cross_b
+        literal = torch.cat([cross, model.deep(x0)], 1) @ model.out.weight.T
+    inputs = [dense, emb, *model.parameters()]
+    want = torch.autograd.grad(literal[:, 0].square().sum(), inputs)
+    got_value = model(dense, emb)
+    got = torch.autograd.grad(got_value.square().sum(), inputs)
+    torch.testing.assert_close(got_value, literal[:, 0])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
 def test_deepfm_matches_brute_force_pairwise_fm():
     torch.manual_seed(2)
     fields, dim = 5, 3

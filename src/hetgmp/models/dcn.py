@@ -7,11 +7,24 @@
 
 One cross layer, as the SPEC states. Example with K = 2, x0 = [1, 2],
 w = [0.5, 0], b = [0, 1]: x0 · w = 0.5, x1 = [0.5, 1] + [1, 2] + [0, 1] = [1.5, 4].
+
+Computed without forming x0 or x1: the output layer is linear, so with its
+weight split as [u (K), v (256)],
+
+    x1 · u = (x0 · w + 1) (x0 · u) + b · u
+
+and x0 · w, x0 · u and the tower's first layer x0 W1 are one matmul of the
+embeddings with the stacked [w, u, W1] (plus one of the dense features with
+their part). Same function, same parameters, same gradients; what goes away
+are the elementwise passes over the [B, K] activations (at d = 128, K = 3341:
+about ten passes of 109 MB a step, forward and backward), which bounded DCN's
+step on a GPU.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hetgmp.models.layers import HIDDEN, INIT_STD, normal_linear, relu_tower
@@ -29,6 +42,11 @@ class DCN(nn.Module):
         self.out = normal_linear(width + HIDDEN, 1)
 
     def forward(self, dense_BI: torch.Tensor, emb_BFD: torch.Tensor) -> torch.Tensor:
-        x0_BK = torch.cat([emb_BFD.flatten(1), dense_BI], dim=1)
-        cross_BK = x0_BK * (x0_BK @ self.cross_w).unsqueeze(1) + x0_BK + self.cross_b
-        return self.out(torch.cat([cross_BK, self.deep(x0_BK)], dim=1)).squeeze(1)
+        emb_BE = emb_BFD.flatten(1)
+        e, width = emb_BE.shape[1], len(self.cross_w)
+        u_K, v_H = self.out.weight[0, :width], self.out.weight[:, width:]
+        stacked_MK = torch.cat([self.cross_w[None], u_K[None], self.deep[0].weight])  # M = 2 + 256
+        y_BM = F.linear(emb_BE, stacked_MK[:, :e]) + F.linear(dense_BI, stacked_MK[:, e:])
+        s_B, t_B = y_BM[:, 0], y_BM[:, 1]
+        deep_BH = self.deep[1:](y_BM[:, 2:])
+        return (s_B + 1) * t_B + self.cross_b @ u_K + F.linear(deep_BH, v_H).squeeze(1)

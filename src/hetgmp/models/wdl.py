@@ -8,11 +8,17 @@ through one linear layer (the "wide" part), concatenated with the tower:
 
 With no dense features (Avazu) the tower would only ever see an empty input
 and emit zeros, so it is left out and the model is the linear part alone.
+
+The output layer is applied as two matmuls, one per side of the concatenation
+(out(cat[a, b]) = a W_a + b W_b): the same function and parameters, without
+writing the [B, F*d + 256] concatenation in forward or copying its gradient
+slice in backward (at d = 128 that is 109 MB each way a step).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hetgmp.models.layers import HIDDEN, normal_linear, relu_tower
@@ -28,6 +34,8 @@ class WDL(nn.Module):
 
     def forward(self, dense_BI: torch.Tensor, emb_BFD: torch.Tensor) -> torch.Tensor:
         wide_BK = emb_BFD.flatten(1)
-        if self.deep is not None:
-            wide_BK = torch.cat([wide_BK, self.deep(dense_BI)], dim=1)
-        return self.out(wide_BK).squeeze(1)
+        if self.deep is None:
+            return self.out(wide_BK).squeeze(1)
+        k = wide_BK.shape[1]
+        weight = self.out.weight
+        return (F.linear(wide_BK, weight[:, :k]) + F.linear(self.deep(dense_BI), weight[:, k:])).squeeze(1)
