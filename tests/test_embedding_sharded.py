@@ -7,8 +7,10 @@ results come back as numpy arrays and the tests assert on them here.
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hetgmp.embedding import EmbeddingConfig, Placement, build_embedding
+from hetgmp.embedding.batch import BatchRows
 from hetgmp.embedding.exchange import gather_primaries
 from hetgmp.embedding.reference import plan_like, reference_run, skewed_batches, train_toy
 from hetgmp.errors import HetGMPError
@@ -30,6 +32,8 @@ def _config(optimizer, bound=0):
 
 
 def _placement(kind, ids, world_size, store_rate=0.3):
+    if kind == "lopsided":  # rank 0 owns every row; the others own none, so their slot 0 is a mirror
+        return Placement(np.zeros(NUM_IDS, dtype=np.int16), [np.zeros(0, dtype=np.int64)] + [np.arange(0, NUM_IDS, 7)] * (world_size - 1))
     return plan_like(ids, NUM_IDS, world_size, store_rate) if kind == "plan" else Placement.random(NUM_IDS, world_size, seed=2)
 
 
@@ -93,8 +97,73 @@ def _setup_errors(ctx):
     return messages
 
 
+class _HostWaits(TorchDispatchMode):
+    """Counts what would make the host wait for a GPU: operations whose output size depends on
+    the data or that read a device value, and Tensor.tolist / Tensor.cpu / torch.tensor(list)."""
+
+    SIZED_BY_DATA = {"nonzero", "_unique2", "unique_dim", "unique_consecutive", "bincount", "masked_select", "_local_scalar_dense"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = {}
+        self.saved = [(torch.Tensor, "tolist"), (torch.Tensor, "cpu"), (torch, "tensor")]
+
+    def note(self, name):
+        self.seen[name] = self.seen.get(name, 0) + 1
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        masked = name.startswith("index") and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else []))
+        if name in self.SIZED_BY_DATA or masked or (name == "repeat_interleave" and "output_size" not in (kwargs or {})):
+            self.note(name)
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        self.saved = [(owner, name, getattr(owner, name)) for owner, name in self.saved]
+        for owner, name, original in self.saved:
+            setattr(owner, name, self._counted(name, original))
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for owner, name, original in self.saved:
+            setattr(owner, name, original)
+        return super().__exit__(*exc)
+
+    def _counted(self, name, original):
+        def counted(data, *args, **kwargs):
+            if name != "tensor" or isinstance(data, (list, tuple)):
+                self.note(name)
+            return original(data, *args, **kwargs)
+        return counted
+
+
+def _host_waits_per_step(ctx):
+    """bound 2, row-wise Adagrad, a plan with mirrors: what each step() makes the host wait for."""
+    ids, _ = _data(ctx.world_size)
+    emb = build_embedding(_config("rowwise_adagrad", bound=2), _placement("plan", ids, ctx.world_size, store_rate=0.5), ctx)
+    rows = LOCAL_BATCH
+    local = [torch.as_tensor(ids[t, ctx.rank * rows : (ctx.rank + 1) * rows]) for t in range(len(ids))]
+    waits = []
+    for t in range(len(local) - 1):
+        emb(local[t]).sum().backward()
+        with _HostWaits() as seen:
+            emb.step(next_ids=local[t + 1])
+        waits.append(seen.seen)
+    return waits
+
+
+def _bad_id_message(ctx):
+    emb = build_embedding(_config("sgd"), Placement.random(NUM_IDS, ctx.world_size, seed=2), ctx)
+    try:
+        emb(torch.tensor([[0, NUM_IDS]]))
+    except HetGMPError as e:
+        return str(e)
+    return ""
+
+
 def _two_worker_checks(ctx):
-    return _equivalence(ctx, EQUIVALENCE), _stale_run(ctx, bound=2), _setup_errors(ctx)
+    return (_equivalence(ctx, EQUIVALENCE + [("rowwise_adagrad", "lopsided")]), _stale_run(ctx, bound=2), _setup_errors(ctx),
+            _host_waits_per_step(ctx), _bad_id_message(ctx))
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +183,31 @@ def _assert_matches_reference(results, world_size, cases):
 
 def test_bound_zero_two_workers_equal_one_worker(two_workers):
     _assert_matches_reference([r[0] for r in two_workers], 2, EQUIVALENCE)
+
+
+def test_a_worker_that_owns_no_row_still_equals_one_worker(two_workers):
+    _assert_matches_reference([r[0] for r in two_workers], 2, [("rowwise_adagrad", "lopsided")])
+
+
+def test_a_step_waits_for_the_device_once_per_all_to_all(two_workers):
+    """The two rounds' split sizes (and every other size, in the same copy) are the only host reads."""
+    for r in two_workers:
+        assert r[3] and all(seen == {"tolist": 2} for seen in r[3]), r[3]
+
+
+def test_ids_outside_the_table_are_refused_by_every_worker(two_workers):
+    for r in two_workers:
+        assert f"holds id {NUM_IDS} but the embedding table has ids 0..{NUM_IDS - 1}" in r[4]
+
+
+def test_sorted_unique_matches_unique():
+    ids = torch.from_numpy(np.random.default_rng(4).integers(3, 40, size=(17, 5)))
+    batch, sizes = BatchRows.sorted_unique(ids, CPU)
+    uids, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
+    assert sizes.tolist() == [len(uids), int(ids.min()), int(ids.max())]
+    assert torch.equal(batch.uids_U[: len(uids)], uids) and torch.equal(batch.inverse, inverse)
+    assert torch.equal(batch.counts_U[: len(uids)], counts) and not batch.counts_U[len(uids) :].any()
+    assert len(batch.uids_U) == ids.numel()
 
 
 def test_bound_zero_four_workers_equal_one_worker():

@@ -8,7 +8,15 @@
                                      # occurrences into leaf_UD.grad (U, D)
 
 The table's optimizer then reads `leaf_UD.grad` (the gradient summed over
-occurrences) and the occurrence counts (bincount of `inverse`).
+occurrences) and the occurrence counts.
+
+The sharded table finds the unique ids without waiting for the device
+(`sorted_unique`): one sort, and the tensors keep the batch's length N until
+the host learns U from the exchange it waits for anyway (`trim`):
+
+    ids     = [9, 5, 9, 2]        sorted = [2, 5, 9, 9]
+    uids_U  = [2, 5, 9, 0]        counts_U = [1, 1, 2, 0]   (U = 3, padded to N = 4)
+    inverse = [2, 1, 2, 0]        bounds = [2, 9]           (smallest and largest id)
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ class BatchRows:
     leaf_UD: torch.Tensor | None = None
     owner_U: torch.Tensor | None = None  # sharded tables: owning rank of each unique id
     slot_U: torch.Tensor | None = None   # sharded tables: local slot, -1 if not stored here
+    counts_U: torch.Tensor | None = None  # occurrences of each unique id (0 in the padding)
 
     @classmethod
     def of(cls, ids: torch.Tensor, device: torch.device, num_ids: int) -> "BatchRows":
@@ -38,34 +47,87 @@ class BatchRows:
         if len(uids_U):
             # unique() has already waited for the device: reading its ends costs one small copy,
             # and saves a device-side assert (which kills the process) on a bad id.
-            low, high = uids_U[[0, -1]].tolist()
-            if low < 0 or high >= num_ids:
-                raise HetGMPError(
-                    f"the batch holds id {low if low < 0 else high} but the embedding table has ids 0..{num_ids - 1}: "
-                    "the dataset's ids and the table's num_ids (meta.json) disagree; re-run `hetgmp prepare`"
-                )
+            check_id_range(*uids_U[[0, -1]].tolist(), num_ids)
         return cls(ids, uids_U, inverse, torch.empty(0, device=device))
+
+    @classmethod
+    def sorted_unique(cls, ids: torch.Tensor, device: torch.device) -> tuple["BatchRows", torch.Tensor]:
+        """Unique ids by one sort, padded to the batch's length; and int64 [3] (U, smallest id,
+        largest id) on the device, for the host to read with the exchange's sizes. No wait."""
+        flat = ids.to(device=device, dtype=torch.int64).reshape(-1)
+        if len(flat) == 0:
+            empty = torch.zeros(0, dtype=torch.int64, device=device)
+            return cls(ids, empty, empty.reshape(ids.shape), torch.empty(0, device=device), counts_U=empty), empty.new_zeros(3)
+        sorted_ids, seg, inverse = sorted_segments(flat)
+        uids = torch.zeros_like(sorted_ids).scatter_(0, seg, sorted_ids)
+        counts = torch.zeros_like(seg).index_add_(0, seg, torch.ones_like(seg))
+        sizes = torch.cat([seg[-1:] + 1, sorted_ids[:1], sorted_ids[-1:]])
+        return cls(ids, uids, inverse.reshape(ids.shape), torch.empty(0, device=device), counts_U=counts), sizes
+
+    def trim(self, unique: int, num_ids: int, bounds: tuple[int, int]) -> None:
+        """Drop the padding once the host knows U; ids outside [0, num_ids) are refused here."""
+        if unique:
+            check_id_range(*bounds, num_ids)
+        self.uids_U, self.counts_U = self.uids_U[:unique], self.counts_U[:unique]
+        self.owner_U, self.slot_U = self.owner_U[:unique], self.slot_U[:unique]
 
     def output(self, requires_grad: bool) -> torch.Tensor:
         """(ids.shape, D) embeddings; with requires_grad, a fresh leaf captures the gradient."""
         if not requires_grad:
             return self.rows_UD[self.inverse]
         self.leaf_UD = self.rows_UD.detach().requires_grad_(True)
-        return self.leaf_UD[self.inverse]
+        return GatherRows.apply(self.leaf_UD, self.inverse)
 
     def gradient(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(summed gradient [U, D], occurrence counts int64 [U]), or None before any backward."""
         if self.leaf_UD is None or self.leaf_UD.grad is None:
             return None
-        counts_U = torch.bincount(self.inverse.reshape(-1), minlength=len(self.uids_U))
-        return self.leaf_UD.grad, counts_U
+        if self.counts_U is None:
+            # index_add_, not bincount: on a GPU bincount reads the largest id on the host.
+            inverse = self.inverse.reshape(-1)
+            self.counts_U = torch.zeros(len(self.uids_U), dtype=torch.int64, device=inverse.device).index_add_(0, inverse, torch.ones_like(inverse))
+        return self.leaf_UD.grad, self.counts_U
 
 
-def split_by_kind(kind_N: torch.Tensor, kinds: int) -> list[torch.Tensor]:
-    """Indices of the entries of each kind 0 .. kinds-1, with one host read of the sizes.
+class GatherRows(torch.autograd.Function):
+    """rows_UD[inverse], whose backward sums each row's occurrences with one index_add_.
 
-    kind_N = [2, 0, 2, 1] -> [tensor([1]), tensor([3]), tensor([0, 2])]
-    (a stable sort and one bincount replace a boolean mask per kind, each of
-    which would wait for the device)."""
-    order = torch.argsort(kind_N, stable=True)
-    return list(torch.split(order, torch.bincount(kind_N, minlength=kinds).tolist()))
+    Autograd's own backward of indexing (index_put_ with accumulate) sorts the
+    indices first to be deterministic: on a GPU that sort-based kernel costs
+    several times the atomic index_add_ (summation order, hence the last bits
+    of a hot row's gradient, may then vary from run to run)."""
+
+    @staticmethod
+    def forward(ctx, rows_UD: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        ctx.num_rows = len(rows_UD)
+        return rows_UD[inverse]
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (inverse,) = ctx.saved_tensors
+        grad = grad_out.reshape(-1, grad_out.shape[-1])
+        summed = torch.zeros(ctx.num_rows, grad.shape[1], dtype=grad.dtype, device=grad.device)
+        return summed.index_add_(0, inverse.reshape(-1), grad), None
+
+
+def check_id_range(low: int, high: int, num_ids: int) -> None:
+    """Refuse a batch whose smallest or largest id lies outside the table."""
+    if low < 0 or high >= num_ids:
+        raise HetGMPError(
+            f"the batch holds id {low if low < 0 else high} but the embedding table has ids 0..{num_ids - 1}: "
+            "the dataset's ids and the table's num_ids (meta.json) disagree; re-run `hetgmp prepare`"
+        )
+
+
+def sorted_segments(values_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """unique() without its wait for the device: one sort of N >= 1 values gives them in
+    order, each sorted value's segment (its index among the distinct values) and each
+    value's segment (the inverse), all of length N.
+
+    values = [9, 5, 9] -> sorted [5, 9, 9], seg [0, 1, 1], inverse [1, 0, 1]"""
+    sorted_v, order = torch.sort(values_N)
+    first = torch.ones(len(values_N), dtype=torch.bool, device=values_N.device)
+    torch.ne(sorted_v[1:], sorted_v[:-1], out=first[1:])
+    seg = torch.cumsum(first, 0) - 1
+    return sorted_v, seg, torch.empty_like(seg).scatter_(0, order, seg)

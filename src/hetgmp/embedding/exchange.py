@@ -17,6 +17,11 @@ and 2 of kind 1 (widths 4 and 6) to rank 1:
 
 The counts travel first, in a small all_to_all whose result the host reads
 (a device-to-host sync: split sizes live on the host); the words follow.
+That read is the round's only wait for the device, so it carries every other
+number the host needs for the round (`extras`: the sizes of the index lists
+the stages built on the device) in the same copy. On a GPU the counts travel
+and come back on a side stream, so kernels queued after `SizeExchange` starts
+run while the host waits for them.
 """
 
 from __future__ import annotations
@@ -36,54 +41,22 @@ def to_record(ints: list[torch.Tensor], floats: list[torch.Tensor]) -> torch.Ten
     """int64 [N] columns and float32 [N, k] (or [N]) blocks -> int32 words [N, W] (a bitwise view)."""
     n = len(ints[0])
     parts = [c.to(torch.int64).contiguous().view(WORD).reshape(n, 2) for c in ints]
-    parts += [(f.unsqueeze(1) if f.dim() == 1 else f).to(torch.float32).contiguous().view(WORD) for f in floats]
+    # A same-width view needs no copy, whatever the block's strides.
+    parts += [(f.unsqueeze(1) if f.dim() == 1 else f).to(torch.float32).view(WORD) for f in floats]
     return torch.cat(parts, dim=1)
 
 
 def from_record(words: torch.Tensor, n_ints: int, float_widths: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Inverse of to_record: (int64 columns, float32 blocks)."""
-    # Flatten before the view: a one-row slice counts as contiguous but keeps the row stride.
-    ints = [words[:, 2 * i : 2 * i + 2].reshape(-1).view(torch.int64) for i in range(n_ints)]
+    # One copy of the int words, then a view (a copy, as a one-row slice counts as contiguous
+    # but keeps the record's stride and offset).
+    pairs = words[:, : 2 * n_ints].clone(memory_format=torch.contiguous_format).view(torch.int64)
+    ints = [pairs[:, i] for i in range(n_ints)]
     floats, start = [], 2 * n_ints
     for width in float_widths:
-        floats.append(words[:, start : start + width].reshape(-1).view(torch.float32).reshape(-1, width))
+        floats.append(words[:, start : start + width].view(torch.float32))
         start += width
     return ints, floats
-
-
-@dataclass
-class Outgoing:
-    """Records of one kind, sorted by destination rank, with the count per destination."""
-
-    words: torch.Tensor   # int32 [N, W]
-    counts_P: torch.Tensor  # int64 [P]
-
-    @classmethod
-    def sort(cls, dest_N: torch.Tensor, words: torch.Tensor, world_size: int) -> "Outgoing":
-        order = torch.argsort(dest_N, stable=True)
-        return cls(words[order], torch.bincount(dest_N, minlength=world_size))
-
-    @classmethod
-    def empty(cls, width: int, world_size: int, device: torch.device) -> "Outgoing":
-        return cls(torch.zeros(0, width, dtype=WORD, device=device), torch.zeros(world_size, dtype=torch.int64, device=device))
-
-
-@dataclass
-class Received:
-    """Records of one kind from every source, in source order."""
-
-    words: torch.Tensor   # int32 [R, W]
-    counts: list[int]     # per source rank
-
-    def sources(self) -> torch.Tensor:
-        """int64 [R]: the source rank of every record."""
-        counts = torch.tensor(self.counts, device=self.words.device)
-        return torch.repeat_interleave(torch.arange(len(self.counts), device=self.words.device), counts)
-
-    def positions(self) -> torch.Tensor:
-        """int64 [R]: each record's index among its source's records."""
-        starts = torch.tensor([0] + self.counts[:-1], device=self.words.device).cumsum(0)
-        return torch.arange(len(self.words), device=self.words.device) - starts[self.sources()]
 
 
 @dataclass
@@ -94,42 +67,107 @@ class Traffic:
     received: int = 0
 
 
-def exchange_counts(counts_PK: torch.Tensor, traffic: Traffic, group: Group = None) -> tuple[list[list[int]], list[list[int]]]:
-    """All-to-all of per-destination record counts [P, K]; returns (sent, received) on the host."""
-    received = torch.empty_like(counts_PK)
-    dist.all_to_all_single(received, counts_PK, group=group)
-    both = torch.stack([counts_PK, received]).cpu().tolist()
-    others = (counts_PK.shape[0] - 1) * counts_PK.shape[1] * 8
-    traffic.sent += others
-    traffic.received += others
-    return both[0], both[1]
+@dataclass
+class RoundSizes:
+    """What the host knows of a round once the counts came back."""
+
+    sent: list[list[int]]       # [P][K] records sent to each destination, per kind
+    got: list[list[int]]        # [P][K] records received from each source, per kind
+    extras: list[int]           # the numbers the stages asked the host to read
+    got_PK: torch.Tensor        # the received counts, still on the device
 
 
-def exchange_records(kinds: list[Outgoing], traffic: Traffic, rank: int, group: Group = None) -> list[Received]:
-    """One round: every kind of record to its destination, in one all_to_all_single."""
-    world = len(kinds[0].counts_P)
-    sent, got = exchange_counts(torch.stack([k.counts_P for k in kinds], dim=1), traffic, group)
-    widths = [k.words.shape[1] for k in kinds]
-    pieces = [torch.split(k.words, [row[i] for row in sent]) for i, k in enumerate(kinds)]
+class SizeExchange:
+    """All-to-all of per-destination record counts [P, K], then ONE device->host copy of
+    the counts sent, the counts received and `extras` (int64 [X]).
+
+    On CUDA the counts travel on NCCL's stream and the copy runs on `stream`: the
+    caller may queue more kernels before `wait()`, and they run during the round trip."""
+
+    def __init__(self, counts_PK: torch.Tensor, extras: torch.Tensor, traffic: Traffic,
+                 group: Group = None, stream: torch.cuda.Stream | None = None) -> None:
+        others = (counts_PK.shape[0] - 1) * counts_PK.shape[1] * 8
+        traffic.sent += others
+        traffic.received += others
+        self.shape = counts_PK.shape
+        self.received = torch.empty_like(counts_PK)
+        if stream is None:
+            dist.all_to_all_single(self.received, counts_PK, group=group)
+            self.host, self.done = torch.cat([counts_PK.reshape(-1), self.received.reshape(-1), extras]), None
+            return
+        work = dist.all_to_all_single(self.received, counts_PK, group=group, async_op=True)
+        stream.wait_stream(torch.cuda.current_stream(counts_PK.device))
+        with torch.cuda.stream(stream):
+            work.wait()
+            packed = torch.cat([counts_PK.reshape(-1), self.received.reshape(-1), extras])
+            self.host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+            self.host.copy_(packed, non_blocking=True)
+            self.done = torch.cuda.Event()
+            self.done.record(stream)
+        self._in_use = (counts_PK, extras, packed)  # freed only once the copy is done
+
+    def wait(self) -> RoundSizes:
+        """The host's copy of the sizes (the round's one wait for the device)."""
+        if self.done is not None:
+            self.done.synchronize()
+            torch.cuda.current_stream(self.received.device).wait_event(self.done)
+            self._in_use = None
+        values = self.host.tolist()
+        p, k = self.shape
+        sent, got = values[: p * k], values[p * k : 2 * p * k]
+        return RoundSizes([sent[q * k : (q + 1) * k] for q in range(p)], [got[q * k : (q + 1) * k] for q in range(p)],
+                          values[2 * p * k :], self.received)
+
+
+@dataclass
+class Received:
+    """Records of one kind from every source, in source order."""
+
+    words: torch.Tensor     # int32 [R, W]
+    counts: list[int]       # per source rank
+    counts_P: torch.Tensor  # the same on the device (int64 [P])
+
+    def sources(self) -> torch.Tensor:
+        """int64 [R]: the source rank of every record."""
+        ranks = torch.arange(len(self.counts), device=self.words.device)
+        return torch.repeat_interleave(ranks, self.counts_P, output_size=len(self.words))
+
+    def positions(self, sources: torch.Tensor) -> torch.Tensor:
+        """int64 [R]: each record's index among its source's records, given `sources()`."""
+        starts = torch.cumsum(self.counts_P, 0) - self.counts_P
+        return torch.arange(len(self.words), device=self.words.device) - starts[sources]
+
+
+def exchange_records(kinds: list[torch.Tensor], sizes: RoundSizes, traffic: Traffic, rank: int, group: Group = None) -> list[Received]:
+    """One round: every kind of record (int32 [N_k, W_k], sorted by destination) to its
+    destination, in one all_to_all_single whose split sizes the host already knows."""
+    world, widths = len(sizes.sent), [k.shape[1] for k in kinds]
+    pieces = [torch.split(k, [row[i] for row in sizes.sent]) for i, k in enumerate(kinds)]
     send = torch.cat([pieces[i][q].reshape(-1) for q in range(world) for i in range(len(kinds))])
-    send_splits = [sum(n * w for n, w in zip(row, widths)) for row in sent]
-    recv_splits = [sum(n * w for n, w in zip(row, widths)) for row in got]
+    send_splits = [sum(n * w for n, w in zip(row, widths)) for row in sizes.sent]
+    recv_splits = [sum(n * w for n, w in zip(row, widths)) for row in sizes.got]
     recv = torch.empty(sum(recv_splits), dtype=WORD, device=send.device)
     dist.all_to_all_single(recv, send, recv_splits, send_splits, group=group)
     traffic.sent += 4 * (sum(send_splits) - send_splits[rank])
     traffic.received += 4 * (sum(recv_splits) - recv_splits[rank])
-    return _split_received(recv, got, widths)
+    return _split_received(recv, sizes, widths)
 
 
-def _split_received(recv: torch.Tensor, got: list[list[int]], widths: list[int]) -> list[Received]:
+def _split_received(recv: torch.Tensor, sizes: RoundSizes, widths: list[int]) -> list[Received]:
     """Cut the receive buffer (source-major, kind-minor) back into one Received per kind."""
     per_kind: list[list[torch.Tensor]] = [[] for _ in widths]
     start = 0
-    for row in got:
+    for row in sizes.got:
         for i, (n, w) in enumerate(zip(row, widths)):
             per_kind[i].append(recv[start : start + n * w].reshape(n, w))
             start += n * w
-    return [Received(torch.cat(parts), [row[i] for row in got]) for i, parts in enumerate(per_kind)]
+    return [Received(_joined(parts), [row[i] for row in sizes.got], sizes.got_PK[:, i]) for i, parts in enumerate(per_kind)]
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """One matrix of the sources' pieces; a copy only where two or more hold records."""
+    filled = [p for p in parts if len(p)]
+    return filled[0] if len(filled) == 1 else torch.cat(parts)
 
 
 def gather_primaries(ids_N: torch.Tensor, values_N: torch.Tensor, num_ids: int, group: Group = None) -> torch.Tensor:

@@ -11,6 +11,11 @@ A primary's version counts the updates applied to it (sample occurrences). A
 mirror's version is the primary's version when it was last refreshed plus the
 counts it has pushed since: primary_version - mirror_version is then exactly
 the number of other workers' updates the mirror has not seen.
+
+One more row follows the stored ones, the sink (slot S = Np + M, pending
+index M): the step masks writes to it instead of compacting its index lists,
+which would make the host wait for the device to learn their lengths. It
+belongs to no id and nothing reads it back, except pending[M], which stays 0.
 """
 
 from __future__ import annotations
@@ -40,12 +45,13 @@ class RowStore:
         self.ids = torch.cat([primary_ids, mirror_ids])
         self.slot = torch.full((config.num_ids,), -1, dtype=torch.int32, device=device)
         self.slot[self.ids] = torch.arange(len(self.ids), dtype=torch.int32, device=device)
-        self.rows = initial_rows(self.ids, config, device)
-        self.version = torch.zeros(len(self.ids), dtype=torch.int64, device=device)
-        self.acc = torch.full((len(self.ids),), config.adagrad_init, device=device) if config.adagrad else None
-        self.pending = torch.zeros(self.num_mirrors, config.dim, device=device)
-        self.pending_acc = torch.zeros(self.num_mirrors, device=device) if config.adagrad else None
-        self.pending_count = torch.zeros(self.num_mirrors, dtype=torch.int64, device=device)
+        self.sink = len(self.ids)
+        self.rows = torch.cat([initial_rows(self.ids, config, device), torch.zeros(1, config.dim, device=device)])
+        self.version = torch.zeros(self.sink + 1, dtype=torch.int64, device=device)
+        self.acc = torch.full((self.sink + 1,), config.adagrad_init, device=device) if config.adagrad else None
+        self.pending = torch.zeros(self.num_mirrors + 1, config.dim, device=device)
+        self.pending_acc = torch.zeros(self.num_mirrors + 1, device=device) if config.adagrad else None
+        self.pending_count = torch.zeros(self.num_mirrors + 1, dtype=torch.int64, device=device)
 
     def locate(self, ids_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(owner rank, slot or -1) of each id, both int64."""
@@ -53,7 +59,7 @@ class RowStore:
 
     def forget_mirrors(self) -> None:
         """After loading primaries: every mirror must be fetched again, nothing is pending."""
-        self.version[self.num_primaries :] = MUST_FETCH
+        self.version[self.num_primaries : self.sink] = MUST_FETCH
         self.pending.zero_()
         self.pending_count.zero_()
         if self.pending_acc is not None:

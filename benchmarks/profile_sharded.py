@@ -1,0 +1,297 @@
+"""Host syncs, kernel launches and wall time of the sharded table's training step.
+
+    python benchmarks/profile_sharded.py                                   # 2 CPU workers over Gloo (spawned)
+    python benchmarks/profile_sharded.py --device cuda --num-ids 2000000 --dim 128 --batch 8192
+    torchrun --nproc-per-node 2 benchmarks/profile_sharded.py --device cuda --num-ids 2000000 --dim 128 --batch 8192
+
+Each step is the trainer's: forward (the rows prefetched by the last step),
+a backward of sum(rows * w), then step(next_ids). Ids are power-law skewed;
+the placement is plan-like (random owners, each worker mirrors its most-read
+remote ids at --store-rate).
+
+Three phases on every worker:
+  1. timed: --steps steps after --warmup, one device synchronize at the end:
+     wall ms and CPU ms (user + sys of the process) per step;
+  2. counted: --count-steps steps, counting device->host syncs per step.
+     CUDA: torch.cuda.set_sync_debug_mode("warn") and one warning per sync.
+     CPU: the operations that would wait for a GPU (item, tolist, cpu, nonzero,
+     unique, bincount, masked_select, boolean indexing, repeat_interleave
+     without output_size), seen through a TorchDispatchMode and wrappers of
+     Tensor.tolist / Tensor.cpu; the same mode counts the aten operations that
+     would each launch a kernel (views and metadata operations excluded);
+     On CUDA, waits on events and streams (which that mode does not see) are
+     counted too;
+  3. CUDA only: torch.profiler over --count-steps steps: kernel launches per
+     step, the kernels' summed time per step (NCCL's apart) and the top
+     kernels by device time (rank 0).
+Rank 0 prints the per-rank table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import socket
+import time
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from hetgmp.distributed import init_distributed, shutdown
+from hetgmp.embedding import EmbeddingConfig, build_embedding
+from hetgmp.embedding.reference import plan_like, skewed_batches
+
+# aten operations whose output size depends on the data, or that read device values on the host:
+# on a GPU each one waits for every kernel queued before it.
+SYNCING_OPS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive", "bincount", "masked_select"}
+# Metadata and view operations: no kernel on a GPU.
+NO_KERNEL_OPS = {
+    "view", "_unsafe_view", "reshape", "slice", "select", "split", "split_with_sizes", "unsqueeze", "squeeze", "expand",
+    "t", "transpose", "permute", "alias", "detach", "as_strided", "empty", "empty_strided", "unbind", "narrow",
+    "lift_fresh", "_to_copy_noop", "view_as", "unfold", "_reshape_alias", "set_", "resize_", "is_nonzero",
+    "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "_local_scalar_dense",
+}
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--workers", type=int, default=2, help="processes to spawn when not started by torchrun")
+    p.add_argument("--num-ids", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=16)
+    p.add_argument("--batch", type=int, default=512, help="rows per worker and step")
+    p.add_argument("--fields", type=int, default=26)
+    p.add_argument("--bound", type=int, default=100)
+    p.add_argument("--store-rate", type=float, default=0.1)
+    p.add_argument("--optimizer", default="rowwise_adagrad", choices=["sgd", "rowwise_adagrad"])
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--count-steps", type=int, default=3, help="steps counted (syncs, launches, profile)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per worker")
+    return p.parse_args()
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts, per aten operation, the calls that would launch a kernel or wait for the device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.syncs = 0
+        self.launches = 0
+        self.sync_ops: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        if name in SYNCING_OPS or _bool_index(name, args) or (name == "repeat_interleave" and "output_size" not in (kwargs or {})):
+            self.note_sync(name)
+        if name not in NO_KERNEL_OPS:
+            self.launches += 1
+        return func(*args, **(kwargs or {}))
+
+    def note_sync(self, name: str) -> None:
+        self.syncs += 1
+        self.sync_ops[name] = self.sync_ops.get(name, 0) + 1
+
+
+def _bool_index(name: str, args: tuple) -> bool:
+    """x[mask] and x[mask] = v: the number of selected rows is data-dependent."""
+    if name not in ("index", "index_put", "index_put_", "_index_put_impl_") or len(args) < 2:
+        return False
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None)
+
+
+class HostReadWrappers:
+    """Tensor.tolist, Tensor.cpu and torch.tensor(list), counted: on CPU none reaches the
+    dispatcher as a copy, on a GPU the first two read the device and the last uploads
+    from pageable memory (both wait for the queued kernels)."""
+
+    def __init__(self, counter: OpCounter) -> None:
+        self.counter, self.saved = counter, []
+
+    def __enter__(self) -> "HostReadWrappers":
+        for owner, name in ((torch.Tensor, "tolist"), (torch.Tensor, "cpu"), (torch, "tensor")):
+            original = getattr(owner, name)
+            self.saved.append((owner, name, original))
+            setattr(owner, name, self._wrap(name, original))
+        return self
+
+    def _wrap(self, name, original):
+        def counted(data, *args, **kwargs):
+            if name != "tensor" or isinstance(data, (list, tuple)):
+                self.counter.note_sync(name)
+            return original(data, *args, **kwargs)
+        return counted
+
+    def __exit__(self, *exc) -> None:
+        for owner, name, original in self.saved:
+            setattr(owner, name, original)
+
+
+class Trainer:
+    """The trainer's use of the table on this worker's slices of the global batches."""
+
+    def __init__(self, args: argparse.Namespace, ctx) -> None:
+        total = args.warmup + args.steps + 2 * args.count_steps + 1
+        ids, _ = skewed_batches(args.num_ids, total, ctx.world_size * args.batch, args.fields, seed=1)
+        placement = plan_like(ids, args.num_ids, ctx.world_size, args.store_rate)
+        config = EmbeddingConfig(args.num_ids, args.dim, optimizer=args.optimizer, lr=0.01, bound=args.bound,
+                                 ids_per_batch=args.batch * args.fields)
+        self.emb = build_embedding(config, placement, ctx)
+        rows = slice(ctx.rank * args.batch, (ctx.rank + 1) * args.batch)
+        self.batches = [torch.as_tensor(ids[t, rows]).to(ctx.device) for t in range(total)]
+        self.weight = torch.randn(args.dim, device=ctx.device)
+        self.t = 0
+
+    def step(self) -> None:
+        (self.emb(self.batches[self.t]) * self.weight).sum().backward()
+        self.t += 1
+        self.emb.step(next_ids=self.batches[self.t])
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(trainer: Trainer, args, device) -> dict[str, float]:
+    for _ in range(args.warmup):
+        trainer.step()
+    sync(device)
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    for _ in range(args.steps):
+        trainer.step()
+    sync(device)
+    wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    return {"wall_ms": 1e3 * wall / args.steps, "cpu_ms": 1e3 * cpu / args.steps,
+            "samples_per_s": args.batch * args.steps / wall}
+
+
+def counted_cpu(trainer: Trainer, steps: int) -> dict:
+    counter = OpCounter()
+    with HostReadWrappers(counter), counter:
+        for _ in range(steps):
+            trainer.step()
+    return {"syncs": counter.syncs / steps, "launches": counter.launches / steps,
+            "sync_ops": {k: v / steps for k, v in sorted(counter.sync_ops.items())}}
+
+
+class EventWaits:
+    """Host waits on CUDA events and streams, which the sync debug mode does not report."""
+
+    def __init__(self) -> None:
+        self.calls, self.saved = [], []
+
+    def __enter__(self) -> "EventWaits":
+        for owner in (torch.cuda.Event, torch.cuda.Stream):
+            original = owner.synchronize
+            self.saved.append((owner, original))
+            setattr(owner, "synchronize", self._wrap(original))
+        return self
+
+    def _wrap(self, original):
+        def counted(obj, *args, **kwargs):
+            self.calls.append(f"{type(obj).__name__}.synchronize")
+            return original(obj, *args, **kwargs)
+        return counted
+
+    def __exit__(self, *exc) -> None:
+        for owner, original in self.saved:
+            setattr(owner, "synchronize", original)
+
+
+def counted_cuda(trainer: Trainer, steps: int, device) -> dict:
+    sync(device)
+    torch.cuda.set_sync_debug_mode("warn")
+    with warnings.catch_warnings(record=True) as caught, EventWaits() as waits:
+        warnings.simplefilter("always")
+        for _ in range(steps):
+            trainer.step()
+    torch.cuda.set_sync_debug_mode("default")
+    syncs = [f"{os.path.basename(w.filename)}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)] + waits.calls
+    sync(device)
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            trainer.step()
+        sync(device)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    nccl_us = sum(e.time_range.elapsed_us() for e in kernels if "nccl" in e.name.lower())
+    busy_us = sum(e.time_range.elapsed_us() for e in kernels) - nccl_us
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60)
+    return {"syncs": len(syncs) / steps, "launches": len(kernels) / steps, "profile": table,
+            "gpu_ms": busy_us / 1e3 / steps, "nccl_ms": nccl_us / 1e3 / steps, "sync_ops": _per_step(syncs, steps)}
+
+
+def _per_step(names: list[str], steps: int) -> dict[str, float]:
+    where: dict[str, float] = {}
+    for name in names:
+        where[name] = where.get(name, 0) + 1 / steps
+    return where
+
+
+def run(args: argparse.Namespace) -> None:
+    ctx = init_distributed(args.device)
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    trainer = Trainer(args, ctx)
+    result = timed(trainer, args, ctx.device)
+    result.update(counted_cuda(trainer, args.count_steps, ctx.device) if ctx.device.type == "cuda"
+                  else counted_cpu(trainer, args.count_steps))
+    result["counters"] = trainer.emb.counters.as_dict()
+    results = [None] * ctx.world_size
+    dist.all_gather_object(results, result)
+    if ctx.is_main:
+        report(args, ctx, results)
+    shutdown()
+
+
+def report(args, ctx, results: list[dict]) -> None:
+    where = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "CPU, Gloo"
+    if "profile" in results[0]:
+        print(results[0]["profile"])
+    for rank, r in enumerate(results):
+        print(f"rank {rank} syncs by source: {r['sync_ops']}")
+        print(f"rank {rank} last step's counters: {r['counters']}")
+        if "gpu_ms" in r:
+            print(f"rank {rank} profiled: GPU kernels {r['gpu_ms']:.2f} ms/step besides NCCL's {r['nccl_ms']:.2f} ms/step "
+                  "(NCCL kernels also count the wait for the peer)")
+    print(f"\n{ctx.world_size} workers, {where}, torch {torch.__version__}; E={args.num_ids} D={args.dim} "
+          f"B={args.batch}/worker F={args.fields} bound={args.bound} store_rate={args.store_rate} {args.optimizer}")
+    print("| rank | wall ms/step | CPU ms/step | samples/s | syncs/step | launches/step |")
+    print("|---|---|---|---|---|---|")
+    for rank, r in enumerate(results):
+        print(f"| {rank} | {r['wall_ms']:.2f} | {r['cpu_ms']:.2f} | {r['samples_per_s'] / 1e6:.3f} M | "
+              f"{r['syncs']:.1f} | {r['launches']:.0f} |")
+
+
+def _spawned(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    run(args)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    args = parse()
+    if "RANK" in os.environ:  # torchrun (or another launcher) started this process
+        run(args)
+    else:
+        mp.spawn(_spawned, args=(args.workers, free_port(), args), nprocs=args.workers)
+
+
+if __name__ == "__main__":
+    main()
