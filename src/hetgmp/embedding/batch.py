@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hetgmp.embedding.keys import segment_sizes
 from hetgmp.errors import HetGMPError
 
 
@@ -60,7 +61,7 @@ class BatchRows:
             return cls(ids, empty, empty.reshape(ids.shape), torch.empty(0, device=device), counts_U=empty), empty.new_zeros(3)
         sorted_ids, seg, inverse = sorted_segments(flat)
         uids = torch.zeros_like(sorted_ids).scatter_(0, seg, sorted_ids)
-        counts = torch.zeros_like(seg).index_add_(0, seg, torch.ones_like(seg))
+        counts = segment_sizes(seg, torch.arange(len(seg) + 1, device=device))
         sizes = torch.cat([seg[-1:] + 1, sorted_ids[:1], sorted_ids[-1:]])
         return cls(ids, uids, inverse.reshape(ids.shape), torch.empty(0, device=device), counts_U=counts), sizes
 
@@ -127,7 +128,7 @@ def sorted_segments(values_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
 
     values = [9, 5, 9] -> sorted [5, 9, 9], seg [0, 1, 1], inverse [1, 0, 1]"""
     sorted_v, order = torch.sort(values_N)
-    first = torch.ones(len(values_N), dtype=torch.bool, device=values_N.device)
-    torch.ne(sorted_v[1:], sorted_v[:-1], out=first[1:])
-    seg = torch.cumsum(first, 0) - 1
+    starts = torch.zeros(len(values_N), dtype=torch.int64, device=values_N.device)  # 1 where a value differs from the one before
+    torch.ne(sorted_v[1:], sorted_v[:-1], out=starts[1:])
+    seg = torch.cumsum(starts, 0)
     return sorted_v, seg, torch.empty_like(seg).scatter_(0, order, seg)

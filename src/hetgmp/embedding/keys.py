@@ -14,13 +14,21 @@ import torch
 
 def sort_by_key(key_N: torch.Tensor, num_keys: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(stable order of the entries by key, int64 [num_keys] entries per key)."""
-    order = torch.argsort(key_N.to(_narrowest(num_keys)), stable=True)
-    counts = torch.zeros(num_keys, dtype=torch.int64, device=key_N.device).index_add_(0, key_N, torch.ones_like(key_N))
-    return order, counts
+    dtype = _narrowest(num_keys + 1)
+    sorted_keys, order = torch.sort(key_N.to(dtype), stable=True)
+    return order, segment_sizes(sorted_keys, torch.arange(num_keys + 1, dtype=dtype, device=key_N.device))
 
 
-def _narrowest(num_keys: int) -> torch.dtype:
+def segment_sizes(sorted_N: torch.Tensor, values_K1: torch.Tensor) -> torch.Tensor:
+    """How many of the sorted entries equal each of values_K1[:-1] (ascending, consecutive):
+    binary searches, where counting by index_add_ would pile atomics onto the few keys."""
+    starts = torch.searchsorted(sorted_N, values_K1)
+    return starts[1:] - starts[:-1]
+
+
+def _narrowest(num_values: int) -> torch.dtype:
+    """The narrowest integer type that holds 0 .. num_values - 1."""
     for dtype in (torch.uint8, torch.int16, torch.int32):
-        if num_keys - 1 <= torch.iinfo(dtype).max:
+        if num_values - 1 <= torch.iinfo(dtype).max:
             return dtype
     return torch.int64
