@@ -19,6 +19,7 @@ rows running one-row padding batches whose outputs are dropped.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,6 +85,19 @@ class Rows:
         batch = Batch(self.dense[idx], self.ids[idx].long(), self.labels[idx])
         return batch.to(self.device, non_blocking=True)
 
+    def take_into(self, idx: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        """Rows `idx` written into existing (dense, ids, labels) tensors: with the rows on the
+        training device and matching dtypes, three index_selects and no new tensor."""
+        idx = idx.to(self.labels.device)
+        for src, dst in zip((self.dense, self.ids, self.labels), out):
+            if src.device == dst.device and src.dtype == dst.dtype:
+                torch.index_select(src, 0, idx, out=dst)
+                continue
+            rows = src.index_select(0, idx)
+            if rows.device.type == "cpu" and dst.device.type == "cuda":
+                rows = rows.pin_memory()  # from pageable memory the copy would wait for the device
+            dst.copy_(rows, non_blocking=True)
+
 
 def train_rows(split: Split, data_partition: np.ndarray | None, rank: int, world_size: int, device: torch.device) -> Rows:
     """Load worker `rank`'s training rows (its plan part, or its contiguous shard)."""
@@ -113,12 +127,43 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
-class BatchStream:
-    """Batch number `step` (counted from 0 over the whole run) of one worker; see the module doc."""
+class EpochOrders:
+    """Each epoch's permutation of a worker's rows, on the rows' device.
 
-    def __init__(self, rows: Rows, batch_size: int, steps_per_epoch: int, seed: int, rank: int):
+    Drawn on the CPU (the same order whatever the device), one epoch ahead on
+    a helper thread: a randperm of 40M rows takes seconds, about as long as an
+    epoch of the fast step, and would stall it at every epoch's start. On CUDA
+    the permutation is pinned, so its copy to the device waits for nothing.
+    """
+
+    def __init__(self, rows: int, seed: int, rank: int, device: torch.device, epochs: int | None = None):
+        self.rows, self.seed, self.rank, self.device, self.epochs = rows, seed, rank, device, epochs
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="epoch-order")
+        self._ahead: tuple[int, Future] | None = None
+
+    def get(self, epoch: int) -> torch.Tensor:
+        """Epoch `epoch`'s permutation; starts drawing the next one (if the run has one)."""
+        ahead, self._ahead = self._ahead, None
+        perm = ahead[1].result() if ahead and ahead[0] == epoch else self._draw(epoch)
+        if self.epochs is None or epoch + 1 < self.epochs:
+            self._ahead = (epoch + 1, self._pool.submit(self._draw, epoch + 1))
+        return perm.to(self.device, non_blocking=True)
+
+    def _draw(self, epoch: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, self.rank))
+        perm = torch.randperm(self.rows, generator=gen)
+        return perm.pin_memory() if self.device.type == "cuda" else perm
+
+
+class BatchStream:
+    """Batch number `step` (counted from 0 over the whole run) of one worker; see the module doc.
+
+    `total_steps` (if known) spares drawing an epoch order the run never reaches."""
+
+    def __init__(self, rows: Rows, batch_size: int, steps_per_epoch: int, seed: int, rank: int, total_steps: int | None = None):
         self.rows, self.batch_size, self.steps_per_epoch = rows, batch_size, steps_per_epoch
-        self.seed, self.rank = seed, rank
+        epochs = None if total_steps is None else -(-total_steps // steps_per_epoch)
+        self._orders = EpochOrders(len(rows), seed, rank, rows.labels.device, epochs)
         self._epoch = -1
         self._perm = torch.empty(0, dtype=torch.long)
         self._offsets = torch.arange(batch_size, device=rows.labels.device)
@@ -127,13 +172,22 @@ class BatchStream:
         return step // self.steps_per_epoch
 
     def batch(self, step: int) -> Batch:
+        return self.rows.take(self.indices(step))
+
+    def batch_into(self, step: int, out: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        """Batch `step` written into existing (dense, ids, labels) tensors (a captured step's inputs)."""
+        self.rows.take_into(self.indices(step), out)
+
+    def indices(self, step: int) -> torch.Tensor:
+        """Rows of batch `step`, on the rows' device (always batch_size of them)."""
         epoch, i = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, self.rank))
-            self._perm = torch.randperm(len(self.rows), generator=gen).to(self.rows.labels.device)
+            self._perm = self._orders.get(epoch)
             self._epoch = epoch
-        idx = self._perm[(i * self.batch_size + self._offsets) % len(self.rows)]
-        return self.rows.take(idx)
+        start = i * self.batch_size
+        if start + self.batch_size <= len(self.rows):
+            return self._perm[start: start + self.batch_size]  # a view: no kernel to launch
+        return self._perm[(start + self._offsets) % len(self.rows)]  # the epoch's last batch wraps
 
 
 def steps_per_epoch(sizes: list[int], batch_size: int) -> int:
