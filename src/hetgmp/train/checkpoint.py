@@ -142,6 +142,25 @@ def load_rank_state(folder: Path, rank: int) -> dict[str, Any]:
         ) from e
 
 
+# How an optimizer runs, not what it computes: kept from the optimizer a checkpoint is
+# loaded into, so that the fast step's Adam (capturable, for its CUDA graph) and the
+# general step's (fused under --skip-nonfinite) resume each other's checkpoints.
+RUN_FLAGS = ("capturable", "fused", "foreach", "differentiable")
+
+
+def optimizer_state_for(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> dict[str, Any]:
+    """`saved` (an optimizer state dict) with `optimizer`'s own RUN_FLAGS in each param group.
+
+    torch's `load_state_dict` takes every group setting from the checkpoint and
+    places Adam's step counters by them (on the device when capturable or fused).
+    """
+    mine = optimizer.param_groups
+    if len(saved["param_groups"]) != len(mine):
+        return saved  # load_state_dict names the mismatch
+    groups = [{**group, **{k: own[k] for k in RUN_FLAGS if k in own}} for group, own in zip(saved["param_groups"], mine)]
+    return {**saved, "param_groups": groups}
+
+
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():

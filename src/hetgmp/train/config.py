@@ -34,6 +34,11 @@ from hetgmp.errors import HetGMPError
 DENSE_OPTIMIZERS = ("sgd", "adam", "adagrad")
 SPARSE_OPTIMIZERS = ("sgd", "rowwise_adagrad")
 DEVICES = ("cpu", "cuda", "auto")
+STEPS = ("auto", "fast", "general")
+# hetgmp.fastpath.AMP_MODES, spelled out here: this module loads no torch (a test holds them equal).
+AMP_MODES = ("none", "bf16")
+# What the fast step trains (hetgmp.fastpath.DENSE_OPTIMIZERS); --sparse-optimizer's choices all are.
+FAST_DENSE_OPTIMIZERS = ("sgd", "adam")
 
 
 def _f(default: Any, help: str, **flag: Any) -> Any:
@@ -69,6 +74,12 @@ class TrainConfig:
     sparse_lr: float = _f(0.1, "learning rate of the embedding table")
     progress: bool = _f(True, "show a progress bar on rank 0 (stderr)")
     skip_nonfinite: bool = _f(False, "skip a worker's batch whose loss or gradients are NaN/inf (counted as skipped_batches) instead of stopping the run")
+    step: str = _f("auto", "training step: fast (one worker: the whole step with fixed shapes, one CUDA graph on a GPU, "
+                   "eager on CPU), general (the embedding runtime's step, as every multi-worker run takes) or auto "
+                   "(fast where it can run; the start-up line says which runs and why)", choices=STEPS)
+    amp: str = _f("none", "bf16: the model's forward in bf16 autocast (fast step only; the table, the weights and "
+                  "the optimizers stay fp32)", choices=AMP_MODES)
+    compile: bool = _f(False, "torch.compile the model inside the fast step (compiled during its warm-up steps)")
 
     def validate(self) -> None:
         """Reject values no run could use, naming the flag."""
@@ -87,10 +98,37 @@ class TrainConfig:
             raise HetGMPError(f"--store-rate is a fraction in [0, 1], got {self.store_rate}")
         if self.resume and not self.checkpoint_dir:
             raise HetGMPError("--resume needs --checkpoint-dir DIR (the directory the interrupted run saved to)")
+        self.choose_step(self.nproc)
+
+    def fast_step_obstacle(self, world_size: int) -> str | None:
+        """Why the fast step cannot train this run on `world_size` workers, or None if it can."""
+        if world_size > 1:
+            return f"{world_size} workers: the fast step trains one worker's whole table"
+        if self.optimizer not in FAST_DENSE_OPTIMIZERS:
+            return f"--optimizer {self.optimizer}: the fast step's dense optimizers are {' and '.join(FAST_DENSE_OPTIMIZERS)}"
+        if self.skip_nonfinite:
+            return "--skip-nonfinite: skipping a batch takes the general step's per-step guard"
+        return None
+
+    def choose_step(self, world_size: int) -> tuple[str, str]:
+        """("fast" or "general", why) for a run on `world_size` workers; raises on a
+        --step fast that cannot run, or fast-step-only flags on the general step."""
+        obstacle = self.fast_step_obstacle(world_size)
+        if self.step == "fast" and obstacle:
+            raise HetGMPError(f"--step fast cannot run with {obstacle}; use --step auto (which falls back to the general step) or --step general")
+        if self.step == "general" or obstacle:
+            why = "--step general" if self.step == "general" else f"the fast step cannot run with {obstacle}"
+            fast_only = [flag for flag, on in ((f"--amp {self.amp}", self.amp != "none"), ("--compile", self.compile)) if on]
+            if fast_only:
+                raise HetGMPError(f"only the fast step takes {' and '.join(fast_only)}, and this run takes the general step ({why}): "
+                                  f"drop {'them' if len(fast_only) > 1 else 'it'}")
+            return "general", why
+        return "fast", "--step fast" if self.step == "fast" else "--step auto, one worker"
 
     def config_hash(self) -> str:
         """Short hash of every setting that changes what one step computes."""
-        keys = ("model", "embed_dim", "batch_size", "optimizer", "lr", "sparse_optimizer", "sparse_lr", "bound", "store_rate", "seed")
+        keys = ("model", "embed_dim", "batch_size", "optimizer", "lr", "sparse_optimizer", "sparse_lr", "bound", "store_rate", "seed",
+                "step", "amp", "compile")
         text = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

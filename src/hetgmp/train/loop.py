@@ -1,5 +1,9 @@
 """The training loop: train -> train_loop -> train_step.
 
+With one worker `train_loop` steps through the fast step instead
+(`hetgmp.train.fast`: one CUDA graph per step on a GPU); everything around the
+step (logs, evaluation, checkpoints, the NaN/inf check) is the same for both.
+
 Gradient convention: every worker back-propagates its local mean loss divided
 by the world size, dense gradients are all-reduced with SUM (one flattened
 buffer, one collective per step, overlapping the table's exchange), and the
@@ -31,6 +35,7 @@ from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import Batch
 from hetgmp.train.agree import check_same_settings
 from hetgmp.train.evaluate import evaluate
+from hetgmp.train.fast import FastSteps
 from hetgmp.train.liveness import start_heartbeat
 from hetgmp.train.logs import RunLog
 from hetgmp.train.nonfinite import NonFiniteGuard
@@ -84,7 +89,7 @@ def describe(run: Run, start: int) -> str:
     return (
         f"training {cfg.model} d={cfg.embed_dim} on {cfg.data}: {ctx.world_size} worker(s) on {ctx.device.type}, "
         f"batch {cfg.batch_size}/worker, {run.total_steps} steps ({run.steps_per_epoch}/epoch), "
-        f"placement {run.plan_id}, bound {cfg.bound}, {where}"
+        f"placement {run.plan_id}, bound {cfg.bound}, {where}; {run.step_note}"
     )
 
 
@@ -94,14 +99,13 @@ def train_loop(run: Run, start: int, log: RunLog) -> dict[str, Any]:
     guard = NonFiniteGuard(cfg.skip_nonfinite, run.ctx.world_size)
     last: dict[str, Any] = {"step": start, "train": None, "eval": None, "checkpoint": None}
     clock = Clock()
-    batch = run.stream.batch(start) if start < run.total_steps else None
+    steps = FastSteps(run.fast, run.stream) if run.fast else GeneralSteps(run, guard, start)
     for step in range(start, run.total_steps):
-        next_batch = run.stream.batch(step + 1) if step + 1 < run.total_steps else None
-        loss, correct = train_step(run, batch, next_batch, guard)
-        window.add(loss, correct, run.emb.counters)
+        loss, correct = steps.train(step)
+        window.add(loss, correct, steps.counters())
         if guard.skip:
             window.add_counter("skipped_batches", guard.skipped())
-        batch, done = next_batch, step + 1
+        done = step + 1
         log.advance()
         if done % cfg.log_every == 0:
             last["train"] = report_train(run, window, done, clock, log)
@@ -110,6 +114,25 @@ def train_loop(run: Run, start: int, log: RunLog) -> dict[str, Any]:
         if cfg.checkpoint_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
             last["checkpoint"] = save(run, window, done, clock, last)
     return finish(run, window, clock, log, last)
+
+
+class GeneralSteps:
+    """Trains batch `step` through the embedding runtime (`train_step`), handing the
+    table the next batch's ids one step ahead so that it can prefetch their rows."""
+
+    def __init__(self, run: Run, guard: NonFiniteGuard, start: int) -> None:
+        self.run, self.guard = run, guard
+        self.batch = run.stream.batch(start) if start < run.total_steps else None
+
+    def train(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        run = self.run
+        next_batch = run.stream.batch(step + 1) if step + 1 < run.total_steps else None
+        result = train_step(run, self.batch, next_batch, self.guard)
+        self.batch = next_batch
+        return result
+
+    def counters(self) -> Any:
+        return self.run.emb.counters
 
 
 def train_step(run: Run, batch: Batch, next_batch: Batch | None, guard: NonFiniteGuard) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,7 +333,7 @@ def resume(run: Run) -> int:
     ckpt.check_meta(folder, run.checkpoint_meta())
     state = ckpt.load_rank_state(folder, run.ctx.rank)
     run.model.load_state_dict(state["model"])
-    run.dense_opt.load_state_dict(state["dense_optimizer"])
+    run.dense_opt.load_state_dict(ckpt.optimizer_state_for(run.dense_opt, state["dense_optimizer"]))
     run.emb.load_state_dict(state["embedding"])
     ckpt.set_rng_state(state["rng"])
     return int(state["step"])

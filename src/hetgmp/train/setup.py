@@ -1,4 +1,4 @@
-"""Build everything one worker trains with: data, plan, model, embedding, optimizers.
+"""Build everything one worker trains with: data, plan, model, embedding, optimizers, step.
 
 `build_run(cfg, ctx)` returns a `Run`; the loop in `loop.py` only drives it.
 Dense parameters start identical on every rank: the same seed draws them and
@@ -20,10 +20,12 @@ from hetgmp.data.arrays import Dataset, load_dataset
 from hetgmp.distributed import DistContext
 from hetgmp.embedding import EmbeddingConfig, Placement, build_embedding
 from hetgmp.errors import HetGMPError
+from hetgmp.fastpath import FastStep
 from hetgmp.models import build_model, table_width
 from hetgmp.train.checkpoint import fingerprint
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import BatchStream, EvalBatches, shard_sizes, steps_per_epoch, train_rows
+from hetgmp.train.fast import build_fast_step, describe_fast_step
 from hetgmp.train.validate import check_rows
 
 
@@ -42,6 +44,8 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     plan_id: str
+    fast: FastStep | None  # the fast step (train/fast.py), which owns dense_opt; None: the general step
+    step_note: str  # which step trains and why, for the start-up line
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """What a checkpoint of this run records about itself (see checkpoint.MUST_MATCH)."""
@@ -107,6 +111,7 @@ def total_steps(cfg: TrainConfig, per_epoch: int) -> int:
 
 
 def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
+    step_kind, why = cfg.choose_step(ctx.world_size)
     dataset = load_dataset(cfg.data)
     meta = dataset.meta
     plan = load_plan(cfg.partition, dataset, ctx) if cfg.partition else None
@@ -117,7 +122,8 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
     per_epoch = steps_per_epoch(sizes, cfg.batch_size)
     rows = train_rows(dataset.train, data_partition, ctx.rank, ctx.world_size, ctx.device)
     check_rows(dataset.directory, "train", meta, rows.ids, rows.labels)
-    stream = BatchStream(rows, cfg.batch_size, per_epoch, cfg.seed, ctx.rank)
+    total = total_steps(cfg, per_epoch)
+    stream = BatchStream(rows, cfg.batch_size, per_epoch, cfg.seed, ctx.rank, total)
     eval_batches = EvalBatches(dataset.test, ctx.rank, ctx.world_size, cfg.batch_size, ctx.device) if cfg.val else None
     if eval_batches is not None:
         check_rows(dataset.directory, "test", meta, eval_batches.rows.ids, eval_batches.rows.labels)
@@ -131,5 +137,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
         lr=cfg.sparse_lr, bound=cfg.bound, seed=cfg.seed,
     )
     emb = build_embedding(emb_cfg, placement, ctx)
-    dense_opt = build_dense_optimizer(cfg, list(model.parameters()))
-    return Run(cfg, ctx, dataset, model, emb, dense_opt, stream, eval_batches, per_epoch, total_steps(cfg, per_epoch), plan_id)
+    fast = build_fast_step(cfg, model, emb) if step_kind == "fast" else None
+    dense_opt = fast.optimizer if fast else build_dense_optimizer(cfg, list(model.parameters()))
+    note = f"step {step_kind} ({why}" + (f"; {describe_fast_step(fast)})" if fast else ")")
+    return Run(cfg, ctx, dataset, model, emb, dense_opt, stream, eval_batches, per_epoch, total, plan_id, fast, note)

@@ -1,0 +1,98 @@
+"""One worker's steps through the fast step (`hetgmp.fastpath.FastStep`).
+
+With one worker (and `--step auto` or `fast`, see `TrainConfig.choose_step`)
+the trainer hands the whole step -- gather, model forward and backward, the
+table's sparse update, the dense optimizer -- to FastStep: one CUDA graph per
+step on a GPU, the same code run eagerly on a CPU. Everything around the step
+stays as it is, because FastStep trains the trainer's own tensors in place:
+
+    table, versions, accumulator   the LocalEmbedding's (`emb.table`, `emb.version`,
+                                   `emb.acc`): evaluation reads them (`emb.read`),
+                                   checkpoints save them (`emb.state_dict`) and
+                                   restore them (`emb.load_state_dict` copies in place)
+    model                          the trainer's; the dense optimizer is FastStep's
+                                   (SGD, or Adam, capturable on CUDA) and is saved
+                                   as `dense_optimizer`, as the general step's is
+
+so a checkpoint written by either step resumes in the other (loading keeps
+each optimizer's own capturable/fused flags: `checkpoint.optimizer_state_for`),
+and the hyper-parameters mean the same in both: the table trains with
+--sparse-lr and the embedding config's Adagrad epsilon and initial accumulator
+(those of the tensors handed over), the dense layers with --lr, and a row's
+version grows by its occurrences in each batch.
+
+NaN/inf: the step returns a NaN loss when its loss or any gradient (table or
+dense) is not finite (`FastStepConfig.flag_nonfinite`), so the loss window's
+check at log, evaluation and checkpoint points stops the run at that step,
+as the general step's guard does. Skipping such batches (--skip-nonfinite)
+takes the general step.
+
+Feeding: every training batch is full (BatchStream wraps a worker's shard
+around its permutation), so the graph's fixed shapes always fit. Once the
+graph owns its input buffers, each batch is gathered straight into them from
+the rows (on the GPU when they fit, see `data.Rows`): three index_selects a
+step, no host sync, no loop over samples; each epoch's order is drawn one
+epoch ahead (`data.EpochOrders`).
+
+What the general step reports and this one does not: the per-step counts of
+distinct ids (they would cost a `unique` per step); the traffic counters are
+zero on one worker, and are reported as such.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hetgmp.embedding import LocalEmbedding
+from hetgmp.fastpath import FastStep, FastStepConfig
+from hetgmp.train.config import TrainConfig
+from hetgmp.train.data import BatchStream
+
+# One worker fetches and pushes no rows: the TRAIN line's traffic, as the general step reports it.
+ONE_WORKER_TRAFFIC = {"rows_fetched": 0, "rows_pushed": 0, "mirror_hits": 0, "bytes_sent": 0, "bytes_received": 0}
+
+
+def build_fast_step(cfg: TrainConfig, model: nn.Module, emb: LocalEmbedding) -> FastStep:
+    """FastStep over `emb`'s tensors and `model`, with the run's optimizers and learning rates."""
+    device = emb.device
+    fast_cfg = FastStepConfig(
+        lr=cfg.sparse_lr, dense_lr=cfg.lr, dense_optimizer=cfg.optimizer, sparse_optimizer=cfg.sparse_optimizer,
+        adagrad_eps=emb.config.adagrad_eps, amp=cfg.amp, compile=cfg.compile, accuracy=True, flag_nonfinite=True,
+        # Triton runs on a CPU only under its test interpreter: plain torch there.
+        kernel="auto" if device.type == "cuda" else "torch",
+    )
+    return FastStep(model, emb.table, fast_cfg, acc_E=emb.acc, versions_E=emb.version)
+
+
+def describe_fast_step(fast: FastStep) -> str:
+    """How the fast step runs, for the start-up line."""
+    if fast.use_graph:
+        return f"one CUDA graph per step after {fast.cfg.warmup_steps} warm-up steps, sparse update '{fast.kernel}'"
+    return f"eager on {fast.device.type}, sparse update '{fast.kernel}'"
+
+
+class FastSteps:
+    """Trains batch `step` of the stream through FastStep (the loop's step for one worker)."""
+
+    def __init__(self, fast: FastStep, stream: BatchStream) -> None:
+        self.fast = fast
+        self.stream = stream
+        self._inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def train(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, correct count) as device scalars, valid until the next call.
+
+        The loss is NaN for a step whose gradients were not finite (`flag_nonfinite`)."""
+        if self._inputs is None:
+            batch = self.stream.batch(step)
+            loss = self.fast.step(batch.dense, batch.ids, batch.labels)
+            if self.fast.use_graph:  # the buffers exist from the first call on
+                self._inputs = self.fast.input_buffers()
+        else:
+            self.stream.batch_into(step, self._inputs)
+            loss = self.fast.step(*self._inputs)
+        return loss, self.fast.correct
+
+    def counters(self) -> dict[str, int]:
+        return ONE_WORKER_TRAFFIC
