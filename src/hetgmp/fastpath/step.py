@@ -129,9 +129,12 @@ class FastStepConfig:
 
 
 def nan_unless_finite(loss: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
-    """`loss`, or NaN if any gradient holds a NaN or inf: a sum is finite exactly when its
-    terms are (short of overflowing float32), and 0 * sum adds 0 to the loss, or NaN."""
-    total = torch.stack([g.sum(dtype=torch.float32) for g in grads]).sum()
+    """`loss`, or NaN if any gradient holds a NaN or inf: a norm is finite exactly when its
+    terms are (short of squares overflowing float32, elements past about 1e19), and
+    0 * norm adds 0 to the loss, or NaN. One fused norm over all the tensors: on an
+    H100 a sum per tensor cost twice the device time (54 against 28 us a step, WDL
+    d = 16, batch 8192) and 170 us of host time per graph replay."""
+    total = torch.stack(torch._foreach_norm(grads)).sum()
     return loss + 0.0 * total
 
 
