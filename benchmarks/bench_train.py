@@ -4,9 +4,12 @@ Makes a synthetic dataset (and, for several workers, a plan) under --work once,
 then trains each model for --iter steps and prints one markdown table:
 steady-state samples/s per worker and in total (median of the TRAIN lines
 after the first, which holds warm-up), rows fetched per step, final AUC, wall
-time. Several workers run under torchrun on this host.
+time. Several workers run under torchrun on this host. `--step fast general`
+trains each model once per step kind (one GPU: the fast step against the
+general one, in one run); `--amp` and `--compile` pass through to the fast step.
 
     python benchmarks/bench_train.py --device cuda                         # one GPU, WDL/DCN/DFM
+    python benchmarks/bench_train.py --device cuda --models wdl --step fast general   # one GPU, fast vs general step
     python benchmarks/bench_train.py --device cuda --nproc 2 --bound 100   # two GPUs, a plan, 1% mirrors
     python benchmarks/bench_train.py --device cpu --rows 200000 --iter 40 --batch-size 1024 --models wdl   # smoke run
 """
@@ -43,15 +46,19 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path | None]:
     return data, plan
 
 
-def train(args: argparse.Namespace, model: str, data: Path, plan: Path | None) -> dict:
+def train(args: argparse.Namespace, model: str, step: str, data: Path, plan: Path | None) -> dict:
     placement = "random" if plan is None else "plan"
-    out = args.work / f"run-{model}-{args.nproc}-{placement}-{args.bound}-{args.batch_size}-{args.embed_dim}"
+    fast_flags = ["--amp", args.amp] + (["--compile"] if args.compile else [])
+    tag = f"{step}-{args.amp}" + ("-compile" if args.compile else "")
+    out = args.work / f"run-{model}-{args.nproc}-{placement}-{args.bound}-{args.batch_size}-{args.embed_dim}-{tag}"
     out.mkdir(parents=True, exist_ok=True)
     metrics = out / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
+    (out / "train.log").unlink(missing_ok=True)  # appended to by a run: its first line names the step taken
     flags = ["train", "--data", str(data), "--model", model, "--device", args.device, "--batch-size", str(args.batch_size),
              "--embed-dim", str(args.embed_dim), "--iter", str(args.iter), "--log-every", str(args.log_every), "--val",
-             "--bound", str(args.bound), "--metrics", str(metrics), "--output", str(out / "train.log"), "--no-progress"]
+             "--bound", str(args.bound), "--metrics", str(metrics), "--output", str(out / "train.log"), "--no-progress",
+             "--step", step, *(fast_flags if step != "general" else [])]
     if plan is not None:
         flags += ["--partition", str(plan), "--store-rate", str(args.store_rate)]
     if args.nproc == 1:
@@ -62,10 +69,16 @@ def train(args: argparse.Namespace, model: str, data: Path, plan: Path | None) -
     lines = [r for r in records if r["phase"] == "train"][1:] or [r for r in records if r["phase"] == "train"]
     final = [r for r in records if r["phase"] == "eval"][-1]
     return {
-        "model": model, "per_worker": statistics.median(r["samples_per_s_per_worker"] for r in lines),
+        "model": model, "step": step_taken(out / "train.log"), "per_worker": statistics.median(r["samples_per_s_per_worker"] for r in lines),
         "total": statistics.median(r["samples_per_s"] for r in lines),
         "fetched": statistics.median(r.get("rows_fetched", 0.0) for r in lines), "auc": final["auc"], "seconds": seconds,
     }
+
+
+def step_taken(log: Path) -> str:
+    """The step the run's start-up line names ("fast" or "general")."""
+    head = log.read_text().splitlines()[0]
+    return head.split("; step ")[-1].split(" ")[0] if "; step " in head else "?"
 
 
 def main() -> None:
@@ -82,18 +95,22 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--bound", type=int, default=0)
     p.add_argument("--store-rate", type=float, default=0.01)
+    p.add_argument("--step", nargs="+", default=["auto"], choices=["auto", "fast", "general"],
+                   help="training step(s) to measure, each model once per step")
+    p.add_argument("--amp", default="none", choices=["none", "bf16"], help="--amp of the fast step")
+    p.add_argument("--compile", action="store_true", help="--compile of the fast step")
     p.add_argument("--no-plan", action="store_true", help="random owners and no mirrors (row sharding as TorchRec/HugeCTR do it)")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     data, plan = prepare(args)
-    results = [train(args, model, data, plan) for model in args.models]
+    results = [train(args, model, step, data, plan) for model in args.models for step in args.step]
     print(f"\n{args.nproc} worker(s) on {args.device}, batch {args.batch_size}/worker, d={args.embed_dim}, "
           f"{args.iter} steps, bound {args.bound}, {'plan, store rate ' + str(args.store_rate) if plan else 'random owners'}, "
-          f"{args.rows:,} synthetic rows\n")
-    print("| model | samples/s per worker | samples/s total | rows fetched/step | AUC | wall s |")
-    print("|---|---|---|---|---|---|")
+          f"{args.rows:,} synthetic rows, amp {args.amp}{', compiled' if args.compile else ''}\n")
+    print("| model | step | samples/s per worker | samples/s total | rows fetched/step | AUC | wall s |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['model']} | {r['per_worker']:.3g} | {r['total']:.3g} | {r['fetched']:.0f} | {r['auc']:.4f} | {r['seconds']:.0f} |")
+        print(f"| {r['model']} | {r['step']} | {r['per_worker']:.3g} | {r['total']:.3g} | {r['fetched']:.0f} | {r['auc']:.4f} | {r['seconds']:.0f} |")
 
 
 if __name__ == "__main__":
