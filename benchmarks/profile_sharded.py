@@ -112,7 +112,7 @@ class HostReadWrappers:
     def __init__(self, counter: OpCounter) -> None:
         self.counter, self.saved = counter, []
 
-    def __enter__(self) -> "HostReadWrappers":
+    def __enter__(self) -> HostReadWrappers:
         for owner, name in ((torch.Tensor, "tolist"), (torch.Tensor, "cpu"), (torch, "tensor")):
             original = getattr(owner, name)
             self.saved.append((owner, name, original))
@@ -190,11 +190,11 @@ class EventWaits:
     def __init__(self) -> None:
         self.calls, self.saved = [], []
 
-    def __enter__(self) -> "EventWaits":
+    def __enter__(self) -> EventWaits:
         for owner in (torch.cuda.Event, torch.cuda.Stream):
             original = owner.synchronize
             self.saved.append((owner, original))
-            setattr(owner, "synchronize", self._wrap(original))
+            owner.synchronize = self._wrap(original)
         return self
 
     def _wrap(self, original):
@@ -205,7 +205,7 @@ class EventWaits:
 
     def __exit__(self, *exc) -> None:
         for owner, original in self.saved:
-            setattr(owner, "synchronize", original)
+            owner.synchronize = original
 
 
 def counted_cuda(trainer: Trainer, steps: int, device) -> dict:

@@ -101,7 +101,7 @@ class _HostWaits(TorchDispatchMode):
     """Counts what would make the host wait for a GPU: operations whose output size depends on
     the data or that read a device value, and Tensor.tolist / Tensor.cpu / torch.tensor(list)."""
 
-    SIZED_BY_DATA = {"nonzero", "_unique2", "unique_dim", "unique_consecutive", "bincount", "masked_select", "_local_scalar_dense"}
+    SIZED_BY_DATA = frozenset({"nonzero", "_unique2", "unique_dim", "unique_consecutive", "bincount", "masked_select", "_local_scalar_dense"})
 
     def __init__(self):
         super().__init__()

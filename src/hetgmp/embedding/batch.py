@@ -41,7 +41,7 @@ class BatchRows:
     counts_U: torch.Tensor | None = None  # occurrences of each unique id (0 in the padding)
 
     @classmethod
-    def of(cls, ids: torch.Tensor, device: torch.device, num_ids: int) -> "BatchRows":
+    def of(cls, ids: torch.Tensor, device: torch.device, num_ids: int) -> BatchRows:
         """Unique ids of a batch, rows still to be filled in; ids outside [0, num_ids) are refused."""
         local = ids.to(device=device, dtype=torch.int64)
         uids_U, inverse = torch.unique(local, return_inverse=True)
@@ -52,7 +52,7 @@ class BatchRows:
         return cls(ids, uids_U, inverse, torch.empty(0, device=device))
 
     @classmethod
-    def sorted_unique(cls, ids: torch.Tensor, device: torch.device) -> tuple["BatchRows", torch.Tensor]:
+    def sorted_unique(cls, ids: torch.Tensor, device: torch.device) -> tuple[BatchRows, torch.Tensor]:
         """Unique ids by one sort, padded to the batch's length; and int64 [3] (U, smallest id,
         largest id) on the device, for the host to read with the exchange's sizes. No wait."""
         flat = ids.to(device=device, dtype=torch.int64).reshape(-1)

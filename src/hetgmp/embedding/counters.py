@@ -35,7 +35,7 @@ class StepCounters:
     bytes_sent: int | torch.Tensor = 0
     bytes_received: int | torch.Tensor = 0
 
-    def add(self, other: "StepCounters") -> None:
+    def add(self, other: StepCounters) -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
