@@ -34,21 +34,20 @@ served-load term in the row pass (it trades cost for a load balance the
 cost does not count), and `sample_sweeps` = 2 sample passes per round: the
 second sweep gives most of the gain over the original (about 13-15% fewer
 remote rows at 5 rounds). Ids read so often in every part that they cannot
-sway a proposal are skipped when proposing (see _propose_samples).
+sway a proposal are skipped when proposing (see sample_moves.py, which also
+says how the sample pass reads memory).
 
 Settled samples are not re-scored. Each proposal records the sample's gap,
-score(cur) minus the best other score. The first sweep of a round scores
-every sample (the row pass before it moved owners); the second scores only
-samples whose gap was at most `settled` (default 1) times one id's largest
-term w_max D(0) (about 0.1 on one node): those that proposed a move, and
-near ties. On
-the 2M-sample synth graph the second sweeps then score 1.6M instead of 7.2M
-samples over 4 rounds after the first, at the same quality (32.0% remote
-rows per batch either way; gap 0, moves only, gave 33.3%). Rescoring stayed
-samples in the next round's first sweep only if their gap was small saved
-12% more scoring at a small loss, so it is not done. Skipping only withholds
-proposals; every move is still checked exactly, so the cost and balance
-guarantees above hold.
+score(cur) minus the best other score. A sweep scores only samples whose
+gap is at most `settled` (default 1) times one id's largest term w_max D(0)
+(about 0.1 on one node): those that proposed a move, and near ties. In a
+round's second sweep the gaps are those of its first. The first sweep of
+the first round scores every sample; that of a later round first lowers
+every gap by a bound on how far the moves and owner changes of the round
+before can have moved it (rescore.py), so samples whose ids kept their
+owners and, nearly, their counts keep their part unscored. Skipping only
+withholds proposals; every move is still checked exactly, so the cost and
+balance guarantees above hold.
 """
 
 from __future__ import annotations
@@ -59,7 +58,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from hetgmp.partition.reference import alpha_beta, move_sample, row_costs
+from hetgmp.partition import rescore, sample_moves
+from hetgmp.partition.reference import alpha_beta, row_costs
 from hetgmp.partition.state import PartitionState
 
 
@@ -71,7 +71,7 @@ class RefineConfig:
     tol: float = 0.03  # parts stay within this fraction of even
     balance_scale: float = 0.1  # proposals use balance_scale * (alpha, beta)
     sample_sweeps: int = 2  # sample passes per round before the row pass
-    settled: float = 1.0  # later sweeps skip samples that stayed by a gap above this many w_max D(0)
+    settled: float = 1.0  # sweeps skip samples whose (lowered) gap is above this many w_max D(0)
 
 
 def auto_chunk(total: int, parts: int) -> int:
@@ -102,148 +102,20 @@ def caps(total: int, parts: int, tol: float) -> tuple[int, int]:
     return int(low), int(high)
 
 
-BLOCK = 128  # vertices per parallel task: one scratch array each, not one per vertex
-
-
-@njit(parallel=True, cache=True)
-def _propose_samples(ids, lo, hi, part, owner, counts, sizes, marginal, w, alpha, hot, best, gap, settled):  # pragma: no cover - compiled
-    """best[i - lo] = the part maximising the original's sample score, for i in [lo, hi).
-
-    gap[i] gets score(cur) - max over k != cur of score(k) (negative when a
-    move is proposed). A sample whose gap from an earlier sweep exceeds
-    `settled` is not re-scored and stays (best = cur).
-
-    Ids marked `hot` are skipped: they are read so often in every part that
-    one more or one fewer reader changes their soft count by less than
-    HOT_MARGINAL, the same for every part, so they cannot sway a proposal.
-    """
-    for blk in prange((hi - lo + BLOCK - 1) // BLOCK):
-        a, b = lo + blk * BLOCK, min(lo + (blk + 1) * BLOCK, hi)
-        if _touch(ids, a, b, counts, gap, settled) < 0:
-            continue  # never (counts are >= 0); using the sum keeps the loads from being optimised away
-        score = np.empty(counts.shape[1])
-        for i in range(a, b):
-            if gap[i] > settled:
-                best[i - lo] = part[i]
-                continue
-            _sample_scores(ids, i, part[i], owner, counts, sizes, marginal, w, alpha, hot, score)
-            best[i - lo], gap[i] = _argmax_gap(score, part[i])
-
-
-@njit(cache=True)
-def _touch(ids, a, b, counts, gap, settled):  # pragma: no cover - compiled
-    """Load the count rows samples a..b will read, all at once.
-
-    The loads are independent, so the core overlaps a dozen cache misses;
-    inside the scoring loop each miss waits behind the arithmetic of the ids
-    before it. Measured 1.2-1.4x faster proposals on the 2M-sample graph.
-    """
-    acc = 0
-    for i in range(a, b):
-        if gap[i] <= settled:
-            for f in range(ids.shape[1]):
-                acc += counts[ids[i, f], 0]
-    return acc
-
-
-@njit(cache=True)
-def _sample_scores(ids, i, cur, owner, counts, sizes, marginal, w, alpha, hot, score):  # pragma: no cover - compiled
-    """score[k] = alpha |k| - sum_e w[k][o(e)] D(c[e][k]), sample i taken out of cur."""
-    top = len(marginal) - 1
-    parts = counts.shape[1]
-    for k in range(parts):
-        score[k] = alpha * sizes[k]
-    score[cur] -= alpha  # the sample is taken out of its own part first
-    for f in range(ids.shape[1]):
-        e = ids[i, f]
-        if hot[e]:
-            continue
-        o = owner[e]
-        for k in range(parts):
-            c = counts[e, k] - (1 if k == cur else 0)
-            score[k] -= w[k, o] * marginal[min(c, top)]
-
-
-@njit(cache=True)
-def _argmax_gap(score, cur):  # pragma: no cover - compiled
-    """(best part, score[cur] - best other score); ties keep cur."""
-    b, other = cur, -np.inf
-    for k in range(len(score)):
-        if score[k] > score[b]:
-            b = k
-        if k != cur and score[k] > other:
-            other = score[k]
-    return b, score[cur] - other
-
-
-HOT_MARGINAL = 1e-7
-
-
-@njit(parallel=True, cache=True)
-def _hot_ids(counts, marginal):  # pragma: no cover - compiled
-    """hot[e] = 1 when D(c[e][k] - 1) < HOT_MARGINAL in every part k (D decreases in c)."""
-    threshold = len(marginal)
-    for c in range(len(marginal) - 1):
-        if marginal[c] < HOT_MARGINAL:
-            threshold = c
-            break
-    hot = np.zeros(counts.shape[0], dtype=np.uint8)
-    for e in prange(counts.shape[0]):
-        low = counts[e, 0]
-        for k in range(1, counts.shape[1]):
-            low = min(low, counts[e, k])
-        hot[e] = low - 1 - 64 >= threshold  # 64 spare: counts drift during the pass
-    return hot
-
-
-@njit(cache=True)
-def _sample_delta(ids, i, cur, k, owner, counts, marginal, w):  # pragma: no cover - compiled
-    """Exact cost change of moving sample i from cur to k, at the current counts."""
-    top = len(marginal) - 1
-    d = 0.0
-    for f in range(ids.shape[1]):
-        e = ids[i, f]
-        o = owner[e]
-        d += w[k, o] * marginal[min(counts[e, k], top)] - w[cur, o] * marginal[min(counts[e, cur] - 1, top)]
-    return d
-
-
-@njit(cache=True)
-def _apply_samples(ids, lo, hi, part, owner, counts, sizes, marginal, w, best, floor, cap):  # pragma: no cover - compiled
-    moved = 0
-    for i in range(lo, hi):
-        k, cur = best[i - lo], part[i]
-        if k == cur:
-            continue
-        if sizes[k] >= cap or sizes[cur] <= floor:
-            continue
-        if _sample_delta(ids, i, cur, k, owner, counts, marginal, w) >= 0.0:
-            continue
-        move_sample(ids, i, cur, k, part, counts, sizes)
-        moved += 1
-    return moved
-
-
-@njit(cache=True)
-def sample_pass(ids, part, owner, counts, sizes, marginal, w, alpha, chunk, floor, cap, gap, settled):  # pragma: no cover - compiled
-    """One batched sample pass; returns the number moved. See _propose_samples for gap and settled."""
-    best = np.empty(chunk, dtype=np.int32)
-    hot = _hot_ids(counts, marginal)
-    moved = 0
-    for lo in range(0, ids.shape[0], chunk):
-        hi = min(lo + chunk, ids.shape[0])
-        _propose_samples(ids, lo, hi, part, owner, counts, sizes, marginal, w, alpha, hot, best, gap, settled)
-        moved += _apply_samples(ids, lo, hi, part, owner, counts, sizes, marginal, w, best, floor, cap)
-    return moved
+ROW_BLOCK = 128  # rows per parallel task
 
 
 @njit(parallel=True, cache=True)
 def _propose_rows(lo, hi, counts, owner, rows, soft, w, beta, best):  # pragma: no cover - compiled
-    """best[e - lo] = the part maximising beta |rows of k| - sum_j w[j][k] S(c[j][e])."""
+    """best[e - lo] = the part maximising beta |rows of k| - sum_j w[j][k] S(c[j][e]), if that
+    part's traffic is not above the current one's, else the current part.
+
+    Counts do not change during a row pass, so this cost test is the exact one.
+    """
     parts = counts.shape[1]
-    for blk in prange((hi - lo + BLOCK - 1) // BLOCK):
+    for blk in prange((hi - lo + ROW_BLOCK - 1) // ROW_BLOCK):
         cost_k = np.empty(parts)
-        for e in range(lo + blk * BLOCK, min(lo + (blk + 1) * BLOCK, hi)):
+        for e in range(lo + blk * ROW_BLOCK, min(lo + (blk + 1) * ROW_BLOCK, hi)):
             row_costs(counts, e, soft, w, cost_k)
             cur = owner[e]
             b, bs = cur, beta * (rows[cur] - 1) - cost_k[cur]
@@ -251,21 +123,16 @@ def _propose_rows(lo, hi, counts, owner, rows, soft, w, beta, best):  # pragma: 
                 s = beta * rows[k] - cost_k[k]
                 if k != cur and s > bs:
                     b, bs = k, s
-            best[e - lo] = b
+            best[e - lo] = b if cost_k[b] <= cost_k[cur] else cur
 
 
 @njit(cache=True)
-def _apply_rows(lo, hi, counts, owner, rows, soft, w, best, floor, cap):  # pragma: no cover - compiled
-    cost_k = np.empty(counts.shape[1])
+def _apply_rows(lo, hi, owner, rows, best, floor, cap):  # pragma: no cover - compiled
+    """Make, in order, each proposed row move that keeps both row counts within [floor, cap]."""
     moved = 0
     for e in range(lo, hi):
         k, cur = best[e - lo], owner[e]
-        if k == cur:
-            continue
-        if rows[k] >= cap or rows[cur] <= floor:
-            continue
-        row_costs(counts, e, soft, w, cost_k)
-        if cost_k[k] > cost_k[cur]:
+        if k == cur or rows[k] >= cap or rows[cur] <= floor:
             continue
         rows[cur] -= 1
         rows[k] += 1
@@ -282,30 +149,64 @@ def row_pass(counts, owner, rows, soft, w, beta, chunk, floor, cap):  # pragma: 
     for lo in range(0, counts.shape[0], chunk):
         hi = min(lo + chunk, counts.shape[0])
         _propose_rows(lo, hi, counts, owner, rows, soft, w, beta, best)
-        moved += _apply_rows(lo, hi, counts, owner, rows, soft, w, best, floor, cap)
+        moved += _apply_rows(lo, hi, owner, rows, best, floor, cap)
     return moved
 
 
-def run_round(state: PartitionState, config: RefineConfig = RefineConfig()) -> tuple[int, int]:
-    """One round: `sample_sweeps` sample passes, then a row pass. Returns (samples moved, rows moved).
+class Refiner:
+    """Runs rounds of the fast refinement on one PartitionState, in place.
 
-    The first sweep scores every sample; later ones skip the settled (see `settled`).
+    Between rounds it keeps each sample's score gap and the counts, owners
+    and sizes at the start of the last round, which decide the samples the
+    next round's first sweep re-scores (see rescore.py).
     """
-    alpha, beta = alpha_beta(state)
-    ids = np.asarray(state.ids)
-    s_floor, s_cap = caps(len(state.part), state.parts, config.tol)
-    r_floor, r_cap = caps(state.num_ids, state.parts, config.tol)
-    moved_s = 0
-    gap = np.zeros(len(state.part), dtype=np.float32)
-    settled = config.settled * state.weights.max() * state.marginal[0]  # one id's largest term
-    for sweep in range(config.sample_sweeps):
-        moved_s += sample_pass(
-            ids, state.part, state.owner, state.counts, state.sizes, state.marginal, state.weights,
-            alpha * config.balance_scale, chunk_for(config, len(state.part), state.parts), s_floor, s_cap,
-            gap, np.inf if sweep == 0 else settled,
+
+    def __init__(self, state: PartitionState, config: RefineConfig = RefineConfig()) -> None:
+        self.state, self.config = state, config
+        self.flat = np.ascontiguousarray(state.marginal[: sample_moves.flat_top(state.marginal) + 1])
+        self.own = np.empty(state.num_ids, dtype=sample_moves.own_dtype(state.parts))
+        self.gap = np.zeros(len(state.part), dtype=np.float32)
+        self.last: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # counts, owner, sizes at the last round's start
+
+    def run_round(self) -> tuple[int, int]:
+        """`sample_sweeps` sample passes, then a row pass. Returns (samples moved, rows moved)."""
+        st, config = self.state, self.config
+        alpha, beta = (x * config.balance_scale for x in alpha_beta(st))
+        settled = config.settled * st.weights.max() * st.marginal[0]  # one id's largest term
+        first = self._lower_gaps(alpha, settled)
+        moved_s = sum(self.sample_pass(alpha, first if sweep == 0 else settled) for sweep in range(config.sample_sweeps))
+        r_floor, r_cap = caps(st.num_ids, st.parts, config.tol)
+        moved_r = row_pass(
+            st.counts, st.owner, st.rows, st.soft, st.weights,
+            beta, chunk_for(config, st.num_ids, st.parts), r_floor, r_cap,
         )
-    moved_r = row_pass(
-        state.counts, state.owner, state.rows, state.soft, state.weights,
-        beta * config.balance_scale, chunk_for(config, state.num_ids, state.parts), r_floor, r_cap,
-    )
-    return int(moved_s), int(moved_r)
+        return int(moved_s), int(moved_r)
+
+    def sample_pass(self, alpha: float, settled: float) -> int:
+        """One sample pass that scores only samples whose gap is at most `settled`; returns the number moved."""
+        st = self.state
+        floor, cap = caps(len(st.part), st.parts, self.config.tol)
+        sample_moves.fill_own(st.counts, st.owner, len(self.flat) - 1, self.own)
+        return int(sample_moves.sample_pass(
+            np.asarray(st.ids), st.part, st.owner, self.own, st.counts, st.sizes, st.marginal, self.flat, st.weights,
+            alpha, chunk_for(self.config, len(st.part), st.parts), floor, cap, self.gap, settled,
+        ))
+
+    def _lower_gaps(self, alpha: float, settled: float) -> float:
+        """Lower every gap by how far it can have fallen since the last round; returns the first sweep's threshold.
+
+        The first round scores every sample (threshold infinity).
+        """
+        st = self.state
+        first = np.inf
+        if self.last is not None:
+            counts, owner, sizes = self.last
+            drift = rescore.id_drift(st.counts, st.owner, counts, owner, self.flat, st.weights)
+            balance = 2 * abs(alpha) * float(np.abs(st.sizes - sizes).max())
+            rescore.lower_gaps(np.asarray(st.ids), drift, self.gap, balance, settled)
+            first = settled
+            for saved, now in zip(self.last, (st.counts, st.owner, st.sizes)):
+                np.copyto(saved, now)
+        else:
+            self.last = (st.counts.copy(), st.owner.copy(), st.sizes.copy())
+        return first

@@ -68,11 +68,12 @@ class PartitionResult:
 class _NumbaEngine:
     def __init__(self, state: PartitionState, config: PartitionConfig) -> None:
         self.state, self.config = state, config
+        self.refiner = refine.Refiner(state, config.refine) if config.algorithm == "fast" else None
 
     def run_round(self) -> tuple[int, int]:
-        if self.config.algorithm == "original":
+        if self.refiner is None:
             return reference.run_round(self.state)
-        return refine.run_round(self.state, self.config.refine)
+        return self.refiner.run_round()
 
     def traffic(self) -> np.ndarray:
         return self.state.traffic()

@@ -1,0 +1,63 @@
+"""Which samples the first sweep of a round re-scores: a bound on how far each gap can have fallen.
+
+A sample's gap is score(cur) - the best other score, from the last time it
+was scored (see sample_moves._choose). Its score for part k is
+alpha |k| - sum over its ids e of w[k][o(e)] D(c[e][k] - [k == cur]), so
+between two moments each score moves by at most the sum over its ids of
+how far one term of that id moved, and the gap by at most twice that, plus
+the balance term's share. At the start of a round:
+
+    drift[e] = max over parts k, and over the term read from inside and from
+               outside k, of |w'[k][o'(e)] D(c'[e][k] - s) - w[k][o(e)] D(c[e][k] - s)|,
+               s in {0, 1}, between the counts and owners now (') and at the
+               start of the previous round;
+    gap[i]  -= 2 * sum over ids e of sample i of drift[e] + 2 |alpha| max_k |sizes' - sizes|.
+
+A sample whose lowered gap is still above `settled` keeps its part without
+being scored. The bound covers all changes since its score was taken only
+up to the staleness of a chunk (proposals read the counts at their chunk's
+start), so it is a filter, not a guarantee; every move is still checked
+when applied. Example: an id read by samples of one part moves from owner
+q to that part p (one node, w = 0.1 off the diagonal): the terms of parts
+p and q change by 0.1 D(c), so drift = 0.1 D(c) <= 0.1 and each sample
+reading it has its gap lowered by up to 0.2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def id_drift(counts, owner, old_counts, old_owner, flat, w):  # pragma: no cover - compiled
+    """float32[E]: drift[e] as in the module docstring (flat as in sample_moves)."""
+    num_ids, parts = counts.shape
+    top = len(flat) - 1
+    out = np.zeros(num_ids, dtype=np.float32)
+    for e in prange(num_ids):
+        o, o_old = owner[e], old_owner[e]
+        d = 0.0
+        for k in range(parts):
+            c, c_old = counts[e, k], old_counts[e, k]
+            if c == c_old and o == o_old:
+                continue
+            outside = w[k, o] * flat[min(c, top)] - w[k, o_old] * flat[min(c_old, top)]
+            inside = w[k, o] * flat[min(max(c - 1, 0), top)] - w[k, o_old] * flat[min(max(c_old - 1, 0), top)]
+            d = max(d, abs(outside), abs(inside))
+        out[e] = d
+    return out
+
+
+@njit(parallel=True, cache=True)
+def lower_gaps(ids, drift, gap, balance, settled):  # pragma: no cover - compiled
+    """gap[i] -= 2 * sum of drift over sample i's ids + balance, for samples whose gap is above settled.
+
+    Gaps already at or below `settled` will be re-scored anyway and are left as they are.
+    """
+    for i in prange(ids.shape[0]):
+        g = gap[i] - balance
+        if g > settled:
+            for f in range(ids.shape[1]):
+                g -= 2.0 * drift[ids[i, f]]
+        gap[i] = g
