@@ -14,9 +14,11 @@ sample.
   below HOT_MARGINAL. A lookup flat[min(c, T)] is exact for c <= T and at
   most 1e-7 too high past it, where D keeps falling to 0; the table is a few
   KB and stays in the first-level cache (the full one is 8 * M/P bytes).
-- Before scoring a block of samples, and before applying a block of moves,
-  one loop loads every row the block will read (`_touch*`): the loads are
-  independent, so the core overlaps the cache misses.
+- While a sample is scored, or a move applied, the rows of the one
+  PREFETCH_AHEAD places on are prefetched (prefetch.py), so the cache
+  misses overlap the arithmetic instead of following each other. Measured
+  against loading each block's rows in a plain loop first: 2.2x faster
+  proposals, 1.7x faster moves.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from hetgmp.partition.prefetch import prefetch_row
+
 BLOCK = 128  # samples per parallel task: one scratch array each, not one per sample
-APPLY_BLOCK = 16  # moves whose rows are loaded together before they are applied (a block's rows fit the L2)
+PREFETCH_AHEAD = 2  # samples; 2, 4, 8 and 16 measured within 15% of each other, 2 best
 HOT_MARGINAL = 1e-7
 HOT_SPARE = 64  # counts of a hot id may fall this much during a pass and it still cannot sway a proposal
 
@@ -58,23 +62,11 @@ def fill_own(counts, owner, top, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _touch(ids, a, b, own, counts, gap, settled):  # pragma: no cover - compiled
-    """Load the `own` entries, then the count rows of non-hot ids, that samples a..b will score.
-
-    Returns a sum of what it read, so the loads are not optimised away.
-    """
-    acc = 0
-    for i in range(a, b):
-        if gap[i] <= settled:
-            for f in range(ids.shape[1]):
-                acc += own[ids[i, f]]
-    for i in range(a, b):
-        if gap[i] <= settled:
-            for f in range(ids.shape[1]):
-                e = ids[i, f]
-                if own[e] >= 0:
-                    acc += counts[e, 0]
-    return acc
+def _prefetch_sample(ids, i, own, counts):  # pragma: no cover - compiled
+    """Prefetch the `own` entries and count rows of sample i's ids."""
+    for f in range(ids.shape[1]):
+        prefetch_row(own, ids[i, f])
+        prefetch_row(counts, ids[i, f])
 
 
 @njit(cache=True)
@@ -127,10 +119,14 @@ def _propose(ids, lo, hi, part, own, counts, sizes, flat, wt, alpha, best, gap, 
     """
     for blk in prange((hi - lo + BLOCK - 1) // BLOCK):
         a, b = lo + blk * BLOCK, min(lo + (blk + 1) * BLOCK, hi)
-        if _touch(ids, a, b, own, counts, gap, settled) < -(1 << 62):
-            continue  # never (every value read is >= -1); the test keeps the loads
         cost = np.empty(counts.shape[1])
+        for i in range(a, min(a + PREFETCH_AHEAD, b)):
+            if gap[i] <= settled:
+                _prefetch_sample(ids, i, own, counts)
         for i in range(a, b):
+            ahead = i + PREFETCH_AHEAD
+            if ahead < b and gap[ahead] <= settled:
+                _prefetch_sample(ids, ahead, own, counts)
             if gap[i] > settled:
                 best[i - lo] = part[i]
                 continue
@@ -161,38 +157,28 @@ def sample_delta(ids, i, cur, k, own, owner, counts, marginal, w):  # pragma: no
 
 
 @njit(cache=True)
-def _touch_moves(ids, a, b, lo, part, best, counts, own):  # pragma: no cover - compiled
-    """Load the count rows and `own` entries of the proposed moves among samples a..b."""
-    acc = 0
-    for i in range(a, b):
-        if best[i - lo] != part[i]:
-            for f in range(ids.shape[1]):
-                e = ids[i, f]
-                acc += counts[e, 0] + own[e]
-    return acc
-
-
-@njit(cache=True)
 def _apply(ids, lo, hi, part, own, owner, counts, sizes, marginal, w, best, floor, cap):  # pragma: no cover - compiled
     """Make, in order, each proposed move that keeps both sizes within [floor, cap] and lowers the cost."""
     moved = 0
-    for a in range(lo, hi, APPLY_BLOCK):
-        b = min(a + APPLY_BLOCK, hi)
-        if _touch_moves(ids, a, b, lo, part, best, counts, own) < -(1 << 62):
-            continue  # never (every value read is >= -1)
-        for i in range(a, b):
-            k, cur = best[i - lo], part[i]
-            if k == cur or sizes[k] >= cap or sizes[cur] <= floor:
-                continue
-            if sample_delta(ids, i, cur, k, own, owner, counts, marginal, w) >= 0.0:
-                continue
-            for f in range(ids.shape[1]):
-                counts[ids[i, f], cur] -= 1
-                counts[ids[i, f], k] += 1
-            sizes[cur] -= 1
-            sizes[k] += 1
-            part[i] = k
-            moved += 1
+    for i in range(lo, min(lo + PREFETCH_AHEAD, hi)):
+        if best[i - lo] != part[i]:
+            _prefetch_sample(ids, i, own, counts)
+    for i in range(lo, hi):
+        ahead = i + PREFETCH_AHEAD
+        if ahead < hi and best[ahead - lo] != part[ahead]:
+            _prefetch_sample(ids, ahead, own, counts)
+        k, cur = best[i - lo], part[i]
+        if k == cur or sizes[k] >= cap or sizes[cur] <= floor:
+            continue
+        if sample_delta(ids, i, cur, k, own, owner, counts, marginal, w) >= 0.0:
+            continue
+        for f in range(ids.shape[1]):
+            counts[ids[i, f], cur] -= 1
+            counts[ids[i, f], k] += 1
+        sizes[cur] -= 1
+        sizes[k] += 1
+        part[i] = k
+        moved += 1
     return moved
 
 
