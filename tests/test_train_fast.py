@@ -175,6 +175,21 @@ def test_a_batch_gathered_into_buffers_equals_the_batch(data):
         assert torch.equal(buffers[0], want.dense) and torch.equal(buffers[1].long(), want.ids) and torch.equal(buffers[2], want.labels)
 
 
+def test_the_device_cursor_draws_the_streams_batches(data):
+    """EpochCursor (the batch drawn inside the graph) gives `batch(step)` for every step,
+    through wrapping last batches, new permutations and a seek into the middle (a resume)."""
+    from hetgmp.train.fast import EpochCursor
+
+    rows = Rows(load_dataset(data).train, slice(0, 1050), torch.device("cpu"))
+    reference = BatchStream(rows, 100, 11, seed=3, rank=0)
+    for first in (0, 7):
+        cursor = EpochCursor(BatchStream(rows, 100, 11, seed=3, rank=0))
+        for step in range(first, 25):
+            cursor.seek(step)
+            got, want = cursor(), reference.batch(step)
+            assert torch.equal(got[0], want.dense) and torch.equal(got[1], want.ids) and torch.equal(got[2], want.labels), step
+
+
 def test_epoch_orders_drawn_ahead_are_the_documented_ones():
     orders = EpochOrders(50, seed=4, rank=1, device=torch.device("cpu"), epochs=3)
     want = [torch.randperm(50, generator=torch.Generator().manual_seed(epoch_seed(4, e, 1))) for e in range(3)]

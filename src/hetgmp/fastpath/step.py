@@ -18,7 +18,10 @@ Input protocol under a graph: the graph reads fixed input buffers. `step(d, i, y
 copies the batch into them (three device copies; the ids buffer is int32
 while the table has fewer than 2^31 rows) unless the arguments *are* those
 buffers: a loader may write each batch straight into `input_buffers()` and
-call `step(*fast.input_buffers())`. Every batch must have the shapes of the
+call `step(*fast.input_buffers())`. Or, with a `source` (a function that
+draws the next batch on the device from state it keeps there, see
+BatchSource), `step_from_source()` draws the batch inside the graph: then a
+replay is the only launch of a step. Every batch must have the shapes of the
 first. The returned loss is a device tensor that the next replay overwrites:
 read it (or `.clone()` it) before the next call. Learning rates are baked
 into the graph at capture; the graph reads and writes the table, the
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +57,10 @@ DENSE_OPTIMIZERS = ("sgd", "adam")
 SPARSE_OPTIMIZERS = EMBEDDING_OPTIMIZERS
 AMP_MODES = ("none", "bf16")
 GATHERS = ("sorted", "plain")
+# A batch drawn on the device with no host sync, e.g. rows picked by a
+# device-side cursor over an epoch's permutation: called once per step, inside
+# the graph, so that replays need no kernel launched between them.
+BatchSource = Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -191,8 +198,10 @@ class FastStep:
         cfg: FastStepConfig,
         acc_E: torch.Tensor | None = None,
         versions_E: torch.Tensor | None = None,
+        source: BatchSource | None = None,
     ) -> None:
         cfg.check()
+        self.source = source
         self.cfg = cfg
         self.device = table_ED.device
         self.model = model
@@ -220,7 +229,18 @@ class FastStep:
         """Train on one batch; returns the mean loss as a device tensor (no sync)."""
         if not self.use_graph:
             return self._train(dense_BI, ids_BF, labels_B)
-        inputs = self._load(dense_BI, ids_BF, labels_B)
+        return self._run(self._load(dense_BI, ids_BF, labels_B))
+
+    def step_from_source(self) -> torch.Tensor:
+        """Train on the next batch of `source` (see BatchSource); the batch is drawn inside the graph."""
+        if self.source is None:
+            raise HetGMPError("step_from_source() needs a FastStep built with a source")
+        if not self.use_graph:
+            return self._train(*self.source())
+        return self._run(None)
+
+    def _run(self, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """Warm up, capture or replay; `inputs` None: the step draws its batch from the source."""
         if self._graph is None:
             if self._warm < self.cfg.warmup_steps:
                 self._warm += 1
@@ -251,22 +271,22 @@ class FastStep:
                 buf.copy_(t, non_blocking=True)
         return self._inputs
 
-    def _on_side_stream(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def _on_side_stream(self, inputs: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
         # Warm-up off the default stream, as capture will be (PyTorch's recipe).
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            loss = self._train(*inputs)
+            loss = self._train(*(inputs if inputs is not None else self.source()))
         main = torch.cuda.current_stream(self.device)
         main.wait_stream(side)
         loss.record_stream(main)  # the caller reads it on its own stream
         return loss
 
-    def _capture(self, inputs: tuple[torch.Tensor, ...]) -> None:
+    def _capture(self, inputs: tuple[torch.Tensor, ...] | None) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._loss = self._train(*inputs)
+            self._loss = self._train(*(inputs if inputs is not None else self.source()))
         self._graph = graph
 
     def _train(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:

@@ -178,12 +178,17 @@ class BatchStream:
         """Batch `step` written into existing (dense, ids, labels) tensors (a captured step's inputs)."""
         self.rows.take_into(self.indices(step), out)
 
-    def indices(self, step: int) -> torch.Tensor:
-        """Rows of batch `step`, on the rows' device (always batch_size of them)."""
-        epoch, i = divmod(step, self.steps_per_epoch)
+    def order(self, epoch: int) -> torch.Tensor:
+        """Epoch `epoch`'s permutation of the rows, on the rows' device (epochs are asked for in order)."""
         if epoch != self._epoch:
             self._perm = self._orders.get(epoch)
             self._epoch = epoch
+        return self._perm
+
+    def indices(self, step: int) -> torch.Tensor:
+        """Rows of batch `step`, on the rows' device (always batch_size of them)."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        self.order(epoch)
         start = i * self.batch_size
         if start + self.batch_size <= len(self.rows):
             return self._perm[start: start + self.batch_size]  # a view: no kernel to launch

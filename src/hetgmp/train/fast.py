@@ -28,11 +28,16 @@ as the general step's guard does. Skipping such batches (--skip-nonfinite)
 takes the general step.
 
 Feeding: every training batch is full (BatchStream wraps a worker's shard
-around its permutation), so the graph's fixed shapes always fit. Once the
-graph owns its input buffers, each batch is gathered straight into them from
-the rows (on the GPU when they fit, see `data.Rows`): three index_selects a
-step, no host sync, no loop over samples; each epoch's order is drawn one
-epoch ahead (`data.EpochOrders`).
+around its permutation), so the graph's fixed shapes always fit. When the
+rows live on the training device (`data.Rows` puts them on the GPU when they
+fit) the batch is drawn inside the step's graph by an `EpochCursor`: the
+epoch's permutation and a cursor stay on the device, the graph picks the
+rows at the cursor and advances it, and the host only copies a new
+permutation in at each epoch start, so a replay is the only launch of a
+step (any kernel launched between replays cost ~30 us of GPU time a step on
+an H100). Otherwise each batch is gathered into the graph's input buffers
+before the replay. Either way: no host sync, no loop over samples, each
+epoch's order drawn one epoch ahead (`data.EpochOrders`).
 
 What the general step reports and this one does not: the per-step counts of
 distinct ids (they would cost a `unique` per step); the traffic counters are
@@ -53,8 +58,36 @@ from hetgmp.train.data import BatchStream
 ONE_WORKER_TRAFFIC = {"rows_fetched": 0, "rows_pushed": 0, "mirror_hits": 0, "bytes_sent": 0, "bytes_received": 0}
 
 
-def build_fast_step(cfg: TrainConfig, model: nn.Module, emb: LocalEmbedding) -> FastStep:
-    """FastStep over `emb`'s tensors and `model`, with the run's optimizers and learning rates."""
+class EpochCursor:
+    """The stream's batches drawn on the device (a FastStep source): batch i of an
+    epoch is rows perm[(i B + j) mod n], j < B, exactly as `BatchStream.indices`."""
+
+    def __init__(self, stream: BatchStream) -> None:
+        rows, device = stream.rows, stream.rows.labels.device
+        self.stream = stream
+        self.perm = torch.empty(len(rows), dtype=torch.long, device=device)
+        self.cursor = torch.zeros((), dtype=torch.long, device=device)
+        self.offsets = torch.arange(stream.batch_size, device=device)
+        self.epoch = -1
+
+    def seek(self, step: int) -> None:
+        """Before training batch `step`: at an epoch change, copy its permutation in and set the cursor."""
+        epoch, i = divmod(step, self.stream.steps_per_epoch)
+        if epoch != self.epoch:
+            self.perm.copy_(self.stream.order(epoch))
+            self.cursor.fill_(i * self.stream.batch_size)
+            self.epoch = epoch
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = self.perm[(self.cursor + self.offsets) % len(self.perm)]
+        self.cursor += self.stream.batch_size
+        batch = self.stream.rows.take(idx)
+        return batch.dense, batch.ids, batch.labels
+
+
+def build_fast_step(cfg: TrainConfig, model: nn.Module, emb: LocalEmbedding, stream: BatchStream) -> FastStep:
+    """FastStep over `emb`'s tensors and `model`, with the run's optimizers and learning rates;
+    it draws its batches itself (an EpochCursor) when the rows are on its device."""
     device = emb.device
     fast_cfg = FastStepConfig(
         lr=cfg.sparse_lr, dense_lr=cfg.lr, dense_optimizer=cfg.optimizer, sparse_optimizer=cfg.sparse_optimizer,
@@ -62,7 +95,8 @@ def build_fast_step(cfg: TrainConfig, model: nn.Module, emb: LocalEmbedding) -> 
         # Triton runs on a CPU only under its test interpreter: plain torch there.
         kernel="auto" if device.type == "cuda" else "torch",
     )
-    return FastStep(model, emb.table, fast_cfg, acc_E=emb.acc, versions_E=emb.version)
+    source = EpochCursor(stream) if stream.rows.labels.device == device else None
+    return FastStep(model, emb.table, fast_cfg, acc_E=emb.acc, versions_E=emb.version, source=source)
 
 
 def describe_fast_step(fast: FastStep) -> str:
@@ -78,12 +112,16 @@ class FastSteps:
     def __init__(self, fast: FastStep, stream: BatchStream) -> None:
         self.fast = fast
         self.stream = stream
+        self.cursor = fast.source if isinstance(fast.source, EpochCursor) else None
         self._inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def train(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, correct count) as device scalars, valid until the next call.
 
         The loss is NaN for a step whose gradients were not finite (`flag_nonfinite`)."""
+        if self.cursor is not None:
+            self.cursor.seek(step)
+            return self.fast.step_from_source(), self.fast.correct
         if self._inputs is None:
             batch = self.stream.batch(step)
             loss = self.fast.step(batch.dense, batch.ids, batch.labels)

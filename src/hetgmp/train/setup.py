@@ -137,7 +137,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
         lr=cfg.sparse_lr, bound=cfg.bound, seed=cfg.seed,
     )
     emb = build_embedding(emb_cfg, placement, ctx)
-    fast = build_fast_step(cfg, model, emb) if step_kind == "fast" else None
+    fast = build_fast_step(cfg, model, emb, stream) if step_kind == "fast" else None
     dense_opt = fast.optimizer if fast else build_dense_optimizer(cfg, list(model.parameters()))
     note = f"step {step_kind} ({why}" + (f"; {describe_fast_step(fast)})" if fast else ")")
     return Run(cfg, ctx, dataset, model, emb, dense_opt, stream, eval_batches, per_epoch, total, plan_id, fast, note)
