@@ -223,6 +223,10 @@ class FastStep:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._loss: torch.Tensor | None = None
         self.correct: torch.Tensor | None = None
+        # Called at the end of every step with (loss, correct) device tensors, inside the
+        # graph when captured: a trainer records them there instead of launching a copy
+        # between replays. Set it before the first step.
+        self.record: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None
         self._warm = 0
 
     def step(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
@@ -310,7 +314,10 @@ class FastStep:
         sparse_update(self.table_ED, ids_N, grad_ND, self.cfg.lr, self.acc_E, self.cfg.adagrad_eps,
                       counts_E=self.versions_E, backend=self.kernel, scratch_TD=self._scratch, order=order)
         self.optimizer.step()
-        return loss.detach()
+        loss = loss.detach()
+        if self.record is not None:
+            self.record(loss, self.correct)
+        return loss
 
     def _gather(self, ids_N: torch.Tensor, order: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         dtype = torch.bfloat16 if self.cfg.bf16_rows else self.table_ED.dtype

@@ -46,6 +46,8 @@ zero on one worker, and are reported as such.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import nn
 
@@ -53,6 +55,12 @@ from hetgmp.embedding import LocalEmbedding
 from hetgmp.fastpath import FastStep, FastStepConfig
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import BatchStream
+
+
+class StepRecorder(Protocol):
+    """Where a step stores its (loss, correct count) on the device: the loop's StepWindow."""
+
+    def record(self, loss: torch.Tensor, correct: torch.Tensor) -> None: ...
 
 # One worker fetches and pushes no rows: the TRAIN line's traffic, as the general step reports it.
 ONE_WORKER_TRAFFIC = {"rows_fetched": 0, "rows_pushed": 0, "mirror_hits": 0, "bytes_sent": 0, "bytes_received": 0}
@@ -109,19 +117,24 @@ def describe_fast_step(fast: FastStep) -> str:
 class FastSteps:
     """Trains batch `step` of the stream through FastStep (the loop's step for one worker)."""
 
-    def __init__(self, fast: FastStep, stream: BatchStream) -> None:
+    def __init__(self, fast: FastStep, stream: BatchStream, window: StepRecorder | None = None) -> None:
         self.fast = fast
         self.stream = stream
         self.cursor = fast.source if isinstance(fast.source, EpochCursor) else None
+        # The step stores its loss and correct count in the window itself (inside its graph).
+        self.recorded = window is not None
+        fast.record = window.record if window is not None else None
         self._inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def train(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, correct count) as device scalars, valid until the next call.
+        """(loss, correct count) as device scalars, valid until the next call; (None, None)
+        when the step recorded them in the window itself.
 
         The loss is NaN for a step whose gradients were not finite (`flag_nonfinite`)."""
         if self.cursor is not None:
             self.cursor.seek(step)
-            return self.fast.step_from_source(), self.fast.correct
+            loss = self.fast.step_from_source()
+            return (None, None) if self.recorded else (loss, self.fast.correct)
         if self._inputs is None:
             batch = self.stream.batch(step)
             loss = self.fast.step(batch.dense, batch.ids, batch.labels)
@@ -130,7 +143,7 @@ class FastSteps:
         else:
             self.stream.batch_into(step, self._inputs)
             loss = self.fast.step(*self._inputs)
-        return loss, self.fast.correct
+        return (None, None) if self.recorded else (loss, self.fast.correct)
 
     def counters(self) -> dict[str, int]:
         return ONE_WORKER_TRAFFIC

@@ -99,7 +99,7 @@ def train_loop(run: Run, start: int, log: RunLog) -> dict[str, Any]:
     guard = NonFiniteGuard(cfg.skip_nonfinite, run.ctx.world_size)
     last: dict[str, Any] = {"step": start, "train": None, "eval": None, "checkpoint": None}
     clock = Clock()
-    steps = FastSteps(run.fast, run.stream) if run.fast else GeneralSteps(run, guard, start)
+    steps = FastSteps(run.fast, run.stream, window) if run.fast else GeneralSteps(run, guard, start)
     for step in range(start, run.total_steps):
         loss, correct = steps.train(step)
         window.add(loss, correct, steps.counters())
@@ -205,13 +205,23 @@ class StepWindow:
         self.ctx = ctx
         self.loss = torch.zeros(size, device=ctx.device)
         self.correct = torch.zeros(size, device=ctx.device)
+        self.slot = torch.zeros(1, dtype=torch.long, device=ctx.device)  # record()'s next index, = n
         self.n = 0
         self.first = first  # step number (0-based) of the window's first step
         self.counters: dict[str, Any] = {}
 
-    def add(self, loss: torch.Tensor, correct: torch.Tensor, counters: Any) -> None:
-        self.loss[self.n] = loss
-        self.correct[self.n] = correct
+    def record(self, loss: torch.Tensor, correct: torch.Tensor) -> None:
+        """Store a step's loss and correct count at a device-side index: no host value, so a
+        captured step (FastStep.record) can do it inside its graph. add(None, None, ...) follows."""
+        self.loss.index_copy_(0, self.slot, loss.reshape(1).to(self.loss.dtype))
+        self.correct.index_copy_(0, self.slot, correct.reshape(1).to(self.correct.dtype))
+        self.slot += 1
+
+    def add(self, loss: torch.Tensor | None, correct: torch.Tensor | None, counters: Any) -> None:
+        """Count a step; its loss and correct count, unless None (then record() stored them)."""
+        if loss is not None:
+            self.loss[self.n] = loss
+            self.correct[self.n] = correct
         self.n += 1
         for key, value in _counter_items(counters):
             self.counters[key] = self.counters.get(key, 0) + value
@@ -242,6 +252,7 @@ class StepWindow:
         out.update({k: v / steps for k, v in zip(keys, totals[2:])})
         self.first += self.n
         self.n, self.counters = 0, {}
+        self.slot.zero_()
         return out
 
 
