@@ -28,6 +28,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from hetgmp.partition.prefetch import prefetch_row
+
+BLOCK = 1024  # samples per parallel task
+
 
 @njit(parallel=True, cache=True)
 def id_drift(counts, owner, old_counts, old_owner, flat, w):  # pragma: no cover - compiled
@@ -51,13 +55,18 @@ def id_drift(counts, owner, old_counts, old_owner, flat, w):  # pragma: no cover
 
 @njit(parallel=True, cache=True)
 def lower_gaps(ids, drift, gap, balance, settled):  # pragma: no cover - compiled
-    """gap[i] -= 2 * sum of drift over sample i's ids + balance, for samples whose gap is above settled.
-
-    Gaps already at or below `settled` will be re-scored anyway and are left as they are.
-    """
-    for i in prange(ids.shape[0]):
-        g = gap[i] - balance
-        if g > settled:
+    """gap[i] -= 2 * sum of drift over sample i's ids + balance, stopping once it is at or below settled
+    (it will be re-scored then, whatever the rest of the sum); drift reads are prefetched a sample ahead."""
+    n = ids.shape[0]
+    for blk in prange((n + BLOCK - 1) // BLOCK):
+        a, b = blk * BLOCK, min((blk + 1) * BLOCK, n)
+        for i in range(a, b):
+            if i + 1 < b and gap[i + 1] - balance > settled:
+                for f in range(ids.shape[1]):
+                    prefetch_row(drift, ids[i + 1, f])
+            g = gap[i] - balance
             for f in range(ids.shape[1]):
+                if g <= settled:
+                    break
                 g -= 2.0 * drift[ids[i, f]]
-        gap[i] = g
+            gap[i] = g
