@@ -3,11 +3,19 @@
     python benchmarks/profile_sharded.py                                   # 2 CPU workers over Gloo (spawned)
     python benchmarks/profile_sharded.py --device cuda --num-ids 2000000 --dim 128 --batch 8192
     torchrun --nproc-per-node 2 benchmarks/profile_sharded.py --device cuda --num-ids 2000000 --dim 128 --batch 8192
+    python benchmarks/profile_sharded.py --compare-modes --store-rate 0.01 --bound 100   # row sharding vs plan, one run
 
 Each step is the trainer's: forward (the rows prefetched by the last step),
 a backward of sum(rows * w), then step(next_ids). Ids are power-law skewed;
 the placement is plan-like (random owners, each worker mirrors its most-read
 remote ids at --store-rate).
+
+--compare-modes measures, in the same processes and on the same batches,
+  rows        row sharding: random owners, no mirrors, bound 0
+  plan        the plan-like placement, bound 0
+  plan+bound  the plan-like placement, bound --bound (if above 0)
+the timed phase alternating between the modes --rounds times (the median
+round counts), so that load on the machine hits every mode alike.
 
 Three phases on every worker:
   1. timed: --steps steps after --warmup, one device synchronize at the end:
@@ -33,6 +41,7 @@ import argparse
 import os
 import resource
 import socket
+import statistics
 import time
 import warnings
 
@@ -42,7 +51,7 @@ import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hetgmp.distributed import init_distributed, shutdown
-from hetgmp.embedding import EmbeddingConfig, build_embedding
+from hetgmp.embedding import EmbeddingConfig, Placement, build_embedding
 from hetgmp.embedding.reference import plan_like, skewed_batches
 
 # aten operations whose output size depends on the data, or that read device values on the host:
@@ -72,6 +81,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--count-steps", type=int, default=3, help="steps counted (syncs, launches, profile)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per worker")
+    p.add_argument("--compare-modes", action="store_true", help="row sharding, plan, plan + bound in one run")
+    p.add_argument("--rounds", type=int, default=5, help="--compare-modes: timed rounds per mode (median reported)")
     return p.parse_args()
 
 
@@ -132,24 +143,35 @@ class HostReadWrappers:
 
 
 class Trainer:
-    """The trainer's use of the table on this worker's slices of the global batches."""
+    """The trainer's use of the table on this worker's slices of the global batches (cycled)."""
 
-    def __init__(self, args: argparse.Namespace, ctx) -> None:
-        total = args.warmup + args.steps + 2 * args.count_steps + 1
-        ids, _ = skewed_batches(args.num_ids, total, ctx.world_size * args.batch, args.fields, seed=1)
-        placement = plan_like(ids, args.num_ids, ctx.world_size, args.store_rate)
-        config = EmbeddingConfig(args.num_ids, args.dim, optimizer=args.optimizer, lr=0.01, bound=args.bound,
+    def __init__(self, args: argparse.Namespace, ctx, ids, placement: Placement, bound: int) -> None:
+        config = EmbeddingConfig(args.num_ids, args.dim, optimizer=args.optimizer, lr=0.01, bound=bound,
                                  ids_per_batch=args.batch * args.fields)
         self.emb = build_embedding(config, placement, ctx)
         rows = slice(ctx.rank * args.batch, (ctx.rank + 1) * args.batch)
-        self.batches = [torch.as_tensor(ids[t, rows]).to(ctx.device) for t in range(total)]
+        self.batches = [torch.as_tensor(ids[t, rows]).to(ctx.device) for t in range(len(ids))]
         self.weight = torch.randn(args.dim, device=ctx.device)
         self.t = 0
 
     def step(self) -> None:
         (self.emb(self.batches[self.t]) * self.weight).sum().backward()
-        self.t += 1
+        self.t = (self.t + 1) % len(self.batches)
         self.emb.step(next_ids=self.batches[self.t])
+
+
+def build_modes(args: argparse.Namespace, ctx) -> dict[str, Trainer]:
+    """The measured modes (see the module docstring), each its own table on the same batches."""
+    ids, _ = skewed_batches(args.num_ids, args.warmup + args.steps + 2 * args.count_steps + 1,
+                            ctx.world_size * args.batch, args.fields, seed=1)
+    plan = plan_like(ids, args.num_ids, ctx.world_size, args.store_rate)
+    if not args.compare_modes:
+        return {f"plan, bound {args.bound}": Trainer(args, ctx, ids, plan, args.bound)}
+    modes = {"rows": Trainer(args, ctx, ids, Placement.random(args.num_ids, ctx.world_size, seed=5), 0),
+             "plan": Trainer(args, ctx, ids, plan, 0)}
+    if args.bound > 0:
+        modes[f"plan+bound {args.bound}"] = Trainer(args, ctx, ids, plan, args.bound)
+    return modes
 
 
 def sync(device: torch.device) -> None:
@@ -162,17 +184,35 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed(trainer: Trainer, args, device) -> dict[str, float]:
-    for _ in range(args.warmup):
+def timed(trainers: dict[str, Trainer], args, device) -> dict[str, dict[str, float]]:
+    """Wall and CPU ms per step of each mode: the median of `rounds` rounds, the modes taking turns."""
+    rounds = args.rounds if len(trainers) > 1 else 1
+    for trainer in trainers.values():
+        for _ in range(args.warmup):
+            trainer.step()
+    laps: dict[str, list[tuple[float, float]]] = {name: [] for name in trainers}
+    for _ in range(rounds):
+        for name, trainer in trainers.items():
+            sync(device)
+            wall, cpu = time.perf_counter(), cpu_seconds()
+            for _ in range(args.steps):
+                trainer.step()
+            sync(device)
+            laps[name].append((time.perf_counter() - wall, cpu_seconds() - cpu))
+    out = {}
+    for name, times in laps.items():
+        wall, cpu = statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
+        out[name] = {"wall_ms": 1e3 * wall / args.steps, "cpu_ms": 1e3 * cpu / args.steps,
+                     "samples_per_s": args.batch * args.steps / wall}
+    return out
+
+
+def fetched_per_step(trainer: Trainer, steps: int) -> float:
+    """Rows received from owners per step, over `steps` more steps."""
+    before = trainer.emb.totals.as_dict()["rows_fetched"]
+    for _ in range(steps):
         trainer.step()
-    sync(device)
-    wall, cpu = time.perf_counter(), cpu_seconds()
-    for _ in range(args.steps):
-        trainer.step()
-    sync(device)
-    wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-    return {"wall_ms": 1e3 * wall / args.steps, "cpu_ms": 1e3 * cpu / args.steps,
-            "samples_per_s": args.batch * args.steps / wall}
+    return (trainer.emb.totals.as_dict()["rows_fetched"] - before) / steps
 
 
 def counted_cpu(trainer: Trainer, steps: int) -> dict:
@@ -242,35 +282,43 @@ def run(args: argparse.Namespace) -> None:
     ctx = init_distributed(args.device)
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
-    trainer = Trainer(args, ctx)
-    result = timed(trainer, args, ctx.device)
-    result.update(counted_cuda(trainer, args.count_steps, ctx.device) if ctx.device.type == "cuda"
-                  else counted_cpu(trainer, args.count_steps))
-    result["counters"] = trainer.emb.counters.as_dict()
-    results = [None] * ctx.world_size
-    dist.all_gather_object(results, result)
+    trainers = build_modes(args, ctx)
+    results = timed(trainers, args, ctx.device)
+    for name, trainer in trainers.items():
+        result = results[name]
+        result.update(counted_cuda(trainer, args.count_steps, ctx.device) if ctx.device.type == "cuda"
+                      else counted_cpu(trainer, args.count_steps))
+        result["fetched"] = fetched_per_step(trainer, args.count_steps)
+        result["counters"] = trainer.emb.counters.as_dict()
+    gathered = [None] * ctx.world_size
+    dist.all_gather_object(gathered, results)
     if ctx.is_main:
-        report(args, ctx, results)
+        report(args, ctx, gathered)
     shutdown()
 
 
-def report(args, ctx, results: list[dict]) -> None:
+def report(args, ctx, gathered: list[dict[str, dict]]) -> None:
     where = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "CPU, Gloo"
-    if "profile" in results[0]:
-        print(results[0]["profile"])
-    for rank, r in enumerate(results):
-        print(f"rank {rank} syncs by source: {r['sync_ops']}")
-        print(f"rank {rank} last step's counters: {r['counters']}")
-        if "gpu_ms" in r:
-            print(f"rank {rank} profiled: GPU kernels {r['gpu_ms']:.2f} ms/step besides NCCL's {r['nccl_ms']:.2f} ms/step "
-                  "(NCCL kernels also count the wait for the peer)")
+    for name in gathered[0]:
+        if "profile" in gathered[0][name]:
+            print(f"== {name}, rank 0\n{gathered[0][name]['profile']}")
+        for rank, by_mode in enumerate(gathered):
+            r = by_mode[name]
+            print(f"{name}: rank {rank} syncs by source: {r['sync_ops']}")
+            print(f"{name}: rank {rank} last step's counters: {r['counters']}")
+            if "gpu_ms" in r:
+                print(f"{name}: rank {rank} profiled: GPU kernels {r['gpu_ms']:.2f} ms/step besides NCCL's {r['nccl_ms']:.2f} "
+                      "ms/step (NCCL kernels also count the wait for the peer)")
+    rounds = f", median of {args.rounds} rounds of {args.steps} steps" if len(gathered[0]) > 1 else ""
     print(f"\n{ctx.world_size} workers, {where}, torch {torch.__version__}; E={args.num_ids} D={args.dim} "
-          f"B={args.batch}/worker F={args.fields} bound={args.bound} store_rate={args.store_rate} {args.optimizer}")
-    print("| rank | wall ms/step | CPU ms/step | samples/s | syncs/step | launches/step |")
-    print("|---|---|---|---|---|---|")
-    for rank, r in enumerate(results):
-        print(f"| {rank} | {r['wall_ms']:.2f} | {r['cpu_ms']:.2f} | {r['samples_per_s'] / 1e6:.3f} M | "
-              f"{r['syncs']:.1f} | {r['launches']:.0f} |")
+          f"B={args.batch}/worker F={args.fields} store_rate={args.store_rate} {args.optimizer}{rounds}")
+    print("| mode | rank | wall ms/step | CPU ms/step | samples/s | syncs/step | launches/step | rows fetched/step |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in gathered[0]:
+        for rank, by_mode in enumerate(gathered):
+            r = by_mode[name]
+            print(f"| {name} | {rank} | {r['wall_ms']:.2f} | {r['cpu_ms']:.2f} | {r['samples_per_s'] / 1e6:.3f} M | "
+                  f"{r['syncs']:.1f} | {r['launches']:.0f} | {r['fetched']:.0f} |")
 
 
 def _spawned(rank: int, world: int, port: int, args: argparse.Namespace) -> None:

@@ -84,17 +84,17 @@ class Reads:
 
     def _refresh(self, got_answers: Received) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Store the answered mirrors (others go to the sink); (answered uids' indices, their rows, mirrors refreshed)."""
-        s = self.shard.store
-        (pos, version), floats = from_record(got_answers.words, 2, [self.shard.config.dim] + self.shard.acc_cols)
+        s, dim = self.shard.store, self.shard.config.dim
+        (pos, version), (floats,) = from_record(got_answers.words, 2, [dim + len(self.shard.acc_cols)])
         starts = torch.cumsum(self.requests_P, 0) - self.requests_P
         answered = self.order[starts[got_answers.sources()] + pos]  # indices into batch.uids_U
         slot = self.batch.slot_U[answered]
         mirror = slot >= 0  # answered rows are never owned here
         target = torch.where(mirror, slot, s.sink)
-        pend = torch.where(mirror, slot - s.num_primaries, s.num_mirrors)
-        value = floats[0] + s.pending[pend]  # a refreshed mirror keeps its unpushed delta
-        s.rows[target] = value
+        if self.shard.config.bound > 0:  # a refreshed mirror keeps its unpushed delta (bound 0 keeps none)
+            floats = floats + s.pending[torch.where(mirror, slot - s.num_primaries, s.num_mirrors)]
+        s.rows[target] = floats[:, :dim]
         s.version[target] = version
         if s.acc is not None:
-            s.acc[target] = floats[1].squeeze(1) + s.pending_acc[pend]
-        return answered, value, mirror.sum()
+            s.acc[target] = floats[:, dim]
+        return answered, floats[:, :dim], mirror.sum()

@@ -4,8 +4,9 @@
     primaries = ids [0, 3, 5] -> slots 0, 1, 2;  mirrors = [4] -> slot 3
     slot  = [0, -1, -1, 1, 3, 2]     (int32 [E]; -1: not stored here)
     rows[S, D], version[S], ids[S] = [0, 3, 5, 4], acc[S] (row-wise Adagrad)
-    pending[M, D], pending_acc[M], pending_count[M] for the M mirrors
-      (mirror slot s <-> pending index s - Np)
+    pending[M, D + a], pending_count[M] for the M mirrors (mirror slot s <-> pending
+      index s - Np): the unpushed value delta, then with row-wise Adagrad (a = 1)
+      the accumulator delta, in one matrix as a push record carries them
 
 A primary's version counts the updates applied to it (sample occurrences). A
 mirror's version is the primary's version when it was last refreshed plus the
@@ -49,8 +50,7 @@ class RowStore:
         self.rows = torch.cat([initial_rows(self.ids, config, device), torch.zeros(1, config.dim, device=device)])
         self.version = torch.zeros(self.sink + 1, dtype=torch.int64, device=device)
         self.acc = torch.full((self.sink + 1,), config.adagrad_init, device=device) if config.adagrad else None
-        self.pending = torch.zeros(self.num_mirrors + 1, config.dim, device=device)
-        self.pending_acc = torch.zeros(self.num_mirrors + 1, device=device) if config.adagrad else None
+        self.pending = torch.zeros(self.num_mirrors + 1, config.dim + int(config.adagrad), device=device)
         self.pending_count = torch.zeros(self.num_mirrors + 1, dtype=torch.int64, device=device)
 
     def locate(self, ids_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,5 +62,3 @@ class RowStore:
         self.version[self.num_primaries : self.sink] = MUST_FETCH
         self.pending.zero_()
         self.pending_count.zero_()
-        if self.pending_acc is not None:
-            self.pending_acc.zero_()

@@ -59,14 +59,14 @@ class StepWrites:
 
     def _keys(self, owner_U, slot_U, counts_U) -> torch.Tensor:
         s, p, bound = self.shard.store, self.shard.world, self.shard.config.bound
-        own = owner_U == self.shard.rank
-        key = torch.where(own, 2 * p + 1, owner_U)
+        key = torch.where(owner_U == self.shard.rank, 2 * p + 1, owner_U)
         if bound == 0:  # mirrors push their gradient like rows not stored here
             return key
-        mirror = (slot_U >= 0) & ~own
-        pend = torch.where(mirror, slot_U - s.num_primaries, s.num_mirrors)  # others read the sink's zero
-        due = s.pending_count[pend] + counts_U > bound
-        return torch.where(mirror, torch.where(due, p + owner_U, 2 * p), key)
+        # Mirror slots follow the primaries': every other row gets pending index -1, which
+        # reads the sink's entry (the last, always 0) and marks it as no mirror.
+        pend = (slot_U - s.num_primaries).clamp_(min=-1)
+        mirror_key = torch.where(s.pending_count[pend] + counts_U > bound, owner_U + p, 2 * p)
+        return torch.where(pend >= 0, mirror_key, key)
 
     def per_owner(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mirror pushes, gradient pushes) per owner, int64 [P] each, on the device."""
@@ -81,7 +81,7 @@ class StepWrites:
         if mirrors:
             m = slice(pushed, pushed + mirrors)
             update_mirrors(self.shard, self.slots[m], grads[m], self.counts[m])
-        deltas = take_pending(self.shard, self.slots[pushed : pushed + due] - self.shard.store.num_primaries)
+        deltas = take_pending(self.shard, self.slots[pushed : pushed + due])
         kept = slice(len(self.slots) - own, len(self.slots))
         return Pushes(deltas, self.records[:pushed], OwnGradients(self.slots[kept], grads[kept], self.counts[kept]))
 
@@ -100,7 +100,7 @@ class FlushWrites:
         return self.layout[:p], torch.zeros_like(self.layout[:p])
 
     def build(self, layout: list[int]) -> Pushes:
-        deltas = take_pending(self.shard, self.order[: sum(layout[: self.shard.world])])
+        deltas = take_pending(self.shard, self.order[: sum(layout[: self.shard.world])] + self.shard.store.num_primaries)
         return Pushes(deltas, empty_records(self.shard, 4 + self.shard.config.dim), None)
 
 
@@ -131,25 +131,24 @@ def update_mirrors(shard: Shard, slots: torch.Tensor, grad: torch.Tensor, counts
     delta, acc_delta = row_update(grad, acc, shard.config)
     pend = slots - s.num_primaries
     s.rows.index_add_(0, slots, delta)
-    s.pending.index_add_(0, pend, delta)
     s.pending_count.index_add_(0, pend, counts)
-    if acc_delta is not None:
-        s.acc.index_add_(0, slots, acc_delta)
-        s.pending_acc.index_add_(0, pend, acc_delta)
+    if acc_delta is None:
+        s.pending.index_add_(0, pend, delta)
+        return
+    s.acc.index_add_(0, slots, acc_delta)
+    s.pending.index_add_(0, pend, torch.cat([delta, acc_delta.unsqueeze(1)], dim=1))
 
 
-def take_pending(shard: Shard, pend: torch.Tensor) -> torch.Tensor:
-    """Pending (delta, accumulator delta, count) of these mirrors as push records, in the
-    given order; bump their versions (the owner adds the same count this round), reset."""
+def take_pending(shard: Shard, slots: torch.Tensor) -> torch.Tensor:
+    """Pending (delta, accumulator delta, count) of the mirrors in these slots as push records,
+    in the given order; bump their versions (the owner adds the same count this round), reset."""
     s = shard.store
-    if len(pend) == 0:
+    if len(slots) == 0:
         return empty_records(shard, 4 + shard.config.dim + len(shard.acc_cols))
-    slots = pend + s.num_primaries
+    pend = slots - s.num_primaries
     counts = s.pending_count[pend]
-    floats = [s.pending[pend]] + ([s.pending_acc[pend]] if s.pending_acc is not None else [])
-    words = to_record([s.ids[slots], counts], floats)
+    words = to_record([s.ids[slots], counts], [s.pending[pend]])
     s.version.index_add_(0, slots, counts)
-    for pending in (s.pending, s.pending_count, s.pending_acc):
-        if pending is not None:
-            pending.index_fill_(0, pend, 0)
+    s.pending.index_fill_(0, pend, 0)
+    s.pending_count.index_fill_(0, pend, 0)
     return words
