@@ -147,16 +147,20 @@ def sample_delta(ids, i, cur, k, own, owner, counts, marginal, w):  # pragma: no
     tail as flat[T] (a bound, never accepting a move that raises the cost)
     turned away moves of samples indifferent to within 1e-7, which keep the
     parts balanced, and cost 0.1 points of remote rows. Owners come from the
-    narrow `own`, and from `owner` only for the few hot ids.
+    narrow `own`, and from `owner` only for the few hot ids; indices are
+    unsigned as in _sample_costs.
     """
-    top = len(marginal) - 1
+    top = np.uint64(len(marginal) - 1)
+    one = np.uint64(1)
+    k, cur = np.uint64(k), np.uint64(cur)
     d = 0.0
     for f in range(ids.shape[1]):
-        e = ids[i, f]
+        e = np.uint64(ids[i, f])
         o = own[e]
         if o < 0:
             o = owner[e]
-        d += w[k, o] * marginal[min(counts[e, k], top)] - w[cur, o] * marginal[min(counts[e, cur] - 1, top)]
+        o = np.uint64(o)
+        d += w[k, o] * marginal[min(np.uint64(counts[e, k]), top)] - w[cur, o] * marginal[min(np.uint64(counts[e, cur]) - one, top)]
     return d
 
 
@@ -177,8 +181,9 @@ def _apply(ids, lo, hi, part, own, owner, counts, sizes, marginal, w, best, floo
         if sample_delta(ids, i, cur, k, own, owner, counts, marginal, w) >= 0.0:
             continue
         for f in range(ids.shape[1]):
-            counts[ids[i, f], cur] -= 1
-            counts[ids[i, f], k] += 1
+            e = np.uint64(ids[i, f])
+            counts[e, np.uint64(cur)] -= 1
+            counts[e, np.uint64(k)] += 1
         sizes[cur] -= 1
         sizes[k] += 1
         part[i] = k
