@@ -5,9 +5,11 @@
 
 Generates `hetgmp synth --rows ROWS` into --data when that folder does not
 exist (90% of the rows are train rows). Each algorithm runs as its own
-`hetgmp partition` process, so its peak memory is its own; numba's
-first-compile time is measured once on a tiny graph with an empty cache.
-Prints a markdown table (and writes it with the raw summaries to --json).
+`hetgmp partition` process, so its peak memory and CPU seconds (user + sys)
+are its own; the load average before each run is printed, since on a shared
+machine other processes stretch the wall time. numba's first-compile time
+is measured once on a tiny graph with an empty cache. Prints a markdown
+table (and writes it with the raw summaries to --json).
 """
 
 from __future__ import annotations
@@ -54,29 +56,35 @@ def ensure_data(args: argparse.Namespace) -> Path:
     return data
 
 
-# Runs the CLI in this interpreter, then prints its own peak resident memory (KB on Linux).
+# Runs the CLI in this interpreter, then prints its own CPU seconds and peak resident memory (KB on Linux).
 _CHILD = (
     "import resource, sys; from hetgmp.cli import main; rc = main(sys.argv[1:]); "
-    "print('peak RSS KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
+    "u = resource.getrusage(resource.RUSAGE_SELF); "
+    "print('cpu s', u.ru_utime + u.ru_stime); print('peak RSS KB', u.ru_maxrss); sys.exit(rc)"
 )
 
 
-def run_partition(data: Path, out: Path, args: argparse.Namespace, algorithm: str, device: str, env: dict | None = None) -> tuple[dict, float, float]:
-    """One `hetgmp partition` process: (its plan.json, wall seconds, its peak RSS in GB)."""
+def run_partition(data: Path, out: Path, args: argparse.Namespace, algorithm: str, device: str, env: dict | None = None) -> dict:
+    """One `hetgmp partition` process: its plan.json as "summary", "wall_s", "cpu_s", "peak_rss_gb" and
+    "load_before" (the 1-minute load average as it started)."""
     cmd = [
         sys.executable, "-c", _CHILD, "partition", str(data), "--parts", str(args.parts), "--output", str(out),
         "--rounds", str(args.rounds), "--batch-size", str(args.batch_size), "--store-rate", str(args.store_rate),
         "--gpus-per-node", str(args.gpus_per_node), "--device", device, "--algorithm", algorithm,
     ]
+    load = os.getloadavg()[0]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     lines = proc.stdout.strip().splitlines()
-    print(lines[-3], flush=True)
+    cpu = float(lines[-2].split()[-1])
+    print(lines[-4], flush=True)
+    print(f"{algorithm}: {wall:.1f} s wall, {cpu:.1f} CPU s, load average {load:.2f} before the run", flush=True)
     peak_gb = int(lines[-1].split()[-1]) / 2**20
-    return json.loads(out.with_suffix(".json").read_text()), wall, peak_gb
+    summary = json.loads(out.with_suffix(".json").read_text())
+    return {"summary": summary, "wall_s": wall, "cpu_s": cpu, "peak_rss_gb": peak_gb, "load_before": load}
 
 
 def compile_seconds(workdir: Path) -> float:
@@ -99,12 +107,12 @@ def compile_seconds(workdir: Path) -> float:
     return times[0] - times[1]
 
 
-def row(name: str, summary: dict, key: str, wall: float | None, peak: float | None) -> str:
+def row(name: str, summary: dict, key: str, wall: float | None, cpu: float | None, peak: float | None) -> str:
     rr = summary["remote_rows_per_batch"][key] if key != "mirrors" else summary["remote_rows_per_batch_with_mirrors"]
     imb = summary["max_imbalance"]
     balance = f"{imb['samples']:.1%} / {imb['rows']:.1%}" if key != "random" else "exact"
     secs = summary["seconds_breakdown"]
-    timing = f"{wall:.1f} (refine {secs['refine']:.1f}, priority {secs['priority']:.1f})" if wall is not None else ""
+    timing = f"{wall:.1f} (CPU {cpu:.1f}; refine {secs['refine']:.1f}, priority {secs['priority']:.1f})" if wall is not None else ""
     return f"| {name} | {rr['fraction']:.1%} | {rr['count']:,.0f} | {balance} | {timing} | {f'{peak:.1f}' if peak else ''} |"
 
 
@@ -117,15 +125,14 @@ def main() -> None:
         work = Path(tmp)
         compile_s = None if args.skip_compile else compile_seconds(work)
         for algorithm in algorithms:
-            summary, wall, peak = run_partition(data, work / f"{algorithm}.npz", args, algorithm, args.device)
-            results[algorithm] = {"summary": summary, "wall_s": wall, "peak_rss_gb": peak}
+            results[algorithm] = run_partition(data, work / f"{algorithm}.npz", args, algorithm, args.device)
     first = results[algorithms[0]]["summary"]
-    rows.append(row("random placement", first, "random", None, None))
+    rows.append(row("random placement", first, "random", None, None, None))
     names = {"original": "original algorithm (reference.py)", "fast": f"ours ({args.device})"}
     for algorithm in algorithms:
         r = results[algorithm]
-        rows.append(row(names[algorithm], r["summary"], "partitioned", r["wall_s"], r["peak_rss_gb"]))
-        rows.append(row(f"{names[algorithm]} + {100 * args.store_rate:g}% mirrors", r["summary"], "mirrors", None, None))
+        rows.append(row(names[algorithm], r["summary"], "partitioned", r["wall_s"], r["cpu_s"], r["peak_rss_gb"]))
+        rows.append(row(f"{names[algorithm]} + {100 * args.store_rate:g}% mirrors", r["summary"], "mirrors", None, None, None))
     machine = f"{platform.node()}, {os.cpu_count()} cores" + (f", {_gpu_name()}" if args.device == "cuda" else "")
     header = [
         f"`hetgmp partition` on {data} ({first['train_rows']:,} train samples, {first['num_ids']:,} ids), "
@@ -133,7 +140,7 @@ def main() -> None:
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"numba first compile: {compile_s:.1f} s" if compile_s is not None else "numba first compile: not measured",
         "",
-        "| placement | remote rows per batch | count | max imbalance samples / rows | seconds (wall, whole command) | peak RSS GB |",
+        "| placement | remote rows per batch | count | max imbalance samples / rows | seconds (wall, whole command; CPU = user + sys) | peak RSS GB |",
         "|---|---|---|---|---|---|",
     ]
     table = "\n".join(header + rows)
