@@ -67,8 +67,10 @@ class Answers:
         self.slots = s.store.slot[ids].long()
         self.version = s.store.version[self.slots]
         fresh = (versions != MUST_FETCH) & (self.version <= versions + s.config.bound)
-        lag = torch.where(fresh, self.version - versions, 0)
-        self.max_lag = torch.cat([lag, max_lag]).max().reshape(1)  # stays on the device
+        self.max_lag = max_lag
+        if s.config.bound > 0:  # at bound 0 a fresh mirror has the primary's version: lag 0
+            lag = torch.where(fresh, self.version - versions, 0)
+            self.max_lag = torch.cat([lag, max_lag]).max().reshape(1)  # stays on the device
         sources = got_requests.sources()
         self.order, per_key = sort_by_key(torch.where(fresh, s.world, sources), s.world + 1)
         self.per_source = per_key[: s.world]
