@@ -18,7 +18,8 @@ Each pass walks its vertices (samples, then rows) in chunks of `chunk`
          sum_e w[k][o(e)] D(c[e][k]) - w[cur][o(e)] D(c[e][cur] - 1) < 0
        (D(c) = S(c+1) - S(c), o = owner, e over its ids); for a row, its
        weighted traffic sum_j w[j][k] S(c[j][e]) at k is not above that
-       at cur (equal lets unread ids balance).
+       at cur (equal lets unread ids balance). Counts do not change during
+       a row pass, so this test is made, exactly, when the row proposes.
 
 So the total cost never rises, move by move (stale proposals are re-checked
 against the live counts, never trusted), and sizes stay within tol
@@ -48,6 +49,16 @@ before can have moved it (rescore.py), so samples whose ids kept their
 owners and, nearly, their counts keep their part unscored. Skipping only
 withholds proposals; every move is still checked exactly, so the cost and
 balance guarantees above hold.
+
+Measured on `hetgmp synth --rows 2000000 --seed 0` (1.8M train samples,
+3.8M ids, 26 fields), 8 parts, 5 rounds, batch 8192, on the shared 2-core
+machine: the partition is the same, bit for bit, as before the drift bound,
+the prefetching and the one-byte owners (32.0% remote rows per batch, 30.1%
+with 1% mirrors); sweeps score 10.7M samples instead of 12.4M; one full
+sweep of proposals takes 0.9 s on one core instead of 2.9 s; the whole
+`hetgmp partition` run takes 14.1-14.9 s wall and 13.7-14.8 CPU s where
+the code before took 32-40 s and 34-40 CPU s, under the same load
+(load average 2.3-3.6 from other processes).
 """
 
 from __future__ import annotations
