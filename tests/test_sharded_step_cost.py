@@ -8,32 +8,23 @@ budget of operations, however many mirrors there are.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from hetgmp.embedding import EmbeddingConfig, Placement, build_embedding
 from hetgmp.embedding.reference import plan_like, skewed_batches
 from workers import run_workers
 
-NO_KERNEL = {"view", "_unsafe_view", "reshape", "slice", "select", "split", "split_with_sizes", "unsqueeze", "squeeze",
-             "expand", "t", "transpose", "alias", "detach", "as_strided", "empty", "empty_strided", "unbind", "narrow",
-             "lift_fresh", "_reshape_alias", "_local_scalar_dense"}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from profile_sharded import OpCounter  # noqa: E402  (the profile's count of operations that launch a kernel)
+
 # Operations the bound > 0 path may add per step (today about 42): the due keys of the writes (9),
 # the mirrors' local optimizer step and pending bookkeeping (15), the due mirrors' push (8), the
 # refresh keeping the pending delta (4), the owner adding pushed deltas (2) and its lag (4).
 BOUND_BUDGET = 45
-
-
-class Launches(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.__name__.split(".")[0] not in NO_KERNEL:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _per_step(ctx, ids, placement: Placement, bound: int, num_ids: int) -> tuple[float, float]:
@@ -45,12 +36,12 @@ def _per_step(ctx, ids, placement: Placement, bound: int, num_ids: int) -> tuple
     weight = torch.randn(8, generator=torch.Generator().manual_seed(0))
     ops, fetched, counted = 0, 0, len(batches) // 2 - 1
     for t in range(len(batches) - 1):
-        counter = Launches()
+        counter = OpCounter()
         with counter:
             (emb(batches[t]) * weight).sum().backward()
             emb.step(next_ids=batches[t + 1])
         if t >= len(batches) - 1 - counted:  # the later steps: mirrors are warm, some due
-            ops, fetched = ops + counter.count, fetched + emb.counters.as_dict()["rows_fetched"]
+            ops, fetched = ops + counter.launches, fetched + emb.counters.as_dict()["rows_fetched"]
     return ops / counted, fetched / counted
 
 
