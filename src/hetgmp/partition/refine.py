@@ -169,7 +169,9 @@ class Refiner:
 
     Between rounds it keeps each sample's score gap and the counts, owners
     and sizes at the start of the last round, which decide the samples the
-    next round's first sweep re-scores (see rescore.py).
+    next round's first sweep re-scores (see rescore.py). That copy of the
+    (E, P) counts is its main memory: 122 MB at 2M samples, 1.1 GB for
+    full Criteo (33.8M ids, 8 parts).
     """
 
     def __init__(self, state: PartitionState, config: RefineConfig = RefineConfig()) -> None:

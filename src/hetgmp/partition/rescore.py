@@ -17,10 +17,11 @@ A sample whose lowered gap is still above `settled` keeps its part without
 being scored. The bound covers all changes since its score was taken only
 up to the staleness of a chunk (proposals read the counts at their chunk's
 start), so it is a filter, not a guarantee; every move is still checked
-when applied. Example: an id read by samples of one part moves from owner
-q to that part p (one node, w = 0.1 off the diagonal): the terms of parts
-p and q change by 0.1 D(c), so drift = 0.1 D(c) <= 0.1 and each sample
-reading it has its gap lowered by up to 0.2.
+when applied. Example: an id read only by samples of part p moves from
+owner q to p (one node, w = 0.1 off the diagonal, counts unchanged): the
+term of part p falls from 0.1 D(c[e][p] - s) to 0, that of q rises from 0
+to 0.1 D(0), the others stay, so drift = 0.1 D(0) (D falls with c), about
+0.1, and each sample reading the id has its gap lowered by about 0.2.
 """
 
 from __future__ import annotations
