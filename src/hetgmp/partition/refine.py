@@ -52,9 +52,9 @@ balance guarantees above hold.
 
 Measured on `hetgmp synth --rows 2000000 --seed 0` (1.8M train samples,
 3.8M ids, 26 fields), 8 parts, 5 rounds, batch 8192, on a shared 2-core
-machine: the plan is the same, bit for bit, as before the drift bound, the
-prefetching and the one-byte owners (32.0% remote rows per batch, 30.1%
-with 1% mirrors); sweeps score 10.7M samples instead of 12.4M; a full sweep
+machine: the plan (seed 0) is the same, bit for bit, as before the drift
+bound, the prefetching and the one-byte owners (32.0% remote rows per
+batch, 30.1% with 1% mirrors); sweeps score 10.7M samples instead of 12.4M; a full sweep
 of proposals takes 0.9 s on one core instead of 2.9 s. The whole
 `hetgmp partition` command took 12-18 s wall (14-18 CPU s) against 32-48 s
 (34-49 CPU s) before, run alternately under a load average of 1.4-3.6 from
