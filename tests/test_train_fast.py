@@ -5,6 +5,8 @@ sums, so losses, table, versions, accumulator and dense weights agree within
 a tight tolerance; checkpoints cross between them; the AUC is the same.
 """
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -109,7 +111,27 @@ def test_the_start_up_line_names_the_step_and_why(data, tmp_path, capsys):
     assert main([*base, "--optimizer", "adagrad"]) == 0
     assert "step general (the fast step cannot run with --optimizer adagrad: the fast step's dense optimizers are sgd and adam)" in capsys.readouterr().out
     assert main([*base, "--skip-nonfinite"]) == 0
-    assert "step general (the fast step cannot run with --skip-nonfinite" in capsys.readouterr().out
+    assert "; step fast (--step auto, one worker" in capsys.readouterr().out
+
+
+def test_fast_and_general_steps_skip_the_same_nonfinite_batches(data, tmp_path):
+    """A NaN in one training row: both steps skip the batches holding it (counted alike) and end alike."""
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(data, poisoned)
+    dense = np.load(poisoned / "train_dense_feats.npy")
+    dense[321, 0] = np.nan
+    np.save(poisoned / "train_dense_feats.npy", dense)
+    runs = {}
+    for step in ("fast", "general"):
+        cfg = _cfg(poisoned, tmp_path, step, skip_nonfinite=True, optimizer="adam", sparse_optimizer="rowwise_adagrad")
+        train(cfg)
+        runs[step] = (read_metrics(tmp_path / f"{step}.jsonl", "train"), _final_state(cfg))
+    (fast_lines, fast), (general_lines, general) = runs["fast"], runs["general"]
+    skipped = [r["skipped_batches"] for r in fast_lines]
+    assert skipped == [r["skipped_batches"] for r in general_lines] and sum(skipped) >= 1
+    np.testing.assert_allclose([r["loss"] for r in fast_lines], [r["loss"] for r in general_lines], rtol=1e-5)
+    assert all(np.isfinite(r["loss"]) == (r["skipped_batches"] == 0) for r in fast_lines)  # a window of one skipped step has no loss
+    _assert_trained_alike(fast, general)
 
 
 @pytest.mark.parametrize("first, then", [("fast", "general"), ("general", "fast")])

@@ -94,6 +94,11 @@ class FastStepConfig:
         the gather, the model's input and the gradient; the table, the
         gradient's sum per row and the optimizer stay fp32.
     warmup_steps: eager steps before the capture.
+    skip_nonfinite: a step whose loss or gradients hold a NaN or inf changes
+        no weight: its table and dense gradients are zeroed (rows' versions
+        still count the batch, as the trainer's general step does), Adam
+        (always fused then) skips through `found_inf`, the returned loss is 0
+        and `FastStep.skipped` (a device scalar) is 1.0. On the device, no sync.
     flag_nonfinite: return NaN as the loss of a step whose table or dense
         gradient holds a NaN or inf, so that a caller who reads only losses
         (the trainer, at its log points) stops at that very step; one sum
@@ -115,6 +120,7 @@ class FastStepConfig:
     bf16_rows: bool = False
     warmup_steps: int = 3
     flag_nonfinite: bool = False
+    skip_nonfinite: bool = False
 
     def check(self) -> None:
         """Raise HetGMPError naming every field out of range."""
@@ -151,10 +157,12 @@ def dense_optimizer(params: list[nn.Parameter], cfg: FastStepConfig, device: tor
     On CUDA both are the fused (one-kernel) versions: the foreach SGD step took
     17 us of a 250 us step on an H100 (WDL, batch 8192, d = 16).
     """
-    fused = True if device.type == "cuda" else None
+    cuda = device.type == "cuda"
     if cfg.dense_optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.dense_lr, capturable=device.type == "cuda", fused=fused)
-    return torch.optim.SGD(params, lr=cfg.dense_lr, fused=fused)
+        # Skipping a non-finite step needs Adam's fused kernel (it reads found_inf) on any device.
+        fused = True if cuda or cfg.skip_nonfinite else None
+        return torch.optim.Adam(params, lr=cfg.dense_lr, capturable=cuda, fused=fused)
+    return torch.optim.SGD(params, lr=cfg.dense_lr, fused=True if cuda else None)
 
 
 @contextlib.contextmanager
@@ -223,6 +231,7 @@ class FastStep:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._loss: torch.Tensor | None = None
         self.correct: torch.Tensor | None = None
+        self.skipped: torch.Tensor | None = None  # skip_nonfinite: 1.0 if the last step was skipped
         # Called at the end of every step with (loss, correct) device tensors, inside the
         # graph when captured: a trainer records them there instead of launching a copy
         # between replays. Set it before the first step.
@@ -307,8 +316,11 @@ class FastStep:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         grad_ND = emb_BFD.grad.reshape(B * nf, -1).contiguous()
-        if self.cfg.flag_nonfinite:
-            loss = nan_unless_finite(loss.detach(), [grad_ND, *(p.grad for p in self.model.parameters() if p.grad is not None)])
+        dense_grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if self.cfg.skip_nonfinite:
+            loss, grad_ND = self._skip_if_nonfinite(loss.detach(), grad_ND, dense_grads)
+        elif self.cfg.flag_nonfinite:
+            loss = nan_unless_finite(loss.detach(), [grad_ND, *dense_grads])
         if self.acc_E is not None and self.kernel == "triton" and self._scratch is None:
             self._scratch = new_scratch(len(ids_N), grad_ND.shape[1], self.device)
         sparse_update(self.table_ED, ids_N, grad_ND, self.cfg.lr, self.acc_E, self.cfg.adagrad_eps,
@@ -318,6 +330,16 @@ class FastStep:
         if self.record is not None:
             self.record(loss, self.correct)
         return loss
+
+    def _skip_if_nonfinite(self, loss: torch.Tensor, grad_ND: torch.Tensor, dense_grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss or 0, gradient or zeros) and the dense gradients zeroed in place when anything is not finite."""
+        bad = ~torch.isfinite(nan_unless_finite(loss, [grad_ND, *dense_grads]))
+        for g in dense_grads:
+            g.masked_fill_(bad, 0.0)
+        self.skipped = bad.to(torch.float32)
+        if getattr(self.optimizer, "defaults", {}).get("fused"):
+            self.optimizer.found_inf = self.skipped.reshape(())
+        return loss.masked_fill(bad, 0.0), grad_ND.masked_fill(bad, 0.0)
 
     def _gather(self, ids_N: torch.Tensor, order: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         dtype = torch.bfloat16 if self.cfg.bf16_rows else self.table_ED.dtype

@@ -106,8 +106,6 @@ class TrainConfig:
             return f"{world_size} workers: the fast step trains one worker's whole table"
         if self.optimizer not in FAST_DENSE_OPTIMIZERS:
             return f"--optimizer {self.optimizer}: the fast step's dense optimizers are {' and '.join(FAST_DENSE_OPTIMIZERS)}"
-        if self.skip_nonfinite:
-            return "--skip-nonfinite: skipping a batch takes the general step's per-step guard"
         return None
 
     def choose_step(self, world_size: int) -> tuple[str, str]:

@@ -24,8 +24,9 @@ version grows by its occurrences in each batch.
 NaN/inf: the step returns a NaN loss when its loss or any gradient (table or
 dense) is not finite (`FastStepConfig.flag_nonfinite`), so the loss window's
 check at log, evaluation and checkpoint points stops the run at that step,
-as the general step's guard does. Skipping such batches (--skip-nonfinite)
-takes the general step.
+as the general step's guard does. With --skip-nonfinite such a batch changes
+no weight instead, its loss is recorded as 0 and it is counted in
+`skipped_batches`, as with the general step (`FastStepConfig.skip_nonfinite`).
 
 Feeding: every training batch is full (BatchStream wraps a worker's shard
 around its permutation), so the graph's fixed shapes always fit. When the
@@ -100,6 +101,7 @@ def build_fast_step(cfg: TrainConfig, model: nn.Module, emb: LocalEmbedding, str
     fast_cfg = FastStepConfig(
         lr=cfg.sparse_lr, dense_lr=cfg.lr, dense_optimizer=cfg.optimizer, sparse_optimizer=cfg.sparse_optimizer,
         adagrad_eps=emb.config.adagrad_eps, amp=cfg.amp, compile=cfg.compile, accuracy=True, flag_nonfinite=True,
+        skip_nonfinite=cfg.skip_nonfinite,
         # Triton runs on a CPU only under its test interpreter: plain torch there.
         kernel="auto" if device.type == "cuda" else "torch",
     )
@@ -147,3 +149,7 @@ class FastSteps:
 
     def counters(self) -> dict[str, int]:
         return ONE_WORKER_TRAFFIC
+
+    def skipped(self) -> torch.Tensor:
+        """1.0 if the last step's batch was skipped (--skip-nonfinite), as a device scalar."""
+        return self.fast.skipped

@@ -103,8 +103,8 @@ def train_loop(run: Run, start: int, log: RunLog) -> dict[str, Any]:
     for step in range(start, run.total_steps):
         loss, correct = steps.train(step)
         window.add(loss, correct, steps.counters())
-        if guard.skip:
-            window.add_counter("skipped_batches", guard.skipped())
+        if cfg.skip_nonfinite:
+            window.add_counter("skipped_batches", steps.skipped())
         done = step + 1
         log.advance()
         if done % cfg.log_every == 0:
@@ -133,6 +133,9 @@ class GeneralSteps:
 
     def counters(self) -> Any:
         return self.run.emb.counters
+
+    def skipped(self) -> torch.Tensor:
+        return self.guard.skipped()
 
 
 def train_step(run: Run, batch: Batch, next_batch: Batch | None, guard: NonFiniteGuard) -> tuple[torch.Tensor, torch.Tensor]:
