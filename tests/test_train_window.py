@@ -26,7 +26,8 @@ def test_window_sums_counters_over_steps_unaffected_by_later_changes():
     window = StepWindow(4, one_worker(), first=0)
     steps = [StepCounters(distinct_ids=10 + t, mirror_hits=torch.tensor(t), rows_fetched=2 * t) for t in range(3)]
     for t, counters in enumerate(steps):
-        window.add(torch.tensor(0.5), torch.tensor(float(t)), counters)
+        window.record(torch.tensor(0.5), torch.tensor(float(t)))
+        window.add(counters)
     steps[0].mirror_hits += 100  # a table may reuse its scalars: the window's sums must not follow
     out = window.drain()
     assert out["distinct_ids"] == (10 + 11 + 12) / 3

@@ -101,8 +101,8 @@ class FastStepConfig:
         and `FastStep.skipped` (a device scalar) is 1.0. On the device, no sync.
     flag_nonfinite: return NaN as the loss of a step whose table or dense
         gradient holds a NaN or inf, so that a caller who reads only losses
-        (the trainer, at its log points) stops at that very step; one sum
-        per gradient tensor, no host sync.
+        (the trainer, at its log points) stops at that very step; one fused
+        norm over the gradients, no host sync.
     """
 
     lr: float = 0.01
@@ -337,7 +337,7 @@ class FastStep:
         for g in dense_grads:
             g.masked_fill_(bad, 0.0)
         self.skipped = bad.to(torch.float32)
-        if getattr(self.optimizer, "defaults", {}).get("fused"):
+        if self.optimizer.defaults.get("fused"):
             self.optimizer.found_inf = self.skipped.reshape(())
         return loss.masked_fill(bad, 0.0), grad_ND.masked_fill(bad, 0.0)
 

@@ -63,6 +63,7 @@ class StepRecorder(Protocol):
 
     def record(self, loss: torch.Tensor, correct: torch.Tensor) -> None: ...
 
+
 # One worker fetches and pushes no rows: the TRAIN line's traffic, as the general step reports it.
 ONE_WORKER_TRAFFIC = {"rows_fetched": 0, "rows_pushed": 0, "mirror_hits": 0, "bytes_sent": 0, "bytes_received": 0}
 
@@ -119,33 +120,27 @@ def describe_fast_step(fast: FastStep) -> str:
 class FastSteps:
     """Trains batch `step` of the stream through FastStep (the loop's step for one worker)."""
 
-    def __init__(self, fast: FastStep, stream: BatchStream, window: StepRecorder | None = None) -> None:
+    def __init__(self, fast: FastStep, stream: BatchStream, window: StepRecorder) -> None:
         self.fast = fast
         self.stream = stream
         self.cursor = fast.source if isinstance(fast.source, EpochCursor) else None
-        # The step stores its loss and correct count in the window itself (inside its graph).
-        self.recorded = window is not None
-        fast.record = window.record if window is not None else None
+        fast.record = window.record  # the step stores its loss and correct count itself, inside its graph
         self._inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def train(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, correct count) as device scalars, valid until the next call; (None, None)
-        when the step recorded them in the window itself.
-
-        The loss is NaN for a step whose gradients were not finite (`flag_nonfinite`)."""
+    def train(self, step: int) -> None:
+        """Train batch `step`; its loss (NaN for a step whose gradients were not finite,
+        `flag_nonfinite`) and correct count go to the window."""
         if self.cursor is not None:
             self.cursor.seek(step)
-            loss = self.fast.step_from_source()
-            return (None, None) if self.recorded else (loss, self.fast.correct)
-        if self._inputs is None:
+            self.fast.step_from_source()
+        elif self._inputs is None:
             batch = self.stream.batch(step)
-            loss = self.fast.step(batch.dense, batch.ids, batch.labels)
+            self.fast.step(batch.dense, batch.ids, batch.labels)
             if self.fast.use_graph:  # the buffers exist from the first call on
                 self._inputs = self.fast.input_buffers()
         else:
             self.stream.batch_into(step, self._inputs)
-            loss = self.fast.step(*self._inputs)
-        return (None, None) if self.recorded else (loss, self.fast.correct)
+            self.fast.step(*self._inputs)
 
     def counters(self) -> dict[str, int]:
         return ONE_WORKER_TRAFFIC

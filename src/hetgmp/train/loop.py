@@ -99,10 +99,10 @@ def train_loop(run: Run, start: int, log: RunLog) -> dict[str, Any]:
     guard = NonFiniteGuard(cfg.skip_nonfinite, run.ctx.world_size)
     last: dict[str, Any] = {"step": start, "train": None, "eval": None, "checkpoint": None}
     clock = Clock()
-    steps = FastSteps(run.fast, run.stream, window) if run.fast else GeneralSteps(run, guard, start)
+    steps = FastSteps(run.fast, run.stream, window) if run.fast else GeneralSteps(run, guard, start, window)
     for step in range(start, run.total_steps):
-        loss, correct = steps.train(step)
-        window.add(loss, correct, steps.counters())
+        steps.train(step)
+        window.add(steps.counters())
         if cfg.skip_nonfinite:
             window.add_counter("skipped_batches", steps.skipped())
         done = step + 1
@@ -120,16 +120,16 @@ class GeneralSteps:
     """Trains batch `step` through the embedding runtime (`train_step`), handing the
     table the next batch's ids one step ahead so that it can prefetch their rows."""
 
-    def __init__(self, run: Run, guard: NonFiniteGuard, start: int) -> None:
-        self.run, self.guard = run, guard
+    def __init__(self, run: Run, guard: NonFiniteGuard, start: int, window: "StepWindow") -> None:
+        self.run, self.guard, self.window = run, guard, window
         self.batch = run.stream.batch(start) if start < run.total_steps else None
 
-    def train(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def train(self, step: int) -> None:
+        """Train batch `step`; its loss and correct count go to the window."""
         run = self.run
         next_batch = run.stream.batch(step + 1) if step + 1 < run.total_steps else None
-        result = train_step(run, self.batch, next_batch, self.guard)
+        self.window.record(*train_step(run, self.batch, next_batch, self.guard))
         self.batch = next_batch
-        return result
 
     def counters(self) -> Any:
         return self.run.emb.counters
@@ -215,16 +215,13 @@ class StepWindow:
 
     def record(self, loss: torch.Tensor, correct: torch.Tensor) -> None:
         """Store a step's loss and correct count at a device-side index: no host value, so a
-        captured step (FastStep.record) can do it inside its graph. add(None, None, ...) follows."""
+        captured step (FastStep.record) can do it inside its graph. add() then counts the step."""
         self.loss.index_copy_(0, self.slot, loss.reshape(1).to(self.loss.dtype))
         self.correct.index_copy_(0, self.slot, correct.reshape(1).to(self.correct.dtype))
         self.slot += 1
 
-    def add(self, loss: torch.Tensor | None, correct: torch.Tensor | None, counters: Any) -> None:
-        """Count a step; its loss and correct count, unless None (then record() stored them)."""
-        if loss is not None:
-            self.loss[self.n] = loss
-            self.correct[self.n] = correct
+    def add(self, counters: Any) -> None:
+        """Count a step (after its record()) and add its embedding counters."""
         self.n += 1
         for key, value in _counter_items(counters):
             self.counters[key] = self.counters.get(key, 0) + value
