@@ -92,6 +92,13 @@ def test_fast_step_with_triton_kernel_matches_reference():
     _compare("dcn", FastStepConfig(lr=0.3, dense_lr=0.3, kernel="triton"), steps=3)
 
 
+@pytest.mark.parametrize("model_name", ["wdl", "dcn"])
+def test_overlapped_step_matches_reference(model_name):
+    # overlap: WDL runs its tower before the head (dense_part / head), both models update the
+    # table from the rows' gradient hook in the middle of backward; the arithmetic is the same.
+    _compare(model_name, FastStepConfig(lr=0.3, dense_lr=0.3, sparse_optimizer="rowwise_adagrad", kernel="torch", overlap=True))
+
+
 def test_bf16_autocast_step_matches_bf16_reference():
     _compare("wdl", FastStepConfig(lr=0.5, dense_lr=0.5, amp="bf16", kernel="torch"), steps=2)
 

@@ -93,6 +93,13 @@ class FastStepConfig:
         read bf16 anyway) and take their gradient in bf16: half the bytes of
         the gather, the model's input and the gradient; the table, the
         gradient's sum per row and the optimizer stay fp32.
+    overlap: run the sparse path beside the dense one, on a second CUDA
+        stream: the sort and gather of the rows while the model's dense part
+        runs (models with `dense_part` and `head`, as WDL's tower, which reads
+        no embedding), and the table's update as soon as backward has the
+        rows' gradient, while the rest of backward and the dense optimizer
+        run. Same arithmetic, other order of launch; off CUDA the update is
+        still launched from the gradient hook, in order.
     warmup_steps: eager steps before the capture.
     skip_nonfinite: a step whose loss or gradients hold a NaN or inf changes
         no weight: its table and dense gradients are zeroed (rows' versions
@@ -118,6 +125,7 @@ class FastStepConfig:
     kernel: str = "auto"
     gather: str = "sorted"
     bf16_rows: bool = False
+    overlap: bool = False
     warmup_steps: int = 3
     flag_nonfinite: bool = False
     skip_nonfinite: bool = False
@@ -213,7 +221,11 @@ class FastStep:
         self.cfg = cfg
         self.device = table_ED.device
         self.model = model
-        self._forward = torch.compile(model, dynamic=False) if cfg.compile else model
+        self._forward = self._compiled(model)
+        # Split forward (FastStepConfig.overlap): the dense part first, then the head on the rows.
+        self._split = cfg.overlap and hasattr(model, "dense_part") and hasattr(model, "head")
+        if self._split:
+            self._dense_part, self._head = self._compiled(model.dense_part), self._compiled(model.head)
         self.table_ED = table_ED.detach()
         self.acc_E = acc_E
         self.versions_E = versions_E
@@ -223,6 +235,7 @@ class FastStep:
             self.acc_E = None
         self.kernel = resolve_backend(cfg.kernel, self.device)
         self.use_graph = cfg.cuda_graph and self.device.type == "cuda"
+        self._sparse_stream = torch.cuda.Stream(self.device) if cfg.overlap and self.device.type == "cuda" else None
         if self.use_graph and self.kernel == "reference":
             raise HetGMPError("the 'reference' sparse update syncs with the host and cannot be captured: use kernel 'triton' or 'torch', or cuda_graph=False")
         self.optimizer = dense_optimizer(list(model.parameters()), cfg, self.device)
@@ -302,18 +315,32 @@ class FastStep:
             self._loss = self._train(*(inputs if inputs is not None else self.source()))
         self._graph = graph
 
+    def _compiled(self, fn: Callable) -> Callable:
+        return torch.compile(fn, dynamic=False) if self.cfg.compile else fn
+
     def _train(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
         B, nf = ids_BF.shape
         ids_N = ids_BF.reshape(-1)
-        order = sort_ids(ids_N, len(self.table_ED)) if self.cfg.gather == "sorted" else None
         with matmul_precision(self.cfg, self.device):
-            emb_BFD = self._gather(ids_N, order).view(B, nf, -1).requires_grad_()
+            with self._on_sparse_stream():
+                order = sort_ids(ids_N, len(self.table_ED)) if self.cfg.gather == "sorted" else None
+                rows_ND = self._gather(ids_N, order)
+            dense_out = None
+            if self._split:
+                with autocast(self.cfg, self.device):
+                    dense_out = self._dense_part(dense_BI)
+            self._join_sparse_stream()
+            emb_BFD = rows_ND.view(B, nf, -1).requires_grad_()
             with autocast(self.cfg, self.device):
-                logits_B = self._forward(dense_BI, emb_BFD)
+                logits_B = self._head(dense_out, emb_BFD) if self._split else self._forward(dense_BI, emb_BFD)
             loss = F.binary_cross_entropy_with_logits(logits_B.float(), labels_B.float())
             if self.cfg.accuracy:
                 self.correct = ((logits_B.detach() > 0) == (labels_B > 0.5)).sum()
             self.optimizer.zero_grad(set_to_none=True)
+            # The update needs every gradient first only to skip a non-finite step.
+            early = self.cfg.overlap and not self.cfg.skip_nonfinite
+            if early:
+                emb_BFD.register_hook(lambda grad_BFD: self._update_beside(ids_N, grad_BFD, order))
             loss.backward()
         grad_ND = emb_BFD.grad.reshape(B * nf, -1).contiguous()
         dense_grads = [p.grad for p in self.model.parameters() if p.grad is not None]
@@ -321,15 +348,41 @@ class FastStep:
             loss, grad_ND = self._skip_if_nonfinite(loss.detach(), grad_ND, dense_grads)
         elif self.cfg.flag_nonfinite:
             loss = nan_unless_finite(loss.detach(), [grad_ND, *dense_grads])
-        if self.acc_E is not None and self.kernel == "triton" and self._scratch is None:
-            self._scratch = new_scratch(len(ids_N), grad_ND.shape[1], self.device)
-        sparse_update(self.table_ED, ids_N, grad_ND, self.cfg.lr, self.acc_E, self.cfg.adagrad_eps,
-                      counts_E=self.versions_E, backend=self.kernel, scratch_TD=self._scratch, order=order)
+        if not early:
+            self._update(ids_N, grad_ND, order)
         self.optimizer.step()
+        self._join_sparse_stream()
         loss = loss.detach()
         if self.record is not None:
             self.record(loss, self.correct)
         return loss
+
+    def _update(self, ids_N: torch.Tensor, grad_ND: torch.Tensor, order: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        if self.acc_E is not None and self.kernel == "triton" and self._scratch is None:
+            self._scratch = new_scratch(len(ids_N), grad_ND.shape[1], self.device)
+        sparse_update(self.table_ED, ids_N, grad_ND, self.cfg.lr, self.acc_E, self.cfg.adagrad_eps,
+                      counts_E=self.versions_E, backend=self.kernel, scratch_TD=self._scratch, order=order)
+
+    def _update_beside(self, ids_N: torch.Tensor, grad_BFD: torch.Tensor, order: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """The gradient hook of the rows (overlap): the update starts on the sparse stream while
+        backward goes on. The gradient stays referenced (as the rows' .grad) until the step joins
+        the two streams, so its memory is not reused under the update."""
+        with self._on_sparse_stream():
+            self._update(ids_N, grad_BFD.reshape(len(ids_N), -1).contiguous(), order)
+
+    @contextlib.contextmanager
+    def _on_sparse_stream(self) -> Iterator[None]:
+        """Run the block on the sparse stream after what the current stream has queued (overlap on CUDA)."""
+        if self._sparse_stream is None:
+            yield
+            return
+        self._sparse_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._sparse_stream):
+            yield
+
+    def _join_sparse_stream(self) -> None:
+        if self._sparse_stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self._sparse_stream)
 
     def _skip_if_nonfinite(self, loss: torch.Tensor, grad_ND: torch.Tensor, dense_grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss or 0, gradient or zeros) and the dense gradients zeroed in place when anything is not finite."""

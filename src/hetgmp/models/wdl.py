@@ -33,9 +33,18 @@ class WDL(nn.Module):
         self.out = normal_linear(num_fields * embed_dim + (HIDDEN if num_dense else 0), 1)
 
     def forward(self, dense_BI: torch.Tensor, emb_BFD: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dense_part(dense_BI), emb_BFD)
+
+    def dense_part(self, dense_BI: torch.Tensor) -> torch.Tensor | None:
+        """The tower's output (B, 256), None without dense features: it reads no embedding, so a
+        step may run it while the rows are still being sorted and gathered (FastStepConfig.overlap)."""
+        return None if self.deep is None else self.deep(dense_BI)
+
+    def head(self, deep_BH: torch.Tensor | None, emb_BFD: torch.Tensor) -> torch.Tensor:
+        """The output layer on [embeddings, tower output]: logits_B."""
         wide_BK = emb_BFD.flatten(1)
-        if self.deep is None:
+        if deep_BH is None:
             return self.out(wide_BK).squeeze(1)
         k = wide_BK.shape[1]
         weight = self.out.weight
-        return (F.linear(wide_BK, weight[:, :k]) + F.linear(self.deep(dense_BI), weight[:, k:])).squeeze(1)
+        return (F.linear(wide_BK, weight[:, :k]) + F.linear(deep_BH, weight[:, k:])).squeeze(1)
