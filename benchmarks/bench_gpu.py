@@ -54,6 +54,7 @@ VARIANTS = {
     "graph+bf16+compile+plain-gather": {"amp": "bf16", "compile": True, "gather": "plain", "kernel": "triton"},
     "graph+bf16+compile+triton": {"amp": "bf16", "compile": True, "kernel": "triton"},
     "graph+bf16+compile+bf16-rows": {"amp": "bf16", "compile": True, "bf16_rows": True},
+    "graph+bf16+compile+bf16-rows+overlap": {"amp": "bf16", "compile": True, "bf16_rows": True, "overlap": True},
 }
 # torch.compile needs a C++ toolchain and half a minute a model on CPU: left
 # out of the tiny CPU run, which covers the rest of the code path.
@@ -67,6 +68,7 @@ CHECKS = {
     "graph+adagrad+adam": {"sparse_optimizer": "rowwise_adagrad", "dense_optimizer": "adam", "dense_lr": 0.01},
     "graph+compile": {"compile": True},  # fp32, so that it is judged
     "graph+plain-gather": {"gather": "plain"},
+    "graph+overlap": {"overlap": True},
 }
 # Issue 8's one-GPU targets, samples/s.
 TARGETS = {("wdl", 8192, 16): 40e6, ("wdl", 8192, 128): 25e6, ("dcn", 8192, 16): 30e6, ("dcn", 8192, 128): 10e6}
@@ -165,7 +167,7 @@ def profile_fast(model: str, batch: int, dim: int, overrides: dict, args: argpar
     with torch.profiler.profile(activities=activities) as prof:
         seconds_per_step(fast.step, batches, 0, steps, 1)
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    return f"per {steps} steps:\n" + prof.key_averages().table(sort_by=key, row_limit=15)
+    return f"per {steps} steps:\n" + prof.key_averages().table(sort_by=key, row_limit=30)
 
 
 def time_yardstick(model: str, batch: int, dim: int, args: argparse.Namespace) -> float:
