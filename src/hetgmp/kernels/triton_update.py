@@ -150,10 +150,11 @@ def _adagrad_crossing_kernel(
     tl.store(sptrs, tl.zeros_like(g), mask=cmask)
 
 
-def _tile_shape(D: int, adagrad: bool, block_n: int | None = None) -> tuple[int, int]:
+def _tile_shape(D: int, adagrad: bool, block_n: int | None = None, block_d: int | None = None) -> tuple[int, int]:
     """(BLOCK_N, BLOCK_D). Adagrad needs a whole row per program (its mean over D)."""
     full = triton.next_power_of_2(D)
-    block_d = full if adagrad else min(full, SGD_BLOCK_D)
+    if block_d is None or adagrad:
+        block_d = full if adagrad else min(full, SGD_BLOCK_D)
     if block_n is None:
         block_n = max(16, min(128, TILE_ELEMS // block_d))
     return block_n, block_d
@@ -175,16 +176,20 @@ def fused_update(
     scratch_TD: torch.Tensor | None,
     block_n: int | None = None,
     order: tuple[torch.Tensor, torch.Tensor] | None = None,
+    block_d: int | None = None,
+    num_warps: int | None = None,
 ) -> None:
     """Sort the ids (unless `order`, their (sorted, permutation), is given), then
     one (SGD) or two (Adagrad) kernels; see the module doc.
 
     `block_n` (a power of two >= 16) overrides the tile height; the CPU tests
-    use small tiles so that runs cross many tile boundaries.
+    use small tiles so that runs cross many tile boundaries. `block_d` (SGD
+    only) and `num_warps` override the tile width and the warps per program
+    (for tuning, see benchmarks/bench_kernels.py).
     """
     N, D = grad_ND.shape
     adagrad = acc_E is not None
-    block_n, block_d = _tile_shape(D, adagrad, block_n)
+    block_n, block_d = _tile_shape(D, adagrad, block_n, block_d)
     tiles = triton.cdiv(N, block_n)
     sorted_N, perm_N = order if order is not None else sort_ids(ids_N, table_ED.shape[0])
     run_start_T = perm_N  # any int tensor: read only when ADAGRAD
@@ -200,7 +205,7 @@ def fused_update(
         scratch_TD if adagrad else table_ED, sorted_N, perm_N, grad_ND, run_start_T,
         N, D, table_ED.stride(0), grad_ND.stride(0), lr, eps,
         ADAGRAD=adagrad, COUNT=counts_E is not None, BLOCK_N=block_n, BLOCK_D=block_d,
-        num_warps=8 if block_n * block_d > TILE_ELEMS else 4,
+        num_warps=num_warps or (8 if block_n * block_d > TILE_ELEMS else 4),
     )
     if adagrad:
         _adagrad_crossing_kernel[(tiles,)](
