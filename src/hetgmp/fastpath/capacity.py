@@ -1,0 +1,92 @@
+"""Fixed-shape unique ids, per-peer request slots, and the exchange capacity C.
+
+The sharded fast step sends each peer a block of exactly C records a round,
+so every collective has equal split sizes and the step never asks the host
+for a size. A batch's unique ids are found by one sort and kept at the
+batch's length N (the padding marked invalid); each unique id owned by a peer
+gets its slot in that peer's block from a running count per owner:
+
+    ids_N     = [9, 5, 9, 2, 7]                   rank 0, owner = {2: 1, 5: 0, 7: 1, 9: 1}
+    uids_N    = [2, 5, 7, 9, 0]    valid = [T, T, T, T, F]    counts = [1, 1, 1, 2, 0]
+    inverse_N = [3, 1, 3, 0, 2]    (ids_N == uids_N[inverse_N])
+    remote    = [T, F, T, T, F]    peer slot = [0, -, 1, 2, -]   per peer = [0, 3]
+
+C must hold the largest per-peer count of any step on any worker:
+`find_capacity` measures it over the batches a run will train on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.distributed as dist
+
+from hetgmp.kernels.gather import sort_ids
+
+CAPACITY_MULTIPLE = 256  # C is rounded up to this: room for batches a little busier than the measured ones
+
+
+@dataclass
+class UniqueIds:
+    """A batch's distinct ids at fixed length N (see the module docstring)."""
+
+    uids_N: torch.Tensor     # int64 [N]: distinct ids, ascending, then 0s
+    valid_N: torch.Tensor    # bool [N]: True for the distinct ids
+    counts_N: torch.Tensor   # int64 [N]: occurrences of each distinct id (0 in the padding)
+    inverse_N: torch.Tensor  # int64 [N]: position of each batch id among uids_N
+
+
+def unique_ids(ids_N: torch.Tensor, num_ids: int) -> UniqueIds:
+    """One sort, no unique()/nonzero(): every output has the batch's length."""
+    sorted_N, perm_N = sort_ids(ids_N, num_ids)
+    sorted_N = sorted_N.long()
+    starts_N = torch.ones_like(sorted_N, dtype=torch.bool)
+    starts_N[1:] = sorted_N[1:] != sorted_N[:-1]
+    seg_N = torch.cumsum(starts_N, 0) - 1
+    uids_N = torch.zeros_like(sorted_N).scatter_(0, seg_N, sorted_N)
+    valid_N = torch.arange(len(sorted_N), device=sorted_N.device) <= seg_N[-1]
+    counts_N = torch.zeros_like(sorted_N).index_add_(0, seg_N, torch.ones_like(sorted_N))
+    inverse_N = torch.empty_like(seg_N).scatter_(0, perm_N.long(), seg_N)
+    return UniqueIds(uids_N, valid_N, counts_N, inverse_N)
+
+
+def peer_slots(owner_N: torch.Tensor, remote_N: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slot of each remote id in its owner's block, int64 [N]; remote ids per peer, int64 [P]).
+
+    A running count per owner: a cumsum over an [N, P] one-hot, fixed shapes
+    (P is a handful of workers, so N x P stays small next to the rows)."""
+    peers_P = torch.arange(world, device=owner_N.device)
+    onehot_NP = (remote_N.unsqueeze(1) & (owner_N.unsqueeze(1) == peers_P)).long()
+    running_NP = torch.cumsum(onehot_NP, 0)
+    slot_N = running_NP.gather(1, owner_N.clamp(0, world - 1).unsqueeze(1)).squeeze(1) - 1
+    return slot_N, running_NP[-1]
+
+
+def remote_per_peer(ids_BF: torch.Tensor, owner_E: torch.Tensor, rank: int, world: int, num_ids: int) -> torch.Tensor:
+    """int64 [P]: distinct ids of the batch owned by each other worker (0 for `rank` itself)."""
+    u = unique_ids(ids_BF.reshape(-1), num_ids)
+    owner_N = owner_E[u.uids_N].long()
+    remote_N = u.valid_N & (owner_N != rank)
+    return torch.zeros(world, dtype=torch.int64, device=owner_N.device).index_add_(0, owner_N, remote_N.long())
+
+
+def round_up(count: int, multiple: int = CAPACITY_MULTIPLE) -> int:
+    """The smallest positive multiple of `multiple` that is >= count."""
+    return max(multiple, -(-count // multiple) * multiple)
+
+
+def find_capacity(batches: Iterable[torch.Tensor], owner_E: torch.Tensor, rank: int, world: int,
+                  multiple: int = CAPACITY_MULTIPLE, group: dist.ProcessGroup | None = None) -> int:
+    """C for the sharded fast step: the largest per-peer count of distinct remote ids over this
+    worker's `batches` (ids_BF each, on the device), maxed over workers, rounded up to `multiple`.
+
+    Device work per batch, one host read at the end; a collective when world > 1
+    (every worker must pass its own batches and get the same C)."""
+    most = torch.zeros((), dtype=torch.int64, device=owner_E.device)
+    for ids_BF in batches:
+        most = torch.maximum(most, remote_per_peer(ids_BF.to(owner_E.device), owner_E, rank, world, len(owner_E)).max())
+    if world > 1:
+        dist.all_reduce(most, op=dist.ReduceOp.MAX, group=group)
+    return round_up(int(most.item()), multiple)

@@ -1,0 +1,130 @@
+"""The two fixed-size rounds of the sharded fast step, as int32 word buffers.
+
+Every worker sends every worker (itself included: that block stays padding)
+a block of C + 1 records a round, so `all_to_all_single` runs with equal
+splits and no size ever travels to the host. Row C of each block is a dump:
+ids that have no slot this step (own rows, padding, overflow past C) are
+written there and it always goes out as padding (id -1).
+
+Round A, one record [W_A] per slot (W_A = 5 + D, rounded up to even so the
+int64 version is 8-byte aligned in every row):
+
+    words 0-1   request version (int64; MUST_FETCH = -1: the reader holds no copy)
+    word  2     request id (-1: no request in this slot)
+    word  3     push id (-1: no push in this slot)
+    word  4     push count (updates the delta carries)
+    words 5..   push delta (float32 [D], -lr * gradient summed, or a mirror's pending delta)
+
+A push and a request share a record instead of travelling as two blocks of
+C: a push of step t sits in the slot its id's request had in step t, both are
+bounded by the same C, and the record stays a plain strided view (no flag
+word, no second layout). Example, D = 2, rank 0 asks rank 1 for id 7 (held
+as a mirror at version 12) in slot 0 and pushes id 4 (3 updates) in slot 1:
+
+    to rank 1, slot 0: [12, 0,  7, -1, 0, 0.0, 0.0]
+               slot 1: [-1, -1, -1, 4, 3, -0.1, 0.2]     (+ the dump row C)
+
+Round B, the owner's answers at the requests' slots [W_B] (W_B = 2 + D,
+rounded up to even):
+
+    words 0-1   version of the answered row (int64; -1: the reader's copy is fresh)
+    words 2..   row (float32 [D])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from hetgmp.embedding.exchange import MUST_FETCH
+
+NOT_ANSWERED = -1
+WORD = torch.int32
+REQ_VERSION, REQ_ID, PUSH_ID, PUSH_COUNT, PUSH_DELTA = 0, 2, 3, 4, 5
+ANS_VERSION, ANS_ROW = 0, 2
+
+__all__ = ["MUST_FETCH", "NOT_ANSWERED", "FixedExchange"]
+
+
+def _even(words: int) -> int:
+    return words + words % 2
+
+
+class FixedExchange:
+    """The send and receive buffers of both rounds (allocated once: a CUDA graph reads them
+    in place) and typed views into them. Shapes: [P, C + 1, W]."""
+
+    def __init__(self, world: int, capacity: int, dim: int, device: torch.device, group: dist.ProcessGroup | None) -> None:
+        self.world, self.capacity, self.dim, self.group = world, capacity, dim, group
+        shape_a = (world, capacity + 1, _even(PUSH_DELTA + dim))
+        shape_b = (world, capacity + 1, _even(ANS_ROW + dim))
+        self.send_a = torch.zeros(shape_a, dtype=WORD, device=device)
+        self.recv_a = torch.zeros_like(self.send_a)
+        self.send_b = torch.zeros(shape_b, dtype=WORD, device=device)
+        self.recv_b = torch.zeros_like(self.send_b)
+        self.clear_pushes()
+        self.clear_requests()
+
+    # ---- sizes ----
+
+    def bytes_to_others(self) -> int:
+        """Bytes one worker sends other workers per step (both rounds; the own block stays home)."""
+        per_block = (self.send_a[0].numel() + self.send_b[0].numel()) * 4
+        return (self.world - 1) * per_block
+
+    # ---- the sender's side of round A ----
+
+    def clear_requests(self) -> None:
+        self.send_a[:, :, REQ_ID].fill_(-1)
+
+    def clear_pushes(self) -> None:
+        self.send_a[:, :, PUSH_ID:].zero_()
+        self.send_a[:, :, PUSH_ID].fill_(-1)
+
+    def write_requests(self, peer_N: torch.Tensor, slot_N: torch.Tensor, ids_N: torch.Tensor, version_N: torch.Tensor) -> None:
+        """Requests at (peer, slot); slot == C is the dump row, reset to padding after."""
+        words_N2 = version_N.to(torch.int64).unsqueeze(1).view(WORD)
+        record = torch.cat([words_N2, ids_N.to(WORD).unsqueeze(1)], dim=1)
+        self.send_a[:, :, REQ_VERSION : REQ_ID + 1].index_put_((peer_N, slot_N), record)
+        self.send_a[:, self.capacity, REQ_ID].fill_(-1)
+
+    def write_pushes(self, peer_N: torch.Tensor, slot_N: torch.Tensor, ids_N: torch.Tensor,
+                     counts_N: torch.Tensor, delta_ND: torch.Tensor) -> None:
+        """Pushes at (peer, slot) after clearing the last ones (id -1 marks slots without one)."""
+        self.clear_pushes()
+        record = torch.cat([ids_N.to(WORD).unsqueeze(1), counts_N.to(WORD).unsqueeze(1), delta_ND.float().view(WORD)], dim=1)
+        self.send_a[:, :, PUSH_ID : PUSH_DELTA + self.dim].index_put_((peer_N, slot_N), record)
+        self.send_a[:, self.capacity, PUSH_ID].fill_(-1)
+
+    # ---- the rounds ----
+
+    def round_a(self) -> None:
+        dist.all_to_all_single(self.recv_a.view(-1), self.send_a.view(-1), group=self.group)
+
+    def round_b(self) -> None:
+        dist.all_to_all_single(self.recv_b.view(-1), self.send_b.view(-1), group=self.group)
+
+    # ---- the owner's side: what arrived in round A, and its answers ----
+
+    def received_pushes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids int64, counts int64, deltas float32 [R, D]) of every received slot, R = P (C + 1)."""
+        flat = self.recv_a.view(-1, self.recv_a.shape[2])
+        return flat[:, PUSH_ID].long(), flat[:, PUSH_COUNT].long(), flat[:, PUSH_DELTA : PUSH_DELTA + self.dim].view(torch.float32)
+
+    def received_requests(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids int64 (-1: none), versions int64) of every received slot."""
+        flat = self.recv_a.view(-1, self.recv_a.shape[2])
+        return flat[:, REQ_ID].long(), flat[:, REQ_VERSION : REQ_VERSION + 2].view(torch.int64).squeeze(1)
+
+    def write_answers(self, version_R: torch.Tensor, rows_RD: torch.Tensor) -> None:
+        """Answers in the received requests' order (version NOT_ANSWERED where the copy is fresh)."""
+        flat = self.send_b.view(-1, self.send_b.shape[2])
+        flat[:, ANS_VERSION : ANS_VERSION + 2].view(torch.int64).copy_(version_R.unsqueeze(1))
+        flat[:, ANS_ROW : ANS_ROW + self.dim].view(torch.float32).copy_(rows_RD)
+
+    # ---- the reader's side of round B ----
+
+    def answers_at(self, peer_N: torch.Tensor, slot_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(version int64 [N], row float32 [N, D]) answered at each (peer, slot)."""
+        got_NW = self.recv_b[peer_N, slot_N]
+        return got_NW[:, ANS_VERSION : ANS_VERSION + 2].view(torch.int64).squeeze(1), got_NW[:, ANS_ROW : ANS_ROW + self.dim].view(torch.float32)

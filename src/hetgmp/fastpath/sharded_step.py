@@ -1,0 +1,232 @@
+"""The multi-worker fast step: a sharded table with fixed shapes, one CUDA graph per step.
+
+    step = ShardedFastStep(model, EmbeddingConfig(E, D, lr=0.01, bound=0), placement, ctx,
+                           ShardedStepConfig(capacity=find_capacity(batches, owner_E, rank, P)))
+    for dense_BI, ids_BF, labels_B in batches:
+        loss = step.step(dense_BI, ids_BF, labels_B)   # a device tensor; no host sync
+    step.check_overflow(); step.flush(); table_ED = step.gather_table()
+
+One step on worker r (P workers, N = B x F ids, capacity C rows per peer):
+
+    locate        sort the ids once: unique ids padded to N, their owners, slots and
+                  slots in the owners' blocks (sharded_rows.locate, capacity.py)
+    round A       one all_to_all_single, equal splits: to every peer C + 1 records of
+                  (this step's request, last step's push) (fixed_exchange.py)
+    owner         add the received pushes, THEN answer outdated requests
+    round B       one all_to_all_single: the answers, at the requests' slots
+    gather        rows of the unique ids; emb_BFD = rows[inverse], a leaf
+    model         forward (bf16 autocast if asked), loss, backward
+    dense         one flat gradient buffer (the parameters' .grad are views of it),
+                  all-reduced (SUM) while the table is written, then fused SGD
+    write         own rows and mirrors updated, pushes queued for the next round A
+
+Pushes of step t travel with the requests of step t + 1 and owners apply them
+before serving, so step t's updates are in place before step t + 1 reads:
+bound 0 is exactly synchronous SGD on the global batch.
+
+Gradient convention (as hetgmp.train.loop's multi-worker path): each worker
+back-propagates its local mean loss divided by P, dense gradients are summed
+over workers and the table applies the gradients unscaled: the gradient of
+the mean loss over the global batch of P x B samples. `step` returns this
+worker's local mean loss.
+
+Embedding optimizer: SGD folded into the table (delta = -lr x gradient summed
+over the id's occurrences in the worker's batch); dense optimizer: SGD.
+
+Capacity: a step whose worker reads more than C distinct ids owned by one
+peer drops the excess rows; the step counts such steps on the device and
+`check_overflow()` (a collective: call it at log points and at the end)
+raises HetGMPError. `capacity.find_capacity` measures C on the run's batches.
+
+On CUDA with cuda_graph=True, the first warmup_steps steps run eagerly on a
+side stream (NCCL communicators come up there), the next is captured, collectives
+included, and replayed from then on (captured.py); elsewhere it runs eagerly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from hetgmp.distributed import DistContext
+from hetgmp.embedding.config import EmbeddingConfig
+from hetgmp.embedding.exchange import gather_primaries
+from hetgmp.embedding.placement import Placement
+from hetgmp.embedding.store import RowStore
+from hetgmp.errors import HetGMPError
+from hetgmp.fastpath.capacity import round_up
+from hetgmp.fastpath.captured import Batch, CapturedStep
+from hetgmp.fastpath.fixed_exchange import FixedExchange
+from hetgmp.fastpath.sharded_rows import apply_pushes, flush_pending, gather, locate, request, serve, write
+from hetgmp.fastpath.step import AMP_MODES, autocast, matmul_precision
+
+
+@dataclass(frozen=True)
+class ShardedStepConfig:
+    """How the sharded fast step trains (the table's own settings are its EmbeddingConfig).
+
+    capacity: C, rows per peer and round (every worker must pass the same C).
+    dense_lr: learning rate of the dense weights (SGD).
+    dense_optimizer: "sgd" only.
+    amp: "none" or "bf16" (autocast for the model's forward).
+    tf32: let fp32 matmuls use TF32 tensor cores.
+    cuda_graph: capture the step in a CUDA graph (CUDA only).
+    warmup_steps: eager steps before the capture.
+    """
+
+    capacity: int
+    dense_lr: float = 0.01
+    dense_optimizer: str = "sgd"
+    amp: str = "none"
+    tf32: bool = False
+    cuda_graph: bool = True
+    warmup_steps: int = 3
+
+    def check(self, table: EmbeddingConfig, world: int) -> None:
+        """Raise HetGMPError naming every setting this step cannot train with."""
+        bad = []
+        if table.optimizer != "sgd":
+            bad.append(f"embedding optimizer {table.optimizer!r} (--sparse-optimizer): the sharded fast step folds SGD "
+                       "into the table; use sgd, or the general sharded table for row-wise Adagrad")
+        if self.dense_optimizer != "sgd":
+            bad.append(f"dense_optimizer={self.dense_optimizer!r} (--optimizer): only sgd")
+        if self.amp not in AMP_MODES:
+            bad.append(f"amp={self.amp!r} (choose {', '.join(AMP_MODES)})")
+        if self.capacity < 1:
+            bad.append(f"capacity={self.capacity} (at least 1; capacity.find_capacity measures it)")
+        if self.warmup_steps < 1:
+            bad.append(f"warmup_steps={self.warmup_steps} (at least 1: communicators start before the capture)")
+        if world < 2:
+            bad.append(f"world size {world}: the sharded step needs 2 or more workers; use FastStep on one")
+        if bad:
+            raise HetGMPError("sharded fast step: " + "; ".join(bad))
+
+
+class ShardedFastStep:
+    """One worker's part: its rows (RowStore), the model (data parallel) and its optimizer.
+
+    Counters, device tensors summed over steps (read them when you like):
+    `rows_fetched` (rows answered to this worker), `rows_pushed` (pushes it
+    queued); `steps` counts calls on the host and `bytes_per_step` is what a
+    step sends other workers (fixed: both rounds and the dense all-reduce).
+    """
+
+    def __init__(self, model: nn.Module, table: EmbeddingConfig, placement: Placement, ctx: DistContext, cfg: ShardedStepConfig) -> None:
+        cfg.check(table, ctx.world_size)
+        placement.validate(table.num_ids, ctx.world_size)
+        self.table, self.cfg, self.ctx, self.device = table, cfg, ctx, ctx.device
+        self.rank, self.world = ctx.rank, ctx.world_size
+        self.store = RowStore(table, placement, ctx.rank, ctx.device)
+        # Its own group: a caller's collectives between steps cannot interleave with the step's.
+        self.group = dist.new_group(backend=ctx.backend)
+        self.exchange = FixedExchange(self.world, cfg.capacity, table.dim, ctx.device, self.group)
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.flat_grad = torch.zeros(sum(p.numel() for p in self.params), device=ctx.device)
+        self.optimizer = torch.optim.SGD(self.params, lr=cfg.dense_lr, fused=True if ctx.device.type == "cuda" else None)
+        zeros = lambda n: torch.zeros(n, dtype=torch.int64, device=ctx.device)  # noqa: E731
+        self.rows_fetched, self.rows_pushed = zeros(()), zeros(())
+        self._lag = zeros(2)            # (max lag of a fresh read served, fresh reads served with lag > 0)
+        self._overflow = zeros(2)       # (steps that dropped rows, most ids one peer was asked for in a step)
+        self.steps = 0
+        allreduce_bytes = 2 * (self.world - 1) * self.flat_grad.numel() * 4 // self.world
+        self.bytes_per_step = self.exchange.bytes_to_others() + allreduce_bytes
+        use_graph = cfg.cuda_graph and ctx.device.type == "cuda"
+        narrow = table.num_ids <= torch.iinfo(torch.int32).max
+        self._run = CapturedStep(self._train, ctx.device, use_graph, cfg.warmup_steps, narrow)
+
+    # ---- training ----
+
+    def step(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
+        """Train on this worker's batch; returns its mean loss as a device tensor (no sync). A collective."""
+        self.steps += 1
+        return self._run(dense_BI, ids_BF, labels_B)
+
+    def input_buffers(self) -> Batch:
+        """The graph's (dense_BI, ids_BF, labels_B) buffers (CUDA graph only, after the first step)."""
+        return self._run.input_buffers()
+
+    def _train(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
+        B, nf = ids_BF.shape
+        emb_BFD, at = self._read(ids_BF)
+        with matmul_precision(self.cfg, self.device):
+            with autocast(self.cfg, self.device):
+                logits_B = self.model(dense_BI, emb_BFD)
+            loss = F.binary_cross_entropy_with_logits(logits_B.float(), labels_B.float())
+            self._point_grads_at_flat()
+            (loss / self.world).backward()
+        work = dist.all_reduce(self.flat_grad, group=self.group, async_op=True)
+        grad_ND = torch.zeros(B * nf, self.table.dim, device=self.device).index_add_(0, at.ids.inverse_N, emb_BFD.grad.reshape(B * nf, -1).float())
+        self.rows_pushed += write(self.store, at, -self.table.lr * grad_ND, self.table.bound, self.exchange)
+        work.wait()
+        self.optimizer.step()
+        return loss.detach()
+
+    def _read(self, ids_BF: torch.Tensor):
+        """Both rounds; (emb_BFD leaf, where the batch's ids live)."""
+        B, nf = ids_BF.shape
+        s, ex = self.store, self.exchange
+        at = locate(s, ids_BF.reshape(-1), self.rank, self.world, self.cfg.capacity, self.table.num_ids)
+        self._overflow[0] += (at.per_peer > self.cfg.capacity).any()
+        self._overflow[1] = torch.maximum(self._overflow[1], at.per_peer.max())
+        request(s, at, ex)
+        ex.round_a()
+        apply_pushes(s, ex)
+        serve(s, ex, self.table.bound, self._lag)
+        ex.round_b()
+        rows_ND, fetched = gather(s, at, ex)
+        self.rows_fetched += fetched
+        return rows_ND[at.ids.inverse_N].view(B, nf, -1).requires_grad_(), at
+
+    def _point_grads_at_flat(self) -> None:
+        """Zero the flat buffer and make every .grad a view of it, so backward accumulates
+        straight into the buffer the all-reduce sends (no copies in or out)."""
+        self.flat_grad.zero_()
+        offset = 0
+        for p in self.params:
+            p.grad = self.flat_grad[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+    # ---- between steps (collectives, eager, may sync) ----
+
+    def check_overflow(self) -> None:
+        """Raise HetGMPError on every worker if any worker's step dropped rows (capacity too small)."""
+        seen = self._overflow.clone()
+        dist.all_reduce(seen, op=dist.ReduceOp.MAX, group=self.group)
+        steps, most = seen.tolist()
+        if steps:
+            raise HetGMPError(
+                f"the sharded fast step dropped rows in {steps} step(s): a worker read {most} distinct ids owned by one "
+                f"peer in one step, more than the capacity C={self.cfg.capacity} rows per peer, so those steps trained "
+                f"on wrong rows. Build ShardedStepConfig with capacity >= {round_up(most)} "
+                "(hetgmp.fastpath.capacity.find_capacity measures it on the run's batches)"
+            )
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Push every queued and pending mirror delta; afterwards the primaries hold all updates."""
+        self.rows_pushed += flush_pending(self.store, self.exchange, self.rank, self.world)
+
+    def gather_table(self) -> torch.Tensor:
+        """The full (E, D) table from every worker's primaries, on every worker (flush() first)."""
+        s, n = self.store, self.store.num_primaries
+        return gather_primaries(s.ids[:n], s.rows[:n], self.table.num_ids, self.group)
+
+    def gather_versions(self) -> torch.Tensor:
+        """The primaries' versions, int64 [E], on every worker (flush() first)."""
+        s, n = self.store, self.store.num_primaries
+        return gather_primaries(s.ids[:n], s.version[:n], self.table.num_ids, self.group)
+
+    @property
+    def max_lag_served(self) -> int:
+        """Largest lag (in updates) of a mirror read served as fresh by this worker as owner."""
+        return int(self._lag[0].item())
+
+    @property
+    def lagging_reads_served(self) -> int:
+        """Mirror reads this worker served as fresh while the copy lagged (by at most the bound)."""
+        return int(self._lag[1].item())

@@ -1,0 +1,185 @@
+"""The sharded fast step on 2 Gloo workers, held to a single-process reference.
+
+Ids are power-law skewed over a small table, so they repeat within and across
+workers' batches; the placement is plan-like (random owners, each worker
+mirrors its most-read remote ids). Worker r trains on rows r*B .. (r+1)*B-1
+of every global batch, the reference on the whole global batch.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from hetgmp.embedding import EmbeddingConfig, Placement
+from hetgmp.embedding.init import initial_rows
+from hetgmp.embedding.reference import plan_like, skewed_batches
+from hetgmp.errors import HetGMPError
+from hetgmp.fastpath import FastStepConfig, ReferenceStep
+from hetgmp.fastpath.capacity import find_capacity, unique_ids
+from hetgmp.fastpath.sharded_step import ShardedFastStep, ShardedStepConfig
+from hetgmp.models import build_model
+from workers import run_workers
+
+WORLD, IDS, DIM, FIELDS, DENSE, BATCH, STEPS = 2, 500, 8, 4, 3, 16, 6
+LR, DENSE_LR = 0.5, 0.1  # large, so that every row and weight moves visibly in a few steps
+
+
+def _data(seed=1):
+    ids, labels = skewed_batches(IDS, STEPS, WORLD * BATCH, FIELDS, seed=seed)
+    dense = np.random.default_rng(seed).random((STEPS, WORLD * BATCH, DENSE)).astype(np.float32)
+    return ids, labels, dense
+
+
+def _model():
+    torch.manual_seed(3)
+    model = build_model("wdl", FIELDS, DENSE, DIM)
+    with torch.no_grad():  # weights far above N(0, 0.01): a row read one update late changes the gradients visibly
+        for p in model.parameters():
+            p.mul_(10.0)
+    return model
+
+
+def _local(arrays, rank):
+    rows = slice(rank * BATCH, (rank + 1) * BATCH)
+    ids, labels, dense = arrays
+    return [(torch.as_tensor(dense[t, rows]), torch.as_tensor(ids[t, rows]), torch.as_tensor(labels[t, rows])) for t in range(len(ids))]
+
+
+def _build(ctx, placement, bound, capacity=None, arrays=None, optimizer="sgd"):
+    table = EmbeddingConfig(IDS, DIM, optimizer=optimizer, lr=LR, bound=bound, init_std=0.3)
+    if capacity is None:
+        owner = torch.as_tensor(placement.owner.astype(np.int64))
+        capacity = find_capacity([b[1] for b in _local(arrays, ctx.rank)], owner, ctx.rank, ctx.world_size, multiple=8)
+    return ShardedFastStep(_model(), table, placement, ctx, ShardedStepConfig(capacity=capacity, dense_lr=DENSE_LR))
+
+
+def _train_sharded(ctx, placement, bound, arrays):
+    step = _build(ctx, placement, bound, arrays=arrays)
+    losses = [step.step(*b).item() for b in _local(arrays, ctx.rank)]
+    step.check_overflow()
+    step.flush()
+    # numpy: tensors would travel back through shared memory the finished worker no longer holds
+    weights = [p.detach().numpy().copy() for p in step.model.parameters()]
+    return step.gather_table().numpy(), step.gather_versions().numpy(), weights, losses, step
+
+
+def _bound0_worker(ctx, placement, arrays):
+    table, _, weights, losses, step = _train_sharded(ctx, placement, 0, arrays)
+    return table, weights, losses, step.max_lag_served
+
+
+def test_bound0_with_mirrors_matches_single_process():
+    arrays = _data()
+    placement = plan_like(arrays[0], IDS, WORLD, store_rate=0.2)
+    results = run_workers(_bound0_worker, WORLD, args=(placement, arrays))
+    cfg = EmbeddingConfig(IDS, DIM, lr=LR, init_std=0.3)
+    start = initial_rows(torch.arange(IDS), cfg, torch.device("cpu"))
+    model = _model()
+    ref = ReferenceStep(model, start.clone(), FastStepConfig(lr=LR, dense_lr=DENSE_LR))
+    ids, labels, dense = arrays
+    ref_losses = [ref.step(torch.as_tensor(dense[t]), torch.as_tensor(ids[t]), torch.as_tensor(labels[t])).item() for t in range(STEPS)]
+    # The global batch's mean loss is the workers' mean: a row read one update late shows here first.
+    assert np.mean([r[2] for r in results], axis=0) == pytest.approx(ref_losses, rel=1e-6)
+    assert not torch.allclose(ref.table_ED, start, atol=1e-3), "the reference must move the table"
+    for table, weights, _, max_lag in results:
+        torch.testing.assert_close(torch.from_numpy(table), ref.table_ED.detach(), rtol=0, atol=1e-5)
+        for got, want in zip(weights, model.parameters()):
+            torch.testing.assert_close(torch.from_numpy(got), want.detach(), rtol=0, atol=1e-5)
+        assert max_lag == 0
+
+
+def _bound_worker(ctx, placement, arrays, bound):
+    _, versions, _, _, step = _train_sharded(ctx, placement, bound, arrays)
+    return versions, step.max_lag_served, step.lagging_reads_served
+
+
+def test_bounded_staleness_never_exceeds_bound_and_flush_counts_every_update():
+    bound = 3
+    arrays = _data(seed=2)
+    placement = plan_like(arrays[0], IDS, WORLD, store_rate=0.5)
+    results = run_workers(_bound_worker, WORLD, args=(placement, arrays, bound))
+    occurrences = np.bincount(arrays[0].ravel(), minlength=IDS)
+    lagging = 0
+    for versions, max_lag, lagging_reads in results:
+        assert np.array_equal(versions, occurrences)
+        assert max_lag <= bound
+        lagging += lagging_reads
+    assert lagging > 0, "some mirror must have been read while lagging, or the test checks nothing"
+
+
+def _fetch_worker(ctx, modes, arrays):
+    out = {}
+    for name, (placement, bound) in modes.items():
+        step = _build(ctx, placement, bound, arrays=arrays)
+        fetched = []
+        for batch in _local(arrays, ctx.rank):
+            before = step.rows_fetched.item()
+            step.step(*batch)
+            fetched.append(step.rows_fetched.item() - before)
+        out[name] = fetched
+    return out
+
+
+def recount_fetches(ids, placement, bound, world):
+    """Rows each worker fetches per step, by replaying versions on the host: [world][steps]."""
+    primary = np.zeros(IDS, dtype=np.int64)
+    mirror = [dict.fromkeys(m.tolist(), 0) for m in placement.mirrors]
+    pending = [dict.fromkeys(m.tolist(), 0) for m in placement.mirrors]
+    out = [[] for _ in range(world)]
+    for t in range(len(ids)):
+        batches = [np.unique(ids[t, r * BATCH : (r + 1) * BATCH], return_counts=True) for r in range(world)]
+        for r, (uids, _) in enumerate(batches):
+            remote = [e for e in uids.tolist() if placement.owner[e] != r]
+            stale = [e for e in remote if e not in mirror[r] or mirror[r][e] + bound < primary[e]]
+            for e in stale:
+                if e in mirror[r]:
+                    mirror[r][e] = primary[e]
+            out[r].append(len(stale))
+        for r, (uids, counts) in enumerate(batches):
+            for e, c in zip(uids.tolist(), counts.tolist()):
+                if e in pending[r]:
+                    pending[r][e] += c
+                    if pending[r][e] > bound:
+                        mirror[r][e] += pending[r][e]
+                        primary[e] += pending[r][e]
+                        pending[r][e] = 0
+                else:
+                    primary[e] += c
+    return out
+
+
+def test_rows_fetched_match_a_host_recount():
+    """Row sharding, the plan at bound 0 and above it, in one pair of workers."""
+    arrays = _data(seed=3)
+    plan = plan_like(arrays[0], IDS, WORLD, store_rate=0.3)
+    modes = {"rows": (Placement.random(IDS, WORLD, seed=4), 0), "plan": (plan, 0), "plan+bound": (plan, 2)}
+    got = run_workers(_fetch_worker, WORLD, args=(modes, arrays))
+    for name, (placement, bound) in modes.items():
+        want = recount_fetches(arrays[0], placement, bound, WORLD)
+        assert [g[name] for g in got] == want, name
+    assert sum(map(sum, want)) < sum(sum(g["rows"]) for g in got), "mirrors must save fetches"
+
+
+def _bad_setup_worker(ctx, arrays):
+    step = _build(ctx, Placement.random(IDS, WORLD, seed=4), 0, capacity=4)
+    for batch in _local(arrays, ctx.rank):
+        step.step(*batch)
+    with pytest.raises(HetGMPError, match="dropped rows.*capacity >= 256"):
+        step.check_overflow()
+    with pytest.raises(HetGMPError, match="rowwise_adagrad"):
+        _build(ctx, Placement.random(IDS, WORLD, seed=4), 0, capacity=64, optimizer="rowwise_adagrad")
+    return True
+
+
+def test_too_small_capacity_and_adagrad_are_refused():
+    assert all(run_workers(_bad_setup_worker, WORLD, args=(_data(),)))
+
+
+def test_unique_ids_fixed_shape():
+    u = unique_ids(torch.tensor([9, 5, 9, 2, 7]), 10)
+    assert u.uids_N.tolist() == [2, 5, 7, 9, 0]
+    assert u.valid_N.tolist() == [True, True, True, True, False]
+    assert u.counts_N.tolist() == [1, 1, 1, 2, 0]
+    assert torch.equal(u.uids_N[u.inverse_N], torch.tensor([9, 5, 9, 2, 7]))
