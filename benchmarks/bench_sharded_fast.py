@@ -1,0 +1,227 @@
+"""The sharded fast step (one CUDA graph per step) against one GPU's FastStep.
+
+    python benchmarks/bench_sharded_fast.py --device cuda                   # spawns one process per GPU (2)
+    torchrun --nproc-per-node 2 benchmarks/bench_sharded_fast.py --device cuda
+    python benchmarks/bench_sharded_fast.py --device cpu --num-ids 20000 --batch 256 --dim 16 --steps 4 --repeats 2
+
+Measured in the same processes, one after the other, each on its own table:
+  plan+bound   the plan-like placement, --store-rate mirrors, bound --bound
+  plan         the same placement, bound 0
+  rows         row sharding: Placement.random owners, no mirrors, bound 0
+  one GPU      rank 0 alone: FastStep (the whole table, no exchange), same model and batches
+For each: --warmup steps (the graph is captured within them), then the median
+of --repeats runs of --steps steps (CUDA events; wall clock on CPU):
+samples/s per worker, ms/step, rows fetched per step (mean over workers),
+bytes a worker sends per step (both exchange rounds and the dense all-reduce:
+fixed by the capacity) and peak device memory.
+
+Data: Criteo-shaped ids (yardstick.criteo_batches: field f draws
+floor(card_f u^4), low ids hot) over --num-ids rows (fields capped so that
+their sizes sum to at most --num-ids), batch --batch per worker, d --dim, WDL.
+A plan co-locates each worker's samples with the rows it owns; batches drawn
+independently cannot show that, so the plan-like placement makes it:
+worker r's ids in field f are shifted by r * card_f / P (mod card_f), and
+worker r owns the r-th of P contiguous ranges of each field, where its own
+hot ids lie (for P = 2 about 84% of a field's draws fall in the drawing
+worker's range). Each worker mirrors the top --store-rate of the remote ids
+its batches read, ranked by reads (the SPEC's candidate list, by counts).
+Row sharding uses the same batches with random owners.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from yardstick import NUM_DENSE, capped_cardinalities, criteo_batches  # noqa: E402
+
+from hetgmp.distributed import init_distributed, shutdown  # noqa: E402
+from hetgmp.embedding import EmbeddingConfig, Placement  # noqa: E402
+from hetgmp.embedding.init import initial_rows  # noqa: E402
+from hetgmp.fastpath import FastStep, FastStepConfig  # noqa: E402
+from hetgmp.fastpath.capacity import find_capacity  # noqa: E402
+from hetgmp.fastpath.sharded_step import ShardedFastStep, ShardedStepConfig  # noqa: E402
+from hetgmp.models import build_model  # noqa: E402
+
+LR = 0.01
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+    p.add_argument("--workers", type=int, default=2, help="processes to spawn when not started by torchrun")
+    p.add_argument("--num-ids", type=int, default=2_000_000)
+    p.add_argument("--batch", type=int, default=8192, help="samples per worker and step")
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--store-rate", type=float, default=0.01)
+    p.add_argument("--bound", type=int, default=100)
+    p.add_argument("--batches", type=int, default=16, help="distinct batches per worker, cycled")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--steps", type=int, default=50, help="steps per timed run")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--amp", choices=["none", "bf16"], default="none")
+    return p.parse_args()
+
+
+def fitting_cards(num_ids: int) -> tuple[int, ...]:
+    """Criteo's field sizes capped at the largest cap whose sizes sum to at most num_ids."""
+    low, high = 1, max(capped_cardinalities(None))
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if sum(capped_cardinalities(mid)) <= num_ids else (low, mid - 1)
+    return capped_cardinalities(low)
+
+
+def shifted_batches(args, cards: tuple[int, ...], rank: int, world: int, device: torch.device) -> list:
+    """This worker's batches: Criteo-shaped, its field ids shifted by rank * card / P (see the docstring)."""
+    card_F = torch.tensor(cards, device=device)
+    offset_F = torch.cumsum(torch.tensor((0,) + cards[:-1], device=device), 0)
+    shift_F = rank * card_F // world
+    out = []
+    for dense_BI, ids_BF, labels_B in criteo_batches(args.batch, args.batches, str(device), cards, seed=rank):
+        out.append((dense_BI, (ids_BF - offset_F + shift_F) % card_F + offset_F, labels_B))
+    return out
+
+
+def range_owners(cards: tuple[int, ...], world: int) -> np.ndarray:
+    """Owner of every id: worker r owns the r-th of `world` contiguous ranges of each field."""
+    return np.concatenate([np.minimum(np.arange(c) * world // c, world - 1) for c in cards]).astype(np.int16)
+
+
+def plan_placement(owner: np.ndarray, batches: list, store_rate: float, rank: int, world: int) -> Placement:
+    """Owners as given; each worker mirrors the top store_rate of the remote ids it reads (by reads)."""
+    reads = torch.zeros(len(owner), dtype=torch.int64, device=batches[0][1].device)
+    for _, ids_BF, _ in batches:
+        reads.index_add_(0, ids_BF.reshape(-1), torch.ones_like(ids_BF.reshape(-1)))
+    reads = reads.cpu().numpy()
+    remote = np.nonzero((owner != rank) & (reads > 0))[0]
+    ranked = remote[np.argsort(-reads[remote], kind="stable")]
+    mine = ranked[: int(store_rate * len(ranked))]
+    lists: list = [None] * world
+    dist.all_gather_object(lists, mine)
+    return Placement(owner, [np.asarray(m, dtype=np.int64) for m in lists])
+
+
+def timed(step_fn, batches: list, args, device: torch.device) -> float:
+    """Median seconds per step over args.repeats runs of args.steps (after args.warmup)."""
+    for i in range(args.warmup):
+        step_fn(*batches[i % len(batches)])
+    times = []
+    for _ in range(args.repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        t0 = time.perf_counter()
+        for i in range(args.steps):
+            step_fn(*batches[i % len(batches)])
+        if device.type == "cuda":
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / args.steps)
+        else:
+            times.append((time.perf_counter() - t0) / args.steps)
+    return statistics.median(times)
+
+
+def reset_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
+
+def model(args, cards):
+    torch.manual_seed(0)
+    return build_model("wdl", len(cards), NUM_DENSE, args.dim)
+
+
+def run_sharded(args, ctx, cards, batches, placement: Placement, bound: int) -> dict:
+    reset_memory(ctx.device)
+    owner_E = torch.as_tensor(placement.owner.astype(np.int64), device=ctx.device)
+    capacity = find_capacity([b[1] for b in batches], owner_E, ctx.rank, ctx.world_size)
+    table = EmbeddingConfig(sum(cards), args.dim, lr=LR, bound=bound)
+    step = ShardedFastStep(model(args, cards).to(ctx.device), table, placement, ctx,
+                           ShardedStepConfig(capacity=capacity, dense_lr=LR, amp=args.amp))
+    seconds = timed(step.step, batches, args, ctx.device)
+    step.check_overflow()
+    fetched = step.rows_fetched.double() / step.steps  # every step's, warm-up included
+    dist.all_reduce(fetched)
+    return {"s": seconds, "fetched": fetched.item() / ctx.world_size, "bytes": step.bytes_per_step,
+            "mem": peak_memory(ctx.device), "C": capacity}
+
+
+def run_one_gpu(args, ctx, cards, batches) -> dict:
+    reset_memory(ctx.device)
+    table = initial_rows(torch.arange(sum(cards)), EmbeddingConfig(sum(cards), args.dim), ctx.device)
+    fast = FastStep(model(args, cards).to(ctx.device), table, FastStepConfig(lr=LR, dense_lr=LR, amp=args.amp))
+    return {"s": timed(fast.step, batches, args, ctx.device), "fetched": 0.0, "bytes": 0, "mem": peak_memory(ctx.device), "C": "-"}
+
+
+def run(args: argparse.Namespace) -> None:
+    ctx = init_distributed(args.device)
+    torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
+    cards = fitting_cards(args.num_ids)
+    batches = shifted_batches(args, cards, ctx.rank, ctx.world_size, ctx.device)
+    plan = plan_placement(range_owners(cards, ctx.world_size), batches, args.store_rate, ctx.rank, ctx.world_size)
+    cpu_start = time.process_time()
+    results = {
+        f"plan+{args.store_rate:g} mirrors, bound {args.bound}": run_sharded(args, ctx, cards, batches, plan, args.bound),
+        f"plan+{args.store_rate:g} mirrors, bound 0": run_sharded(args, ctx, cards, batches, plan, 0),
+        "row sharding": run_sharded(args, ctx, cards, batches, Placement.random(sum(cards), ctx.world_size, seed=0), 0),
+    }
+    dist.barrier()
+    if ctx.rank == 0:
+        results["one GPU (FastStep, rank 0 alone)"] = run_one_gpu(args, ctx, cards, batches)
+        report(args, ctx, cards, results, time.process_time() - cpu_start)
+    dist.barrier()
+    shutdown()
+
+
+def report(args, ctx, cards, results: dict, cpu_s: float) -> None:
+    card = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"
+    print(f"\n{ctx.world_size} workers on {card}, torch {torch.__version__}, {datetime.date.today()}; "
+          f"{sum(cards):,} ids, batch {args.batch}/worker, d {args.dim}, wdl, amp {args.amp}; rank 0 CPU {cpu_s:.1f} s\n")
+    print("| mode | C | samples/s per worker | ms/step | rows fetched/step | MB sent/step | peak GPU GiB |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['C']} | {args.batch / r['s'] / 1e6:.2f} M | {r['s'] * 1e3:.3f} | {r['fetched']:,.0f} | "
+              f"{r['bytes'] / 1e6:.2f} | {r['mem']:.2f} |")
+
+
+def _spawned(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    run(args)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    args = parse()
+    if "RANK" in os.environ:  # torchrun (or another launcher) started this process
+        run(args)
+    else:
+        mp.spawn(_spawned, args=(args.workers, free_port(), args), nprocs=args.workers)
+
+
+if __name__ == "__main__":
+    main()
