@@ -68,10 +68,14 @@ def test_dcn_cross_layer_matches_the_formula():
     torch.testing.assert_close(model(dense, emb).detach(), expected[:, 0])
 
 
+@pytest.mark.parametrize("compiled_layout", [False, True])
 @pytest.mark.parametrize("name", ["wdl", "dcn"])
-def test_factored_forward_has_the_literal_gradients(name):
+def test_factored_forward_has_the_literal_gradients(name, compiled_layout, monkeypatch):
     """WDL and DCN compute their output layer factored (see their docstrings):
-    in float64, value and every gradient match the formula as written."""
+    in float64, value and every gradient match the formula as written, also in
+    the layout they take under torch.compile (zero-padded matmuls, WDL's output
+    layer as a product and sum), run here eagerly."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiled_layout)
     torch.manual_seed(4)
     model = build_model(name, 3, 2, 2).double()
     dense, emb = (t.double().requires_grad_() for t in _inputs(name, batch=5, fields=3, dense=2, dim=2, seed=4))

@@ -35,11 +35,14 @@ import triton.language as tl
 from hetgmp.kernels.gather import sort_ids
 
 # Tile size: ptxas (sm_90) keeps 2048 fp32 elements per 4-warp program in about
-# 100 registers without spills; 8192 spilled at 255. SGD splits D into
-# 32-column blocks (columns are independent), which keeps tiles tall, so a hot
-# id's run crosses fewer tiles (fewer atomics).
+# 100 registers without spills; 8192 spilled at 255. Tiles hold whole rows up
+# to 128 columns and at most 64 of them: timed on an H100 with the rows out of
+# L2 (benchmarks/GPU_NOTES.md), SGD at d = 128 took 0.109 ms in 16 x 128 tiles
+# against 0.129 ms in 64 x 32 (shorter rows meant 64-byte reads and four
+# programs per row), and d = 16 0.020 ms in 64 x 16 against 0.024 in 128 x 16.
 TILE_ELEMS = 2048
-SGD_BLOCK_D = 32
+MAX_TILE_ROWS = 64
+MAX_BLOCK_D = 128
 
 
 @triton.jit
@@ -154,9 +157,9 @@ def _tile_shape(D: int, adagrad: bool, block_n: int | None = None, block_d: int 
     """(BLOCK_N, BLOCK_D). Adagrad needs a whole row per program (its mean over D)."""
     full = triton.next_power_of_2(D)
     if block_d is None or adagrad:
-        block_d = full if adagrad else min(full, SGD_BLOCK_D)
+        block_d = full if adagrad else min(full, MAX_BLOCK_D)
     if block_n is None:
-        block_n = max(16, min(128, TILE_ELEMS // block_d))
+        block_n = max(16, min(MAX_TILE_ROWS, TILE_ELEMS // block_d))
     return block_n, block_d
 
 

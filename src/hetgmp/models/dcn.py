@@ -13,8 +13,8 @@ weight split as [u (K), v (256)],
 
     x1 · u = (x0 · w + 1) (x0 · u) + b · u
 
-and x0 · w, x0 · u and the tower's first layer x0 W1 are one matmul of the
-embeddings with the stacked [w, u, W1] (plus one of the dense features with
+and the tower's first layer x0 W1, x0 · w and x0 · u are one matmul of the
+embeddings with the stacked [W1, w, u] (plus one of the dense features with
 their part). Same function, same parameters, same gradients; what goes away
 are the elementwise passes over the [B, K] activations (at d = 128, K = 3341:
 about ten passes of 109 MB a step, forward and backward), which bounded DCN's
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hetgmp.models.layers import HIDDEN, INIT_STD, normal_linear, relu_tower
+from hetgmp.models.layers import HIDDEN, INIT_STD, aligned_linear, normal_linear, relu_tower
 
 
 class DCN(nn.Module):
@@ -45,8 +45,18 @@ class DCN(nn.Module):
         emb_BE = emb_BFD.flatten(1)
         e, width = emb_BE.shape[1], len(self.cross_w)
         u_K, v_H = self.out.weight[0, :width], self.out.weight[:, width:]
-        stacked_MK = torch.cat([self.cross_w[None], u_K[None], self.deep[0].weight])  # M = 2 + 256
-        y_BM = F.linear(emb_BE, stacked_MK[:, :e]) + F.linear(dense_BI, stacked_MK[:, e:])
-        s_B, t_B = y_BM[:, 0], y_BM[:, 1]
-        deep_BH = self.deep[1:](y_BM[:, 2:])
-        return (s_B + 1) * t_B + self.cross_b @ u_K + F.linear(deep_BH, v_H).squeeze(1)
+        hidden = self.deep[0].weight.shape[0]
+        y_BM = F.linear(emb_BE, self._stacked(u_K, 0, e)) + aligned_linear(dense_BI, self._stacked(u_K, e, width))
+        deep_BH, s_B, t_B = y_BM[:, :hidden], y_BM[:, hidden], y_BM[:, hidden + 1]
+        return (s_B + 1) * t_B + self.cross_b @ u_K + F.linear(self.deep[1:](deep_BH), v_H).squeeze(1)
+
+    def _stacked(self, u_K: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Columns start:stop of [W1; w; u] (M = 256 + 2 rows), a contiguous copy (a column
+        slice of one stacked matrix has a row stride of K, which for K = 429 is not 16-byte
+        aligned in bf16 and sent cuBLAS to slower kernels), with zero rows up to a multiple
+        of 8 when compiled, so that the product's rows are aligned as well."""
+        parts = [self.deep[0].weight[:, start:stop], self.cross_w[None, start:stop], u_K[None, start:stop]]
+        pad = -(len(parts[0]) + 2) % 8
+        if pad and torch.compiler.is_compiling():
+            parts.append(parts[0].new_zeros(pad, stop - start))
+        return torch.cat(parts)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 # The original initialised every dense weight (and DCN's cross bias) this way.
@@ -32,3 +34,17 @@ def relu_tower(sizes: Sequence[int]) -> nn.Sequential:
             layers.append(nn.ReLU())
         layers.append(normal_linear(n_in, n_out))
     return nn.Sequential(*layers)
+
+
+def aligned_linear(x_BK: torch.Tensor, weight_MK: torch.Tensor) -> torch.Tensor:
+    """F.linear(x, weight), with K padded by zeros to a multiple of 8 when compiled.
+
+    bf16 rows of K = 13 dense features (26 bytes) are not 16-byte aligned, and
+    cuBLAS then falls back to older, slower kernels for the matmul and both of
+    its gradients; the zero columns change no sum. Only under torch.compile,
+    which folds the padding into the cast it writes anyway (eagerly, the two
+    extra copies would cost more than they save)."""
+    pad = -x_BK.shape[-1] % 8
+    if not pad or not torch.compiler.is_compiling():
+        return F.linear(x_BK, weight_MK)
+    return F.linear(F.pad(x_BK, (0, pad)), F.pad(weight_MK, (0, pad)))
