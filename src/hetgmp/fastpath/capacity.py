@@ -36,6 +36,8 @@ class UniqueIds:
     valid_N: torch.Tensor    # bool [N]: True for the distinct ids
     counts_N: torch.Tensor   # int64 [N]: occurrences of each distinct id (0 in the padding)
     inverse_N: torch.Tensor  # int64 [N]: position of each batch id among uids_N
+    order: tuple[torch.Tensor, torch.Tensor]  # (inverse_N sorted, the sort's permutation): the
+                                              # fused update's sort, shared (kernels.gather)
 
 
 def unique_ids(ids_N: torch.Tensor, num_ids: int) -> UniqueIds:
@@ -49,7 +51,7 @@ def unique_ids(ids_N: torch.Tensor, num_ids: int) -> UniqueIds:
     valid_N = torch.arange(len(sorted_N), device=sorted_N.device) <= seg_N[-1]
     counts_N = torch.zeros_like(sorted_N).index_add_(0, seg_N, torch.ones_like(sorted_N))
     inverse_N = torch.empty_like(seg_N).scatter_(0, perm_N.long(), seg_N)
-    return UniqueIds(uids_N, valid_N, counts_N, inverse_N)
+    return UniqueIds(uids_N, valid_N, counts_N, inverse_N, (seg_N, perm_N))
 
 
 def peer_slots(owner_N: torch.Tensor, remote_N: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:

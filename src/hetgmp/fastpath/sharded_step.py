@@ -62,6 +62,7 @@ from hetgmp.fastpath.capacity import round_up
 from hetgmp.fastpath.captured import Batch, CapturedStep
 from hetgmp.fastpath.fixed_exchange import FixedExchange
 from hetgmp.fastpath.sharded_rows import apply_pushes, flush_pending, gather, locate, request, serve, write
+from hetgmp.kernels import resolve_backend, sparse_update
 from hetgmp.fastpath.step import AMP_MODES, autocast, matmul_precision
 
 
@@ -76,6 +77,8 @@ class ShardedStepConfig:
     tf32: let fp32 matmuls use TF32 tensor cores.
     cuda_graph: capture the step in a CUDA graph (CUDA only).
     warmup_steps: eager steps before the capture.
+    kernel: the per-id gradient sum: auto (Triton where it runs), triton, torch
+        (see hetgmp.kernels.sparse_update; 'reference' syncs, so it is refused).
     """
 
     capacity: int
@@ -85,6 +88,7 @@ class ShardedStepConfig:
     tf32: bool = False
     cuda_graph: bool = True
     warmup_steps: int = 3
+    kernel: str = "auto"
 
     def check(self, table: EmbeddingConfig, world: int) -> None:
         """Raise HetGMPError naming every setting this step cannot train with."""
@@ -100,6 +104,8 @@ class ShardedStepConfig:
             bad.append(f"capacity={self.capacity} (at least 1; capacity.find_capacity measures it)")
         if self.warmup_steps < 1:
             bad.append(f"warmup_steps={self.warmup_steps} (at least 1: communicators start before the capture)")
+        if self.kernel == "reference":
+            bad.append("kernel='reference' (it waits for the device: choose auto, triton or torch)")
         if world < 2:
             bad.append(f"world size {world}: the sharded step needs 2 or more workers; use FastStep on one")
         if bad:
@@ -135,6 +141,7 @@ class ShardedFastStep:
         self.steps = 0
         allreduce_bytes = 2 * (self.world - 1) * self.flat_grad.numel() * 4 // self.world
         self.bytes_per_step = self.exchange.bytes_to_others() + allreduce_bytes
+        self.kernel = resolve_backend(cfg.kernel, ctx.device)
         use_graph = cfg.cuda_graph and ctx.device.type == "cuda"
         narrow = table.num_ids <= torch.iinfo(torch.int32).max
         self._run = CapturedStep(self._train, ctx.device, use_graph, cfg.warmup_steps, narrow)
@@ -160,8 +167,7 @@ class ShardedFastStep:
             self._point_grads_at_flat()
             (loss / self.world).backward()
         work = dist.all_reduce(self.flat_grad, group=self.group, async_op=True)
-        grad_ND = torch.zeros(B * nf, self.table.dim, device=self.device).index_add_(0, at.ids.inverse_N, emb_BFD.grad.reshape(B * nf, -1).float())
-        self.rows_pushed += write(self.store, at, -self.table.lr * grad_ND, self.table.bound, self.exchange)
+        self.rows_pushed += write(self.store, at, self._deltas(emb_BFD.grad, at), self.table.bound, self.exchange)
         work.wait()
         self.optimizer.step()
         return loss.detach()
@@ -181,6 +187,15 @@ class ShardedFastStep:
         rows_ND, fetched = gather(s, at, ex)
         self.rows_fetched += fetched
         return rows_ND[at.ids.inverse_N].view(B, nf, -1).requires_grad_(), at
+
+    def _deltas(self, grad_BFD: torch.Tensor, at) -> torch.Tensor:
+        """-lr x the gradient summed per unique id, [N, D]: the fused SGD kernel applied to a zeroed
+        [N, D] "table" indexed by the ids' positions among the uniques, reusing the batch's sort
+        (no atomics on hot rows, unlike index_add_)."""
+        grad_ND = grad_BFD.reshape(-1, self.table.dim).float().contiguous()
+        delta_ND = torch.zeros_like(grad_ND)
+        sparse_update(delta_ND, at.ids.inverse_N, grad_ND, self.table.lr, backend=self.kernel, order=at.ids.order)
+        return delta_ND
 
     def _point_grads_at_flat(self) -> None:
         """Zero the flat buffer and make every .grad a view of it, so backward accumulates
