@@ -34,6 +34,7 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -55,6 +56,8 @@ VARIANTS = {
     "graph+bf16+compile+triton": {"amp": "bf16", "compile": True, "kernel": "triton"},
     "graph+bf16+compile+bf16-rows": {"amp": "bf16", "compile": True, "bf16_rows": True},
     "graph+bf16+compile+bf16-rows+overlap": {"amp": "bf16", "compile": True, "bf16_rows": True, "overlap": True},
+    # Batches drawn on the device one step ahead (step_from_source), their ids sorted meanwhile.
+    "graph+bf16+compile+bf16-rows+overlap+ahead": {"amp": "bf16", "compile": True, "bf16_rows": True, "overlap": True, "sort_ahead": True},
 }
 # torch.compile needs a C++ toolchain and half a minute a model on CPU: left
 # out of the tiny CPU run, which covers the rest of the code path.
@@ -69,6 +72,7 @@ CHECKS = {
     "graph+compile": {"compile": True},  # fp32, so that it is judged
     "graph+plain-gather": {"gather": "plain"},
     "graph+overlap": {"overlap": True},
+    "graph+overlap+ahead": {"overlap": True, "sort_ahead": True},
 }
 # Issue 8's one-GPU targets, samples/s.
 TARGETS = {("wdl", 8192, 16): 40e6, ("wdl", 8192, 128): 25e6, ("dcn", 8192, 16): 30e6, ("dcn", 8192, 128): 10e6}
@@ -144,12 +148,37 @@ def measured(fn, device: str) -> dict:
     return result
 
 
+def cycle_source(batches: list[tuple[torch.Tensor, ...]]) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """A FastStep source drawing batches[0], batches[1], ... (cyclically) on the device:
+    the batches stacked, a cursor on the device, one index_select per tensor (no host sync)."""
+    stacked = [torch.stack(parts) for parts in zip(*batches)]
+    cursor = torch.zeros(1, dtype=torch.long, device=stacked[0].device)
+
+    def draw() -> tuple[torch.Tensor, ...]:
+        index = cursor.remainder(len(batches))
+        out = tuple(t.index_select(0, index).squeeze(0) for t in stacked)
+        cursor.add_(1)
+        return out
+
+    return draw
+
+
+def fast_stepper(fast_cls, net, table, cfg: FastStepConfig, batches: list) -> tuple[FastStep, Callable]:
+    """The step and how to call it: step(*batch), or with sort_ahead step_from_source() over the
+    same batches in the same order (the batch argument then only counts the step)."""
+    if not cfg.sort_ahead:
+        fast = fast_cls(net, table, cfg)
+        return fast, fast.step
+    fast = fast_cls(net, table, cfg, source=cycle_source(batches))
+    return fast, lambda *_: fast.step_from_source()
+
+
 def time_fast(model: str, batch: int, dim: int, cfg: FastStepConfig, args: argparse.Namespace) -> float:
     cards = capped_cardinalities(args.vocab_cap)
     net, table = new_model_and_table(model, dim, cards, args.device)
-    fast = FastStep(net, table, cfg)
     batches = criteo_batches(batch, args.num_batches, args.device, cards)
-    return seconds_per_step(fast.step, batches, args.warmup, args.steps, args.repeats)
+    _, step = fast_stepper(FastStep, net, table, cfg, batches)
+    return seconds_per_step(step, batches, args.warmup, args.steps, args.repeats)
 
 
 def profile_fast(model: str, batch: int, dim: int, overrides: dict, args: argparse.Namespace) -> str:
@@ -158,14 +187,14 @@ def profile_fast(model: str, batch: int, dim: int, overrides: dict, args: argpar
     hides its kernels from the profiler; the kernels are the same."""
     cards = capped_cardinalities(args.vocab_cap)
     net, table = new_model_and_table(model, dim, cards, args.device)
-    fast = FastStep(net, table, fast_config(args, **{**overrides, "cuda_graph": False}))
     batches = criteo_batches(batch, args.num_batches, args.device, cards)
+    _, step = fast_stepper(FastStep, net, table, fast_config(args, **{**overrides, "cuda_graph": False}), batches)
     cuda = args.device == "cuda"
-    seconds_per_step(fast.step, batches, args.warmup, 1, 1)
+    seconds_per_step(step, batches, args.warmup, 1, 1)
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     steps = 2 if args.device == "cpu" else 10
     with torch.profiler.profile(activities=activities) as prof:
-        seconds_per_step(fast.step, batches, 0, steps, 1)
+        seconds_per_step(step, batches, 0, steps, 1)
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     return f"per {steps} steps:\n" + prof.key_averages().table(sort_by=key, row_limit=30)
 
@@ -218,11 +247,12 @@ def check_one(model: str, overrides: dict, args: argparse.Namespace) -> dict:
     net, table = new_model_and_table(model, dim, cards, args.device)
     table.mul_(30.0)  # larger rows than N(0, 0.01), so the embeddings move the loss
     cfg = fast_config(args, **{"lr": 0.1, "dense_lr": 0.1, **overrides})
-    fast = FastStep(copy.deepcopy(net), table.clone(), cfg)
+    batches = criteo_batches(batch, 3 if args.device == "cpu" else 5, args.device, cards, seed=1)
+    fast, fast_step = fast_stepper(FastStep, copy.deepcopy(net), table.clone(), cfg, batches)
     ref = ReferenceStep(net, table, cfg)
     loss_diff = 0.0
-    for b in criteo_batches(batch, 3 if args.device == "cpu" else 5, args.device, cards, seed=1):
-        loss_diff = max(loss_diff, (fast.step(*b) - ref.step(*b)).abs().item())
+    for b in batches:
+        loss_diff = max(loss_diff, (fast_step(*b) - ref.step(*b)).abs().item())
     return {**max_diffs(fast, ref), "loss": loss_diff}
 
 

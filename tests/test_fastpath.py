@@ -99,6 +99,31 @@ def test_overlapped_step_matches_reference(model_name):
     _compare(model_name, FastStepConfig(lr=0.3, dense_lr=0.3, sparse_optimizer="rowwise_adagrad", kernel="torch", overlap=True))
 
 
+def test_sort_ahead_trains_the_source_batches_in_order():
+    # sort_ahead draws (and sorts) each batch one step before training on it: the weights
+    # after n steps must be those of the plain step on the same n batches, and the source
+    # must have been asked for one batch more.
+    torch.manual_seed(0)
+    model, table = build_model("dcn", FIELDS, DENSE, 4), torch.randn(ROWS, 4) * 0.3
+    batches = _batches(5)
+    drawn = []
+
+    def source():
+        drawn.append(len(drawn))
+        return batches[len(drawn) - 1]
+
+    cfg = FastStepConfig(lr=0.3, dense_lr=0.3, sparse_optimizer="rowwise_adagrad", kernel="torch", overlap=True)
+    ahead = FastStep(copy.deepcopy(model), table.clone(), FastStepConfig(**{**vars(cfg), "sort_ahead": True}), source=source)
+    losses = [ahead.step_from_source().item() for _ in range(4)]
+    plain = _train(FastStep, model, table, cfg, batches[:4])
+    assert len(drawn) == 5
+    torch.testing.assert_close(ahead.table_ED, plain[1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(ahead.acc_E, plain[2], rtol=0, atol=1e-6)
+    for p, q in zip(ahead.model.parameters(), plain[0].parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    assert losses == pytest.approx(plain[3], abs=1e-6)
+
+
 def test_bf16_autocast_step_matches_bf16_reference():
     _compare("wdl", FastStepConfig(lr=0.5, dense_lr=0.5, amp="bf16", kernel="torch"), steps=2)
 
@@ -106,6 +131,8 @@ def test_bf16_autocast_step_matches_bf16_reference():
 def test_config_errors_name_the_field():
     with pytest.raises(HetGMPError, match="dense_optimizer='rmsprop'.*amp='fp8'"):
         FastStepConfig(dense_optimizer="rmsprop", amp="fp8").check()
+    with pytest.raises(HetGMPError, match="sort_ahead=True needs gather='sorted'"):
+        FastStepConfig(sort_ahead=True, gather="plain").check()
     with pytest.raises(HetGMPError, match="input buffers exist only for a CUDA-graph step"):
         FastStep(build_model("wdl", 2, 1, 2), torch.zeros(5, 2), FastStepConfig(kernel="torch")).input_buffers()
 

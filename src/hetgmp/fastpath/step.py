@@ -50,7 +50,8 @@ from torch import nn
 from hetgmp.embedding.config import OPTIMIZERS as EMBEDDING_OPTIMIZERS
 from hetgmp.errors import HetGMPError
 from hetgmp.kernels import DEFAULT_EPS, new_scratch, resolve_backend, sparse_update
-from hetgmp.kernels.gather import gather_rows, sort_ids
+from hetgmp.fastpath.ahead import SortAhead
+from hetgmp.kernels.gather import SortedIds, gather_rows, sort_ids
 
 DENSE_OPTIMIZERS = ("sgd", "adam")
 # The embedding runtime's names: the trainer passes its --sparse-optimizer through.
@@ -100,6 +101,11 @@ class FastStepConfig:
         rows' gradient, while the rest of backward and the dense optimizer
         run. Same arithmetic, other order of launch; off CUDA the update is
         still launched from the gradient hook, in order.
+    sort_ahead: with a source (`step_from_source`), draw and sort the next
+        batch during this step, on a third stream (hetgmp.fastpath.ahead):
+        the sort (0.05 ms at batch 8192 on an H100, the largest sparse piece)
+        leaves the step's critical path. The source is then called one batch
+        ahead of training.
     warmup_steps: eager steps before the capture.
     skip_nonfinite: a step whose loss or gradients hold a NaN or inf changes
         no weight: its table and dense gradients are zeroed (rows' versions
@@ -126,6 +132,7 @@ class FastStepConfig:
     gather: str = "sorted"
     bf16_rows: bool = False
     overlap: bool = False
+    sort_ahead: bool = False
     warmup_steps: int = 3
     flag_nonfinite: bool = False
     skip_nonfinite: bool = False
@@ -141,6 +148,8 @@ class FastStepConfig:
         ):
             if value not in allowed:
                 bad.append(f"{name}={value!r} (choose {', '.join(allowed)})")
+        if self.sort_ahead and self.gather != "sorted":
+            bad.append("sort_ahead=True needs gather='sorted'")
         if self.bf16_rows and self.amp != "bf16":
             bad.append("bf16_rows=True needs amp='bf16'")
         if self.warmup_steps < 1:
@@ -241,8 +250,9 @@ class FastStep:
         self.optimizer = dense_optimizer(list(model.parameters()), cfg, self.device)
         self._scratch: torch.Tensor | None = None
         self._inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._loss: torch.Tensor | None = None
+        self._graphs: dict[object, torch.cuda.CUDAGraph] = {}
+        self._losses: dict[object, torch.Tensor] = {}
+        self._ahead: SortAhead | None = None
         self.correct: torch.Tensor | None = None
         self.skipped: torch.Tensor | None = None  # skip_nonfinite: 1.0 if the last step was skipped
         # Called at the end of every step with (loss, correct) device tensors, inside the
@@ -255,25 +265,35 @@ class FastStep:
         """Train on one batch; returns the mean loss as a device tensor (no sync)."""
         if not self.use_graph:
             return self._train(dense_BI, ids_BF, labels_B)
-        return self._run(self._load(dense_BI, ids_BF, labels_B))
+        inputs = self._load(dense_BI, ids_BF, labels_B)
+        return self.replay("inputs", lambda: self._train(*inputs))
 
     def step_from_source(self) -> torch.Tensor:
-        """Train on the next batch of `source` (see BatchSource); the batch is drawn inside the graph."""
+        """Train on the next batch of `source` (see BatchSource); the batch is drawn inside the graph
+        (with `sort_ahead`, one step ahead: see hetgmp.fastpath.ahead)."""
         if self.source is None:
             raise HetGMPError("step_from_source() needs a FastStep built with a source")
-        if not self.use_graph:
-            return self._train(*self.source())
-        return self._run(None)
+        if self.cfg.sort_ahead:
+            if self._ahead is None:
+                self._ahead = SortAhead(self)
+            return self._ahead.step()
+        return self.replay("source", lambda: self._train(*self.source()))
 
-    def _run(self, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """Warm up, capture or replay; `inputs` None: the step draws its batch from the source."""
-        if self._graph is None:
+    def replay(self, key: object, train: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Run `train` (one step, returning its loss): eagerly off CUDA graphs; else warm up
+        (the first `warmup_steps` calls, whatever their key), capture the graph of `key`, and
+        from then on replay it. Graphs of several keys share one memory pool: they must be
+        replayed one at a time, never overlapping."""
+        if not self.use_graph:
+            return train()
+        graph = self._graphs.get(key)
+        if graph is None:
             if self._warm < self.cfg.warmup_steps:
                 self._warm += 1
-                return self._on_side_stream(inputs)
-            self._capture(inputs)
-        self._graph.replay()
-        return self._loss
+                return self._on_side_stream(train)
+            graph = self._capture(key, train)
+        graph.replay()
+        return self._losses[key]
 
     def input_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The graph's (dense_BI, ids_BF, labels_B) buffers: a CUDA-graph step has them after its first call."""
@@ -297,33 +317,37 @@ class FastStep:
                 buf.copy_(t, non_blocking=True)
         return self._inputs
 
-    def _on_side_stream(self, inputs: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+    def _on_side_stream(self, train: Callable[[], torch.Tensor]) -> torch.Tensor:
         # Warm-up off the default stream, as capture will be (PyTorch's recipe).
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            loss = self._train(*(inputs if inputs is not None else self.source()))
+            loss = train()
         main = torch.cuda.current_stream(self.device)
         main.wait_stream(side)
         loss.record_stream(main)  # the caller reads it on its own stream
         return loss
 
-    def _capture(self, inputs: tuple[torch.Tensor, ...] | None) -> None:
+    def _capture(self, key: object, train: Callable[[], torch.Tensor]) -> torch.cuda.CUDAGraph:
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._loss = self._train(*(inputs if inputs is not None else self.source()))
-        self._graph = graph
+        pool = next(iter(self._graphs.values())).pool() if self._graphs else None
+        with torch.cuda.graph(graph, pool=pool):
+            self._losses[key] = train()
+        self._graphs[key] = graph
+        return graph
 
     def _compiled(self, fn: Callable) -> Callable:
         return torch.compile(fn, dynamic=False) if self.cfg.compile else fn
 
-    def _train(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
+    def _train(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor, order: SortedIds | None = None) -> torch.Tensor:
+        """One step; `order`: the ids' sort, if already done (sort_ahead)."""
         B, nf = ids_BF.shape
         ids_N = ids_BF.reshape(-1)
         with matmul_precision(self.cfg, self.device):
             with self._on_sparse_stream():
-                order = sort_ids(ids_N, len(self.table_ED)) if self.cfg.gather == "sorted" else None
+                if order is None and self.cfg.gather == "sorted":
+                    order = sort_ids(ids_N, len(self.table_ED))
                 rows_ND = self._gather(ids_N, order)
             dense_out = None
             if self._split:
