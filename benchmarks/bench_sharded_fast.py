@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import socket
 import statistics
 import sys
 import time
@@ -45,6 +44,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profile_sharded import free_port  # noqa: E402
 from yardstick import NUM_DENSE, capped_cardinalities, criteo_batches  # noqa: E402
 
 from hetgmp.distributed import init_distributed, shutdown  # noqa: E402
@@ -207,12 +207,6 @@ def _spawned(rank: int, world: int, port: int, args: argparse.Namespace) -> None
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     run(args)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

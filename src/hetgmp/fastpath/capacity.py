@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from hetgmp.kernels.gather import sort_ids
+from hetgmp.kernels.sparse_update import _segments
 
 CAPACITY_MULTIPLE = 256  # C is rounded up to this: room for batches a little busier than the measured ones
 
@@ -41,15 +42,11 @@ class UniqueIds:
 
 
 def unique_ids(ids_N: torch.Tensor, num_ids: int) -> UniqueIds:
-    """One sort, no unique()/nonzero(): every output has the batch's length."""
+    """One sort, no unique()/nonzero(): every output has the batch's length (the runs of the
+    sorted ids, as the fused update finds them)."""
     sorted_N, perm_N = sort_ids(ids_N, num_ids)
-    sorted_N = sorted_N.long()
-    starts_N = torch.ones_like(sorted_N, dtype=torch.bool)
-    starts_N[1:] = sorted_N[1:] != sorted_N[:-1]
-    seg_N = torch.cumsum(starts_N, 0) - 1
-    uids_N = torch.zeros_like(sorted_N).scatter_(0, seg_N, sorted_N)
-    valid_N = torch.arange(len(sorted_N), device=sorted_N.device) <= seg_N[-1]
-    counts_N = torch.zeros_like(sorted_N).index_add_(0, seg_N, torch.ones_like(sorted_N))
+    perm_N, seg_N, uids_N, valid_N = _segments(ids_N, (sorted_N, perm_N))
+    counts_N = torch.zeros_like(uids_N).index_add_(0, seg_N, torch.ones_like(uids_N))
     inverse_N = torch.empty_like(seg_N).scatter_(0, perm_N.long(), seg_N)
     return UniqueIds(uids_N, valid_N, counts_N, inverse_N, (seg_N, perm_N))
 
