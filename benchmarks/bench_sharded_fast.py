@@ -72,6 +72,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50, help="steps per timed run")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
+    p.add_argument("--profile", action="store_true", help="rank 0 prints the kernels of 3 eager plan+bound steps first")
     return p.parse_args()
 
 
@@ -165,6 +166,26 @@ def run_sharded(args, ctx, cards, batches, placement: Placement, bound: int) -> 
             "mem": peak_memory(ctx.device), "C": capacity}
 
 
+def profile_step(args, ctx, cards, batches, placement: Placement, bound: int) -> None:
+    """Three eager steps (no graph: a replay hides its kernels) under torch.profiler; rank 0 prints
+    the kernels by device time (CPU time off CUDA)."""
+    owner_E = torch.as_tensor(placement.owner.astype(np.int64), device=ctx.device)
+    capacity = find_capacity([b[1] for b in batches], owner_E, ctx.rank, ctx.world_size)
+    table = EmbeddingConfig(sum(cards), args.dim, lr=LR, bound=bound)
+    step = ShardedFastStep(model(args, cards).to(ctx.device), table, placement, ctx,
+                           ShardedStepConfig(capacity=capacity, dense_lr=LR, amp=args.amp, cuda_graph=False))
+    for i in range(3):
+        step.step(*batches[i % len(batches)])
+    with torch.profiler.profile() as prof:
+        for i in range(3):
+            step.step(*batches[i % len(batches)])
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+    if ctx.rank == 0:
+        key = "self_device_time_total" if ctx.device.type == "cuda" else "self_cpu_time_total"
+        print("eager sharded step, 3 steps:\n" + prof.key_averages().table(sort_by=key, row_limit=25), flush=True)
+
+
 def run_one_gpu(args, ctx, cards, batches) -> dict:
     reset_memory(ctx.device)
     table = initial_rows(torch.arange(sum(cards)), EmbeddingConfig(sum(cards), args.dim), ctx.device)
@@ -178,6 +199,8 @@ def run(args: argparse.Namespace) -> None:
     cards = fitting_cards(args.num_ids)
     batches = shifted_batches(args, cards, ctx.rank, ctx.world_size, ctx.device)
     plan = plan_placement(range_owners(cards, ctx.world_size), batches, args.store_rate, ctx.rank, ctx.world_size)
+    if args.profile:
+        profile_step(args, ctx, cards, batches, plan, args.bound)
     cpu_start = time.process_time()
     results = {
         f"plan+{args.store_rate:g} mirrors, bound {args.bound}": run_sharded(args, ctx, cards, batches, plan, args.bound),

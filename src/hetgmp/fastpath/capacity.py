@@ -46,7 +46,10 @@ def unique_ids(ids_N: torch.Tensor, num_ids: int) -> UniqueIds:
     sorted ids, as the fused update finds them)."""
     sorted_N, perm_N = sort_ids(ids_N, num_ids)
     perm_N, seg_N, uids_N, valid_N = _segments(ids_N, (sorted_N, perm_N))
-    counts_N = torch.zeros_like(uids_N).index_add_(0, seg_N, torch.ones_like(uids_N))
+    # A run's length from where it starts and ends in the sorted order (seg_N ascends):
+    # index_add_ of ones would put every occurrence of a hot id on one atomic counter.
+    positions_N = torch.arange(len(seg_N), device=seg_N.device)
+    counts_N = torch.searchsorted(seg_N, positions_N, right=True) - torch.searchsorted(seg_N, positions_N)
     inverse_N = torch.empty_like(seg_N).scatter_(0, perm_N.long(), seg_N)
     return UniqueIds(uids_N, valid_N, counts_N, inverse_N, (seg_N, perm_N))
 
@@ -68,7 +71,7 @@ def remote_per_peer(ids_BF: torch.Tensor, owner_E: torch.Tensor, rank: int, worl
     u = unique_ids(ids_BF.reshape(-1), num_ids)
     owner_N = owner_E[u.uids_N].long()
     remote_N = u.valid_N & (owner_N != rank)
-    return torch.zeros(world, dtype=torch.int64, device=owner_N.device).index_add_(0, owner_N, remote_N.long())
+    return (remote_N.unsqueeze(1) & (owner_N.unsqueeze(1) == torch.arange(world, device=owner_N.device))).sum(0)
 
 
 def round_up(count: int, multiple: int = CAPACITY_MULTIPLE) -> int:

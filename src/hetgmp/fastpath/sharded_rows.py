@@ -4,7 +4,9 @@ The store is the embedding runtime's RowStore (primaries, then mirrors, then
 one sink row; versions; each mirror's pending delta and count; owner and slot
 of every id). Every stage here has fixed shapes: rows that must not change are
 pointed at the sink (slot S) or at the pending sink (index M, always 0), so no
-mask ever needs compacting. Per unique id of the batch (N of them, padded):
+mask ever needs compacting. Except where atomics add: there the padding adds
+zeros to rows spread over the whole store (`spread`), since a hundred thousand
+atomic adds on the sink's one row would queue behind each other. Per unique id of the batch (N of them, padded):
 
     kind           read                                write
     own primary    local row                           row -= lr g; version += c
@@ -66,12 +68,19 @@ def request(store: RowStore, at: Located, exchange: FixedExchange) -> None:
     exchange.write_requests(at.owner, at.peer_slot, at.ids.uids_N, version)
 
 
+def spread(n: int, store: RowStore) -> torch.Tensor:
+    """n row indices spread over the store (sink included): where index_add_ is handed
+    zeros to add, so that they do not all wait on one row's atomics."""
+    return torch.arange(n, device=store.rows.device) % (store.sink + 1)
+
+
 def apply_pushes(store: RowStore, exchange: FixedExchange) -> None:
     """Owner: add every received push (deltas add up; version += count)."""
     ids, counts, delta = exchange.received_pushes()
-    slot = torch.where(ids >= 0, store.slot[ids.clamp(min=0)].long(), store.sink)
-    store.rows.index_add_(0, slot, delta)
-    store.version.index_add_(0, slot, torch.where(ids >= 0, counts, 0))
+    pushed = ids >= 0
+    slot = torch.where(pushed, store.slot[ids.clamp(min=0)].long(), spread(len(ids), store))
+    store.rows.index_add_(0, slot, torch.where(pushed.unsqueeze(1), delta, 0.0))
+    store.version.index_add_(0, slot, torch.where(pushed, counts, 0))
 
 
 def serve(store: RowStore, exchange: FixedExchange, bound: int, lag: torch.Tensor) -> None:
@@ -110,7 +119,7 @@ def write(store: RowStore, at: Located, delta_ND: torch.Tensor, bound: int, exch
     new_count = store.pending_count[at.pend] + counts
     due = at.mirror & (new_count > bound)
     keep = (at.mirror & ~due).unsqueeze(1)
-    target = torch.where(local, at.slot, store.sink)
+    target = torch.where(local, at.slot, spread(len(local), store))
     store.rows.index_add_(0, target, torch.where(local.unsqueeze(1), delta_ND, 0.0))
     store.version.index_add_(0, target, torch.where(at.own, counts, torch.where(due, new_count, 0)))
     pend_target = torch.where(at.mirror, at.pend, store.num_mirrors)
