@@ -57,13 +57,17 @@ def unique_ids(ids_N: torch.Tensor, num_ids: int) -> UniqueIds:
 def peer_slots(owner_N: torch.Tensor, remote_N: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(slot of each remote id in its owner's block, int64 [N]; remote ids per peer, int64 [P]).
 
-    A running count per owner: a cumsum over an [N, P] one-hot, fixed shapes
-    (P is a handful of workers, so N x P stays small next to the rows)."""
+    A running count per owner over a [P, N] one-hot, as ONE scan of its P N
+    elements (rows laid end to end, each row's count then taken relative to
+    the total before it): a cumsum along dim 0 of [N, P] runs a scan per
+    column, P threads walking N rows (20 ms on an H100 at N = 212,992)."""
     peers_P = torch.arange(world, device=owner_N.device)
-    onehot_NP = (remote_N.unsqueeze(1) & (owner_N.unsqueeze(1) == peers_P)).long()
-    running_NP = torch.cumsum(onehot_NP, 0)
-    slot_N = running_NP.gather(1, owner_N.clamp(0, world - 1).unsqueeze(1)).squeeze(1) - 1
-    return slot_N, running_NP[-1]
+    onehot_PN = (remote_N.unsqueeze(0) & (owner_N.unsqueeze(0) == peers_P.unsqueeze(1))).long()
+    running_PN = torch.cumsum(onehot_PN.reshape(-1), 0).reshape(world, -1)
+    before_P = torch.cat([running_PN.new_zeros(1), running_PN[:-1, -1]])
+    running_PN = running_PN - before_P.unsqueeze(1)
+    slot_N = running_PN.gather(0, owner_N.clamp(0, world - 1).unsqueeze(0)).squeeze(0) - 1
+    return slot_N, running_PN[:, -1]
 
 
 def remote_per_peer(ids_BF: torch.Tensor, owner_E: torch.Tensor, rank: int, world: int, num_ids: int) -> torch.Tensor:

@@ -82,19 +82,35 @@ class FixedExchange:
         self.send_a[:, :, PUSH_ID].fill_(-1)
 
     def write_requests(self, peer_N: torch.Tensor, slot_N: torch.Tensor, ids_N: torch.Tensor, version_N: torch.Tensor) -> None:
-        """Requests at (peer, slot); slot == C is the dump row, reset to padding after."""
+        """Requests at (peer, slot); slot == C (the dump row) sends nothing."""
         words_N2 = version_N.to(torch.int64).unsqueeze(1).view(WORD)
         record = torch.cat([words_N2, ids_N.to(WORD).unsqueeze(1)], dim=1)
-        self.send_a[:, :, REQ_VERSION : REQ_ID + 1].index_put_((peer_N, slot_N), record)
-        self.send_a[:, self.capacity, REQ_ID].fill_(-1)
+        padding = torch.tensor([[MUST_FETCH, MUST_FETCH, -1]], dtype=WORD, device=record.device)
+        self._place(REQ_VERSION, REQ_ID + 1, peer_N, slot_N, record, padding)
 
     def write_pushes(self, peer_N: torch.Tensor, slot_N: torch.Tensor, ids_N: torch.Tensor,
                      counts_N: torch.Tensor, delta_ND: torch.Tensor) -> None:
-        """Pushes at (peer, slot) after clearing the last ones (id -1 marks slots without one)."""
-        self.clear_pushes()
+        """Pushes at (peer, slot), replacing the last ones (id -1 marks slots without one)."""
         record = torch.cat([ids_N.to(WORD).unsqueeze(1), counts_N.to(WORD).unsqueeze(1), delta_ND.float().view(WORD)], dim=1)
-        self.send_a[:, :, PUSH_ID : PUSH_DELTA + self.dim].index_put_((peer_N, slot_N), record)
-        self.send_a[:, self.capacity, PUSH_ID].fill_(-1)
+        padding = torch.zeros(1, record.shape[1], dtype=WORD, device=record.device)
+        padding[0, 0] = -1
+        self._place(PUSH_ID, PUSH_DELTA + self.dim, peer_N, slot_N, record, padding)
+
+    def _place(self, first: int, stop: int, peer_N: torch.Tensor, slot_N: torch.Tensor,
+               record_NW: torch.Tensor, padding_1W: torch.Tensor) -> None:
+        """Words first:stop of every slot of send_a: the record whose (peer, slot) it is, or padding.
+
+        Scatter the records' indices, then gather the records: a scatter of whole records sent
+        the ids without a slot (most of the batch) to the dump rows, and on a GPU writes that
+        pile onto one row queue behind each other (0.86 ms a call, batch 8192, d = 128). Here
+        each of those indices lands in its own spare cell past the blocks instead."""
+        n, blocks = len(record_NW), self.send_a.shape[0] * self.send_a.shape[1]
+        spare_N = blocks + torch.arange(n, device=record_NW.device)
+        dest_N = torch.where(slot_N < self.capacity, peer_N * (self.capacity + 1) + slot_N, spare_N)
+        source = torch.full((blocks + n,), n, dtype=torch.int64, device=record_NW.device)
+        source[dest_N] = torch.arange(n, device=record_NW.device)
+        rows = torch.cat([record_NW, padding_1W])[source[:blocks]]
+        self.send_a.view(blocks, -1)[:, first:stop] = rows
 
     # ---- the rounds ----
 

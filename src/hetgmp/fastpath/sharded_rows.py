@@ -64,7 +64,6 @@ def locate(store: RowStore, ids_N: torch.Tensor, rank: int, world: int, capacity
 def request(store: RowStore, at: Located, exchange: FixedExchange) -> None:
     """This step's requests: (id, local version or MUST_FETCH) at each remote id's slot."""
     version = torch.where(at.mirror, store.version[at.slot.clamp(min=0)], MUST_FETCH)
-    exchange.clear_requests()
     exchange.write_requests(at.owner, at.peer_slot, at.ids.uids_N, version)
 
 
