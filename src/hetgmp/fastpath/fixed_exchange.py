@@ -85,15 +85,14 @@ class FixedExchange:
         """Requests at (peer, slot); slot == C (the dump row) sends nothing."""
         words_N2 = version_N.to(torch.int64).unsqueeze(1).view(WORD)
         record = torch.cat([words_N2, ids_N.to(WORD).unsqueeze(1)], dim=1)
-        padding = torch.tensor([[MUST_FETCH, MUST_FETCH, -1]], dtype=WORD, device=record.device)
+        padding = record.new_full((1, 3), -1)  # version MUST_FETCH (-1 in both words), id -1
         self._place(REQ_VERSION, REQ_ID + 1, peer_N, slot_N, record, padding)
 
     def write_pushes(self, peer_N: torch.Tensor, slot_N: torch.Tensor, ids_N: torch.Tensor,
                      counts_N: torch.Tensor, delta_ND: torch.Tensor) -> None:
         """Pushes at (peer, slot), replacing the last ones (id -1 marks slots without one)."""
         record = torch.cat([ids_N.to(WORD).unsqueeze(1), counts_N.to(WORD).unsqueeze(1), delta_ND.float().view(WORD)], dim=1)
-        padding = torch.zeros(1, record.shape[1], dtype=WORD, device=record.device)
-        padding[0, 0] = -1
+        padding = torch.cat([record.new_full((1, 1), -1), record.new_zeros((1, record.shape[1] - 1))], dim=1)  # id -1
         self._place(PUSH_ID, PUSH_DELTA + self.dim, peer_N, slot_N, record, padding)
 
     def _place(self, first: int, stop: int, peer_N: torch.Tensor, slot_N: torch.Tensor,
