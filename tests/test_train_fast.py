@@ -107,7 +107,7 @@ def test_cli_picks_the_fast_step_and_matches_the_general_auc(data, tmp_path, cap
 def test_the_start_up_line_names_the_step_and_why(data, tmp_path, capsys):
     base = ["train", "--data", str(data), "--batch-size", "100", "--iter", "1", "--device", "cpu", "--no-progress"]
     assert main(base) == 0
-    assert "; step fast (--step auto, one worker; eager on cpu, sparse update 'torch')" in capsys.readouterr().out
+    assert "; step fast (--step auto, one worker; eager on cpu, sparse update 'torch', next batch drawn and sorted a step ahead)" in capsys.readouterr().out
     assert main([*base, "--optimizer", "adagrad"]) == 0
     assert "step general (the fast step cannot run with --optimizer adagrad: the fast step's dense optimizers are sgd and adam)" in capsys.readouterr().out
     assert main([*base, "--skip-nonfinite"]) == 0

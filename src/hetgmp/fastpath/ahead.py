@@ -15,9 +15,10 @@ graph (the two share one memory pool and are replayed alternately):
     step 1  (graph B)   train on slot 1    draw + sort batch 2 into slot 0
     step 2  (graph A)   ...
 
-Slot 0 is filled eagerly before the first step. The source is therefore
-called one batch ahead of training: after step t it has produced t + 2
-batches. The next batch is drawn after everything queued before the step
+Slot 0 is filled eagerly before the first step (`start`, which a caller may
+call itself, to set up what the source reads for the second batch between
+the two). The source is therefore called one batch ahead of training: after
+step t it has produced t + 2 batches. The next batch is drawn after everything queued before the step
 (it waits for the current stream), so a source that reads state the step
 writes reads it as of the step's start.
 """
@@ -56,11 +57,19 @@ class SortAhead:
         self._slots: list[BatchSlot] | None = None
         self._parity = 0
 
-    def step(self) -> torch.Tensor:
-        """Train on the batch drawn last step; draw and sort the next one."""
+    @property
+    def started(self) -> bool:
+        return self._slots is not None
+
+    def start(self) -> None:
+        """Draw and sort the first batch (once; `step` does it itself if need be)."""
         if self._slots is None:
             first = self._new_slot()
             self._slots = [first, BatchSlot(*(torch.empty_like(t) for t in vars(first).values()))]
+
+    def step(self) -> torch.Tensor:
+        """Train on the batch drawn last step; draw and sort the next one."""
+        self.start()
         parity, self._parity = self._parity, self._parity ^ 1
         return self.fast.replay(("sort_ahead", parity), lambda: self._train(parity))
 

@@ -253,8 +253,10 @@ class FastStep:
         self._graphs: dict[object, torch.cuda.CUDAGraph] = {}
         self._losses: dict[object, torch.Tensor] = {}
         self._ahead: SortAhead | None = None
-        self.correct: torch.Tensor | None = None
-        self.skipped: torch.Tensor | None = None  # skip_nonfinite: 1.0 if the last step was skipped
+        # Device scalars each step writes in place (graphs of several keys write the same ones):
+        # accuracy: the samples whose logit sign matched the label; skip_nonfinite: 1.0 if skipped.
+        self.correct = torch.zeros((), dtype=torch.int64, device=self.device) if cfg.accuracy else None
+        self.skipped = torch.zeros((), dtype=torch.float32, device=self.device) if cfg.skip_nonfinite else None
         # Called at the end of every step with (loss, correct) device tensors, inside the
         # graph when captured: a trainer records them there instead of launching a copy
         # between replays. Set it before the first step.
@@ -274,10 +276,16 @@ class FastStep:
         if self.source is None:
             raise HetGMPError("step_from_source() needs a FastStep built with a source")
         if self.cfg.sort_ahead:
-            if self._ahead is None:
-                self._ahead = SortAhead(self)
-            return self._ahead.step()
+            return self.sort_ahead().step()
         return self.replay("source", lambda: self._train(*self.source()))
+
+    def sort_ahead(self) -> SortAhead:
+        """The batch slots of `sort_ahead` (its `start()` draws the first batch)."""
+        if not self.cfg.sort_ahead or self.source is None:
+            raise HetGMPError("sort_ahead() needs FastStepConfig(sort_ahead=True) and a source")
+        if self._ahead is None:
+            self._ahead = SortAhead(self)
+        return self._ahead
 
     def replay(self, key: object, train: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Run `train` (one step, returning its loss): eagerly off CUDA graphs; else warm up
@@ -359,7 +367,7 @@ class FastStep:
                 logits_B = self._head(dense_out, emb_BFD) if self._split else self._forward(dense_BI, emb_BFD)
             loss = F.binary_cross_entropy_with_logits(logits_B.float(), labels_B.float())
             if self.cfg.accuracy:
-                self.correct = ((logits_B.detach() > 0) == (labels_B > 0.5)).sum()
+                self.correct.copy_(((logits_B.detach() > 0) == (labels_B > 0.5)).sum())
             self.optimizer.zero_grad(set_to_none=True)
             # The update needs every gradient first only to skip a non-finite step.
             early = self.cfg.overlap and not self.cfg.skip_nonfinite
@@ -413,9 +421,9 @@ class FastStep:
         bad = ~torch.isfinite(nan_unless_finite(loss, [grad_ND, *dense_grads]))
         for g in dense_grads:
             g.masked_fill_(bad, 0.0)
-        self.skipped = bad.to(torch.float32)
+        self.skipped.copy_(bad.reshape(()))
         if self.optimizer.defaults.get("fused"):
-            self.optimizer.found_inf = self.skipped.reshape(())
+            self.optimizer.found_inf = self.skipped
         return loss.masked_fill(bad, 0.0), grad_ND.masked_fill(bad, 0.0)
 
     def _gather(self, ids_N: torch.Tensor, order: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:

@@ -178,6 +178,11 @@ class BatchStream:
         """Batch `step` written into existing (dense, ids, labels) tensors (a captured step's inputs)."""
         self.rows.take_into(self.indices(step), out)
 
+    @property
+    def epochs(self) -> int | None:
+        """Epochs the run reaches, None if unknown."""
+        return self._orders.epochs
+
     def order(self, epoch: int) -> torch.Tensor:
         """Epoch `epoch`'s permutation of the rows, on the rows' device (epochs are asked for in order)."""
         if epoch != self._epoch:

@@ -81,9 +81,11 @@ class EpochCursor:
         self.epoch = -1
 
     def seek(self, step: int) -> None:
-        """Before training batch `step`: at an epoch change, copy its permutation in and set the cursor."""
+        """Before drawing batch `step`: at an epoch change, copy its permutation in and set the
+        cursor. Past the run's last epoch nothing changes (a batch drawn ahead there is never
+        trained, and drawing that epoch's order would cost a randperm for nothing)."""
         epoch, i = divmod(step, self.stream.steps_per_epoch)
-        if epoch != self.epoch:
+        if epoch != self.epoch and (self.stream.epochs is None or epoch < self.stream.epochs):
             self.perm.copy_(self.stream.order(epoch))
             self.cursor.fill_(i * self.stream.batch_size)
             self.epoch = epoch
@@ -99,22 +101,26 @@ def build_fast_step(cfg: TrainConfig, model: nn.Module, emb: LocalEmbedding, str
     """FastStep over `emb`'s tensors and `model`, with the run's optimizers and learning rates;
     it draws its batches itself (an EpochCursor) when the rows are on its device."""
     device = emb.device
+    source = EpochCursor(stream) if stream.rows.labels.device == device else None
     fast_cfg = FastStepConfig(
         lr=cfg.sparse_lr, dense_lr=cfg.lr, dense_optimizer=cfg.optimizer, sparse_optimizer=cfg.sparse_optimizer,
         adagrad_eps=emb.config.adagrad_eps, amp=cfg.amp, compile=cfg.compile, accuracy=True, flag_nonfinite=True,
         skip_nonfinite=cfg.skip_nonfinite,
+        # Both reorder the step's work, not its arithmetic (see FastStepConfig); drawing and
+        # sorting one batch ahead needs the batches drawn on the device.
+        overlap=True, sort_ahead=source is not None,
         # Triton runs on a CPU only under its test interpreter: plain torch there.
         kernel="auto" if device.type == "cuda" else "torch",
     )
-    source = EpochCursor(stream) if stream.rows.labels.device == device else None
     return FastStep(model, emb.table, fast_cfg, acc_E=emb.acc, versions_E=emb.version, source=source)
 
 
 def describe_fast_step(fast: FastStep) -> str:
     """How the fast step runs, for the start-up line."""
+    ahead = ", next batch drawn and sorted a step ahead" if fast.cfg.sort_ahead else ""
     if fast.use_graph:
-        return f"one CUDA graph per step after {fast.cfg.warmup_steps} warm-up steps, sparse update '{fast.kernel}'"
-    return f"eager on {fast.device.type}, sparse update '{fast.kernel}'"
+        return f"one CUDA graph per step after {fast.cfg.warmup_steps} warm-up steps, sparse update '{fast.kernel}'{ahead}"
+    return f"eager on {fast.device.type}, sparse update '{fast.kernel}'{ahead}"
 
 
 class FastSteps:
@@ -131,7 +137,10 @@ class FastSteps:
         """Train batch `step`; its loss (NaN for a step whose gradients were not finite,
         `flag_nonfinite`) and correct count go to the window."""
         if self.cursor is not None:
-            self.cursor.seek(step)
+            if self.fast.cfg.sort_ahead:
+                self._seek_ahead(step)
+            else:
+                self.cursor.seek(step)
             self.fast.step_from_source()
         elif self._inputs is None:
             batch = self.stream.batch(step)
@@ -141,6 +150,15 @@ class FastSteps:
         else:
             self.stream.batch_into(step, self._inputs)
             self.fast.step(*self._inputs)
+
+    def _seek_ahead(self, step: int) -> None:
+        """sort_ahead: the step trains batch `step`, drawn during the last one (or now, on the
+        first call), and draws batch `step + 1`: the cursor is set for that one."""
+        ahead = self.fast.sort_ahead()
+        if not ahead.started:
+            self.cursor.seek(step)
+            ahead.start()
+        self.cursor.seek(step + 1)
 
     def counters(self) -> dict[str, int]:
         return ONE_WORKER_TRAFFIC
