@@ -141,12 +141,12 @@ def test_graph_input_buffers_take_int32_ids_and_fixed_shapes():
     # The capture itself needs CUDA; the buffer protocol around it does not.
     fast = FastStep(build_model("wdl", FIELDS, DENSE, 4), torch.zeros(ROWS, 4), FastStepConfig(kernel="torch"))
     first, second = _batches(2)
-    buffers = fast._load(*first)
+    buffers = fast._inputs.load(*first)
     assert buffers[1].dtype == torch.int32 and torch.equal(buffers[1], first[1].int())
-    assert fast._load(*second) is buffers and torch.equal(buffers[0], second[0])
-    assert fast._load(*buffers) is buffers
+    assert fast._inputs.load(*second) is buffers and torch.equal(buffers[0], second[0])
+    assert fast._inputs.load(*buffers) is buffers and fast.input_buffers() is buffers
     with pytest.raises(HetGMPError, match="fixed shapes"):
-        fast._load(second[0][:3], second[1][:3], second[2][:3])
+        fast._inputs.load(second[0][:3], second[1][:3], second[2][:3])
 
 
 def test_gpu_benchmark_runs_its_code_path_on_cpu(tmp_path):

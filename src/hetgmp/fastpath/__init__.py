@@ -1,13 +1,17 @@
-"""The single-GPU fast path: one fixed-shape training step, CUDA-graph captured.
+"""The fast path: fixed-shape training steps, CUDA-graph captured.
 
     fast = FastStep(model, table_ED, FastStepConfig(lr=0.01, dense_lr=0.01))
     loss = fast.step(dense_BI, ids_BF, labels_B)
 
+`FastStep` trains one worker's whole table; `ShardedFastStep` a table split
+over workers (fixed-capacity exchanges, the whole step one graph, SGD).
 `ReferenceStep` trains the same way with plain autograd; tests and the GPU
 benchmark hold `FastStep` to it.
 """
 
 from hetgmp.fastpath.reference import ReferenceStep
+from hetgmp.fastpath.sharded_step import ShardedFastStep, ShardedStepConfig
 from hetgmp.fastpath.step import AMP_MODES, DENSE_OPTIMIZERS, SPARSE_OPTIMIZERS, FastStep, FastStepConfig
 
-__all__ = ["AMP_MODES", "DENSE_OPTIMIZERS", "SPARSE_OPTIMIZERS", "FastStep", "FastStepConfig", "ReferenceStep"]
+__all__ = ["AMP_MODES", "DENSE_OPTIMIZERS", "SPARSE_OPTIMIZERS", "FastStep", "FastStepConfig", "ReferenceStep",
+           "ShardedFastStep", "ShardedStepConfig"]

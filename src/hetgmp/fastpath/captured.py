@@ -24,9 +24,7 @@ from typing import Callable
 
 import torch
 
-from hetgmp.errors import HetGMPError
-
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+from hetgmp.fastpath.inputs import Batch, InputBuffers
 
 
 class CapturedStep:
@@ -34,7 +32,7 @@ class CapturedStep:
                  warmup_steps: int, narrow_ids: bool) -> None:
         self.train_fn, self.device, self.use_graph = train_fn, device, use_graph
         self.warmup_steps, self.narrow_ids = warmup_steps, narrow_ids
-        self._inputs: Batch | None = None
+        self._inputs = InputBuffers(device, narrow_ids)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._out: torch.Tensor | None = None
         self._warm = 0
@@ -42,7 +40,7 @@ class CapturedStep:
     def __call__(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
         if not self.use_graph:
             return self.train_fn(dense_BI, ids_BF, labels_B)
-        inputs = self._load(dense_BI, ids_BF, labels_B)
+        inputs = self._inputs.load(dense_BI, ids_BF, labels_B)
         if self._graph is None:
             if self._warm < self.warmup_steps:
                 self._warm += 1
@@ -57,22 +55,7 @@ class CapturedStep:
 
     def input_buffers(self) -> Batch:
         """The graph's (dense_BI, ids_BF, labels_B) buffers, after the first call."""
-        if self._inputs is None:
-            raise HetGMPError("input buffers exist only for a CUDA-graph step, after its first step() call: call step() once with a real batch")
-        return self._inputs
-
-    def _load(self, *batch: torch.Tensor) -> Batch:
-        if self._inputs is None:
-            dense_BI, ids_BF, labels_B = (t.detach() for t in batch)
-            ids_BF = ids_BF.to(device=self.device, dtype=torch.int32 if self.narrow_ids else ids_BF.dtype, copy=True)
-            self._inputs = (dense_BI.to(self.device, copy=True), ids_BF, labels_B.to(self.device, copy=True))
-            return self._inputs
-        for buf, t in zip(self._inputs, batch):
-            if t is not buf:
-                if t.shape != buf.shape:
-                    raise HetGMPError(f"a captured step needs fixed shapes: got {tuple(t.shape)}, captured {tuple(buf.shape)}; pad the last batch or drop it")
-                buf.copy_(t, non_blocking=True)
-        return self._inputs
+        return self._inputs.get()
 
     def _on_side_stream(self, inputs: Batch) -> torch.Tensor:
         side = torch.cuda.Stream(self.device)

@@ -51,6 +51,7 @@ from hetgmp.embedding.config import OPTIMIZERS as EMBEDDING_OPTIMIZERS
 from hetgmp.errors import HetGMPError
 from hetgmp.kernels import DEFAULT_EPS, new_scratch, resolve_backend, sparse_update
 from hetgmp.fastpath.ahead import SortAhead
+from hetgmp.fastpath.inputs import InputBuffers
 from hetgmp.kernels.gather import SortedIds, gather_rows, sort_ids
 
 DENSE_OPTIMIZERS = ("sgd", "adam")
@@ -249,7 +250,7 @@ class FastStep:
             raise HetGMPError("the 'reference' sparse update syncs with the host and cannot be captured: use kernel 'triton' or 'torch', or cuda_graph=False")
         self.optimizer = dense_optimizer(list(model.parameters()), cfg, self.device)
         self._scratch: torch.Tensor | None = None
-        self._inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._inputs = InputBuffers(self.device, narrow_ids=len(table_ED) <= torch.iinfo(torch.int32).max)
         self._graphs: dict[object, torch.cuda.CUDAGraph] = {}
         self._losses: dict[object, torch.Tensor] = {}
         self._ahead: SortAhead | None = None
@@ -267,7 +268,7 @@ class FastStep:
         """Train on one batch; returns the mean loss as a device tensor (no sync)."""
         if not self.use_graph:
             return self._train(dense_BI, ids_BF, labels_B)
-        inputs = self._load(dense_BI, ids_BF, labels_B)
+        inputs = self._inputs.load(dense_BI, ids_BF, labels_B)
         return self.replay("inputs", lambda: self._train(*inputs))
 
     def step_from_source(self) -> torch.Tensor:
@@ -305,25 +306,7 @@ class FastStep:
 
     def input_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The graph's (dense_BI, ids_BF, labels_B) buffers: a CUDA-graph step has them after its first call."""
-        if self._inputs is None:
-            raise HetGMPError("input buffers exist only for a CUDA-graph step, after its first step() call: call step() once with a real batch")
-        return self._inputs
-
-    def _load(self, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self._inputs is None:
-            dense_BI, ids_BF, labels_B = (t.detach() for t in batch)
-            # int32 ids (the copy converts): the gather takes them as they are and
-            # the sort in the sparse update needs half the radix passes.
-            narrow = len(self.table_ED) <= torch.iinfo(torch.int32).max
-            ids_BF = ids_BF.to(device=self.device, dtype=torch.int32 if narrow else ids_BF.dtype, copy=True)
-            self._inputs = (dense_BI.to(self.device, copy=True), ids_BF, labels_B.to(self.device, copy=True))
-            return self._inputs
-        for buf, t in zip(self._inputs, batch):
-            if t is not buf:
-                if t.shape != buf.shape:
-                    raise HetGMPError(f"a captured step needs fixed shapes: got {tuple(t.shape)}, captured {tuple(buf.shape)}; pad the last batch or drop it")
-                buf.copy_(t, non_blocking=True)
-        return self._inputs
+        return self._inputs.get()
 
     def _on_side_stream(self, train: Callable[[], torch.Tensor]) -> torch.Tensor:
         # Warm-up off the default stream, as capture will be (PyTorch's recipe).
