@@ -51,7 +51,7 @@ from hetgmp.distributed import init_distributed, shutdown  # noqa: E402
 from hetgmp.embedding import EmbeddingConfig, Placement  # noqa: E402
 from hetgmp.embedding.init import initial_rows  # noqa: E402
 from hetgmp.fastpath import FastStep, FastStepConfig  # noqa: E402
-from hetgmp.fastpath.capacity import find_capacity  # noqa: E402
+from hetgmp.fastpath.capacity import find_capacities  # noqa: E402
 from hetgmp.fastpath.sharded_step import ShardedFastStep, ShardedStepConfig  # noqa: E402
 from hetgmp.models import build_model  # noqa: E402
 
@@ -73,6 +73,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
     p.add_argument("--profile", action="store_true", help="rank 0 prints the kernels of 3 eager plan+bound steps first")
+    p.add_argument("--pad-to-batch", action="store_true",
+                   help="per-id passes over all B x F ids of the batch (no distinct capacity), for comparison")
     return p.parse_args()
 
 
@@ -151,29 +153,31 @@ def model(args, cards):
     return build_model("wdl", len(cards), NUM_DENSE, args.dim)
 
 
+def sharded_step(args, ctx, cards, batches, placement: Placement, bound: int, cuda_graph: bool = True) -> ShardedFastStep:
+    """The step with capacities measured on this run's batches (C; U unless --pad-to-batch)."""
+    owner_E = torch.as_tensor(placement.owner.astype(np.int64), device=ctx.device)
+    capacity, distinct = find_capacities([b[1] for b in batches], owner_E, ctx.rank, ctx.world_size)
+    table = EmbeddingConfig(sum(cards), args.dim, lr=LR, bound=bound)
+    cfg = ShardedStepConfig(capacity=capacity, distinct_capacity=None if args.pad_to_batch else distinct,
+                            dense_lr=LR, amp=args.amp, cuda_graph=cuda_graph)
+    return ShardedFastStep(model(args, cards).to(ctx.device), table, placement, ctx, cfg)
+
+
 def run_sharded(args, ctx, cards, batches, placement: Placement, bound: int) -> dict:
     reset_memory(ctx.device)
-    owner_E = torch.as_tensor(placement.owner.astype(np.int64), device=ctx.device)
-    capacity = find_capacity([b[1] for b in batches], owner_E, ctx.rank, ctx.world_size)
-    table = EmbeddingConfig(sum(cards), args.dim, lr=LR, bound=bound)
-    step = ShardedFastStep(model(args, cards).to(ctx.device), table, placement, ctx,
-                           ShardedStepConfig(capacity=capacity, dense_lr=LR, amp=args.amp))
+    step = sharded_step(args, ctx, cards, batches, placement, bound)
     seconds = timed(step.step, batches, args, ctx.device)
     step.check_overflow()
     fetched = step.rows_fetched.double() / step.steps  # every step's, warm-up included
     dist.all_reduce(fetched)
     return {"s": seconds, "fetched": fetched.item() / ctx.world_size, "bytes": step.bytes_per_step,
-            "mem": peak_memory(ctx.device), "C": capacity}
+            "mem": peak_memory(ctx.device), "C": step.cfg.capacity, "U": step.cfg.distinct_capacity or "-"}
 
 
 def profile_step(args, ctx, cards, batches, placement: Placement, bound: int) -> None:
     """Three eager steps (no graph: a replay hides its kernels) under torch.profiler; rank 0 prints
     the kernels by device time (CPU time off CUDA)."""
-    owner_E = torch.as_tensor(placement.owner.astype(np.int64), device=ctx.device)
-    capacity = find_capacity([b[1] for b in batches], owner_E, ctx.rank, ctx.world_size)
-    table = EmbeddingConfig(sum(cards), args.dim, lr=LR, bound=bound)
-    step = ShardedFastStep(model(args, cards).to(ctx.device), table, placement, ctx,
-                           ShardedStepConfig(capacity=capacity, dense_lr=LR, amp=args.amp, cuda_graph=False))
+    step = sharded_step(args, ctx, cards, batches, placement, bound, cuda_graph=False)
     for i in range(3):
         step.step(*batches[i % len(batches)])
     with torch.profiler.profile() as prof:
@@ -190,7 +194,7 @@ def run_one_gpu(args, ctx, cards, batches) -> dict:
     reset_memory(ctx.device)
     table = initial_rows(torch.arange(sum(cards)), EmbeddingConfig(sum(cards), args.dim), ctx.device)
     fast = FastStep(model(args, cards).to(ctx.device), table, FastStepConfig(lr=LR, dense_lr=LR, amp=args.amp))
-    return {"s": timed(fast.step, batches, args, ctx.device), "fetched": 0.0, "bytes": 0, "mem": peak_memory(ctx.device), "C": "-"}
+    return {"s": timed(fast.step, batches, args, ctx.device), "fetched": 0.0, "bytes": 0, "mem": peak_memory(ctx.device), "C": "-", "U": "-"}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -224,10 +228,10 @@ def report(args, ctx, cards, results: dict, cpu_s: float) -> None:
     card = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"
     print(f"\n{ctx.world_size} workers on {card}, torch {torch.__version__}, {datetime.date.today()}; "
           f"{sum(cards):,} ids, batch {args.batch}/worker, d {args.dim}, wdl, amp {args.amp}; rank 0 CPU {cpu_s:.1f} s\n")
-    print("| mode | C | samples/s per worker | ms/step | rows fetched/step | MB sent/step | peak GPU GiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| mode | C | U | samples/s per worker | ms/step | rows fetched/step | MB sent/step | peak GPU GiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['C']} | {args.batch / r['s'] / 1e6:.2f} M | {r['s'] * 1e3:.3f} | {r['fetched']:,.0f} | "
+        print(f"| {name} | {r['C']} | {r['U']} | {args.batch / r['s'] / 1e6:.2f} M | {r['s'] * 1e3:.3f} | {r['fetched']:,.0f} | "
               f"{r['bytes'] / 1e6:.2f} | {r['mem']:.2f} |")
 
 

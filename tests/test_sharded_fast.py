@@ -17,7 +17,7 @@ from hetgmp.embedding.init import initial_rows
 from hetgmp.embedding.reference import plan_like, skewed_batches
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath import FastStepConfig, ReferenceStep
-from hetgmp.fastpath.capacity import find_capacity, unique_ids
+from hetgmp.fastpath.capacity import find_capacities, unique_ids
 from hetgmp.fastpath.sharded_step import ShardedFastStep, ShardedStepConfig
 from hetgmp.models import build_model
 from workers import run_workers
@@ -47,12 +47,15 @@ def _local(arrays, rank):
     return [(torch.as_tensor(dense[t, rows]), torch.as_tensor(ids[t, rows]), torch.as_tensor(labels[t, rows])) for t in range(len(ids))]
 
 
-def _build(ctx, placement, bound, capacity=None, arrays=None, optimizer="sgd"):
+def _build(ctx, placement, bound, capacity=None, arrays=None, optimizer="sgd", distinct=None):
+    """The step with C and U measured on the worker's batches (rounded to 4: U < the batch's 64 ids)."""
     table = EmbeddingConfig(IDS, DIM, optimizer=optimizer, lr=LR, bound=bound, init_std=0.3)
     if capacity is None:
         owner = torch.as_tensor(placement.owner.astype(np.int64))
-        capacity = find_capacity([b[1] for b in _local(arrays, ctx.rank)], owner, ctx.rank, ctx.world_size, multiple=8)
-    return ShardedFastStep(_model(), table, placement, ctx, ShardedStepConfig(capacity=capacity, dense_lr=DENSE_LR))
+        capacity, distinct = find_capacities([b[1] for b in _local(arrays, ctx.rank)], owner, ctx.rank, ctx.world_size, multiple=4)
+        assert distinct < BATCH * FIELDS, "the per-id passes must be cut below the batch's ids, or U is not tested"
+    cfg = ShardedStepConfig(capacity=capacity, distinct_capacity=distinct, dense_lr=DENSE_LR)
+    return ShardedFastStep(_model(), table, placement, ctx, cfg)
 
 
 def _train_sharded(ctx, placement, bound, arrays):
@@ -168,6 +171,11 @@ def _bad_setup_worker(ctx, arrays):
         step.step(*batch)
     with pytest.raises(HetGMPError, match="dropped rows.*capacity >= 256"):
         step.check_overflow()
+    cut = _build(ctx, Placement.random(IDS, WORLD, seed=4), 0, capacity=64, distinct=8)  # C fits, U does not
+    for batch in _local(arrays, ctx.rank):
+        cut.step(*batch)
+    with pytest.raises(HetGMPError, match=r"dropped rows.*distinct_capacity=8\).*distinct_capacity >= 256"):
+        cut.check_overflow()
     with pytest.raises(HetGMPError, match="rowwise_adagrad"):
         _build(ctx, Placement.random(IDS, WORLD, seed=4), 0, capacity=64, optimizer="rowwise_adagrad")
     return True

@@ -11,8 +11,10 @@ gets its slot in that peer's block from a running count per owner:
     inverse_N = [3, 1, 3, 0, 2]    (ids_N == uids_N[inverse_N])
     remote    = [T, F, T, T, F]    peer slot = [0, -, 1, 2, -]   per peer = [0, 3]
 
-C must hold the largest per-peer count of any step on any worker:
-`find_capacity` measures it over the batches a run will train on.
+C must hold the largest per-peer count of any step on any worker, and U
+(the per-id tensors' length, if cut: `UniqueIds.first`) its largest count of
+distinct ids: `find_capacities` measures both over the batches a run will
+train on.
 """
 
 from __future__ import annotations
@@ -39,6 +41,17 @@ class UniqueIds:
     inverse_N: torch.Tensor  # int64 [N]: position of each batch id among uids_N
     order: tuple[torch.Tensor, torch.Tensor]  # (inverse_N sorted, the sort's permutation): the
                                               # fused update's sort, shared (kernels.gather)
+    distinct: torch.Tensor   # int64 [1]: how many distinct ids the batch holds
+
+    def first(self, k: int) -> UniqueIds:
+        """The first k distinct ids (a batch holds far fewer distinct ids than ids: every per-id
+        pass then works on k rows, not N). The per-id tensors are cut to k; were there more,
+        the batch positions of the others point at slot k - 1 (wrong rows: the step flags it)."""
+        if k >= len(self.uids_N):
+            return self
+        last = k - 1
+        inverse_N, (sorted_N, perm_N) = self.inverse_N.clamp(max=last), self.order
+        return UniqueIds(self.uids_N[:k], self.valid_N[:k], self.counts_N[:k], inverse_N, (sorted_N.clamp(max=last), perm_N), self.distinct)
 
 
 def unique_ids(ids_N: torch.Tensor, num_ids: int) -> UniqueIds:
@@ -51,7 +64,7 @@ def unique_ids(ids_N: torch.Tensor, num_ids: int) -> UniqueIds:
     positions_N = torch.arange(len(seg_N), device=seg_N.device)
     counts_N = torch.searchsorted(seg_N, positions_N, right=True) - torch.searchsorted(seg_N, positions_N)
     inverse_N = torch.empty_like(seg_N).scatter_(0, perm_N.long(), seg_N)
-    return UniqueIds(uids_N, valid_N, counts_N, inverse_N, (seg_N, perm_N))
+    return UniqueIds(uids_N, valid_N, counts_N, inverse_N, (seg_N, perm_N), seg_N[-1:] + 1)
 
 
 def peer_slots(owner_N: torch.Tensor, remote_N: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,12 +83,14 @@ def peer_slots(owner_N: torch.Tensor, remote_N: torch.Tensor, world: int) -> tup
     return slot_N, running_PN[:, -1]
 
 
-def remote_per_peer(ids_BF: torch.Tensor, owner_E: torch.Tensor, rank: int, world: int, num_ids: int) -> torch.Tensor:
-    """int64 [P]: distinct ids of the batch owned by each other worker (0 for `rank` itself)."""
+def remote_per_peer(ids_BF: torch.Tensor, owner_E: torch.Tensor, rank: int, world: int, num_ids: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int64 [P]: distinct ids of the batch owned by each other worker (0 for `rank` itself),
+    int64 [1]: distinct ids of the batch)."""
     u = unique_ids(ids_BF.reshape(-1), num_ids)
     owner_N = owner_E[u.uids_N].long()
     remote_N = u.valid_N & (owner_N != rank)
-    return (remote_N.unsqueeze(1) & (owner_N.unsqueeze(1) == torch.arange(world, device=owner_N.device))).sum(0)
+    per_peer = (remote_N.unsqueeze(1) & (owner_N.unsqueeze(1) == torch.arange(world, device=owner_N.device))).sum(0)
+    return per_peer, u.distinct
 
 
 def round_up(count: int, multiple: int = CAPACITY_MULTIPLE) -> int:
@@ -83,16 +98,19 @@ def round_up(count: int, multiple: int = CAPACITY_MULTIPLE) -> int:
     return max(multiple, -(-count // multiple) * multiple)
 
 
-def find_capacity(batches: Iterable[torch.Tensor], owner_E: torch.Tensor, rank: int, world: int,
-                  multiple: int = CAPACITY_MULTIPLE, group: dist.ProcessGroup | None = None) -> int:
-    """C for the sharded fast step: the largest per-peer count of distinct remote ids over this
-    worker's `batches` (ids_BF each, on the device), maxed over workers, rounded up to `multiple`.
+def find_capacities(batches: Iterable[torch.Tensor], owner_E: torch.Tensor, rank: int, world: int,
+                    multiple: int = CAPACITY_MULTIPLE, group: dist.ProcessGroup | None = None) -> tuple[int, int]:
+    """(C, U) for the sharded fast step, over this worker's `batches` (ids_BF each, on the device),
+    maxed over workers, rounded up to `multiple`: C the largest per-peer count of distinct remote
+    ids in a batch, U the largest count of distinct ids in a batch.
 
     Device work per batch, one host read at the end; a collective when world > 1
-    (every worker must pass its own batches and get the same C)."""
-    most = torch.zeros((), dtype=torch.int64, device=owner_E.device)
+    (every worker must pass its own batches and get the same C and U)."""
+    most = torch.zeros(2, dtype=torch.int64, device=owner_E.device)
     for ids_BF in batches:
-        most = torch.maximum(most, remote_per_peer(ids_BF.to(owner_E.device), owner_E, rank, world, len(owner_E)).max())
+        per_peer, distinct = remote_per_peer(ids_BF.to(owner_E.device), owner_E, rank, world, len(owner_E))
+        most = torch.maximum(most, torch.cat([per_peer.max().reshape(1), distinct]))
     if world > 1:
         dist.all_reduce(most, op=dist.ReduceOp.MAX, group=group)
-    return round_up(int(most.item()), multiple)
+    peer, distinct = most.tolist()
+    return round_up(peer, multiple), round_up(distinct, multiple)

@@ -49,8 +49,12 @@ class Located:
     per_peer: torch.Tensor   # int64 [P] remote ids per peer
 
 
-def locate(store: RowStore, ids_N: torch.Tensor, rank: int, world: int, capacity: int, num_ids: int) -> Located:
+def locate(store: RowStore, ids_N: torch.Tensor, rank: int, world: int, capacity: int, num_ids: int,
+           distinct_capacity: int | None = None) -> Located:
+    """Where the batch's distinct ids live (the first `distinct_capacity` of them, if given)."""
     u = unique_ids(ids_N, num_ids)
+    if distinct_capacity is not None:
+        u = u.first(distinct_capacity)
     owner, slot = store.locate(u.uids_N)
     own = u.valid_N & (owner == rank)
     mirror = u.valid_N & ~own & (slot >= 0)

@@ -1,7 +1,8 @@
 """The multi-worker fast step: a sharded table with fixed shapes, one CUDA graph per step.
 
+    C, U = find_capacities([ids_BF for _, ids_BF, _ in batches], owner_E, rank, P)
     step = ShardedFastStep(model, EmbeddingConfig(E, D, lr=0.01, bound=0), placement, ctx,
-                           ShardedStepConfig(capacity=find_capacity(batches, owner_E, rank, P)))
+                           ShardedStepConfig(capacity=C, distinct_capacity=U))
     for dense_BI, ids_BF, labels_B in batches:
         loss = step.step(dense_BI, ids_BF, labels_B)   # a device tensor; no host sync
     step.check_overflow(); step.flush(); table_ED = step.gather_table()
@@ -36,7 +37,8 @@ over the id's occurrences in the worker's batch); dense optimizer: SGD.
 Capacity: a step whose worker reads more than C distinct ids owned by one
 peer drops the excess rows; the step counts such steps on the device and
 `check_overflow()` (a collective: call it at log points and at the end)
-raises HetGMPError. `capacity.find_capacity` measures C on the run's batches.
+raises HetGMPError. `capacity.find_capacities` measures C (and U, the most
+distinct ids in a batch, the length of every per-id pass) on the run's batches.
 
 On CUDA with cuda_graph=True, the first warmup_steps steps run eagerly on a
 side stream (NCCL communicators come up there), the next is captured, collectives
@@ -71,6 +73,10 @@ class ShardedStepConfig:
     """How the sharded fast step trains (the table's own settings are its EmbeddingConfig).
 
     capacity: C, rows per peer and round (every worker must pass the same C).
+    distinct_capacity: U, the most distinct ids a batch may hold (None: the
+        batch's N ids). Every per-id pass of the step (rows, deltas, mirrors'
+        pending deltas, pushes) works on U rows instead of N: a Criteo batch
+        of 8192 x 26 ids holds about 78,000 distinct ones.
     dense_lr: learning rate of the dense weights (SGD).
     dense_optimizer: "sgd" only.
     amp: "none" or "bf16" (autocast for the model's forward).
@@ -82,6 +88,7 @@ class ShardedStepConfig:
     """
 
     capacity: int
+    distinct_capacity: int | None = None
     dense_lr: float = 0.01
     dense_optimizer: str = "sgd"
     amp: str = "none"
@@ -101,7 +108,9 @@ class ShardedStepConfig:
         if self.amp not in AMP_MODES:
             bad.append(f"amp={self.amp!r} (choose {', '.join(AMP_MODES)})")
         if self.capacity < 1:
-            bad.append(f"capacity={self.capacity} (at least 1; capacity.find_capacity measures it)")
+            bad.append(f"capacity={self.capacity} (at least 1; capacity.find_capacities measures it)")
+        if self.distinct_capacity is not None and self.distinct_capacity < 1:
+            bad.append(f"distinct_capacity={self.distinct_capacity} (at least 1, or None; capacity.find_capacities measures it)")
         if self.warmup_steps < 1:
             bad.append(f"warmup_steps={self.warmup_steps} (at least 1: communicators start before the capture)")
         if self.kernel == "reference":
@@ -137,7 +146,7 @@ class ShardedFastStep:
         zeros = lambda n: torch.zeros(n, dtype=torch.int64, device=ctx.device)  # noqa: E731
         self.rows_fetched, self.rows_pushed = zeros(()), zeros(())
         self._lag = zeros(2)            # (max lag of a fresh read served, fresh reads served with lag > 0)
-        self._overflow = zeros(2)       # (steps that dropped rows, most ids one peer was asked for in a step)
+        self._overflow = zeros(3)       # (steps that dropped rows, most ids one peer was asked for, most distinct ids)
         self.steps = 0
         allreduce_bytes = 2 * (self.world - 1) * self.flat_grad.numel() * 4 // self.world
         self.bytes_per_step = self.exchange.bytes_to_others() + allreduce_bytes
@@ -176,9 +185,11 @@ class ShardedFastStep:
         """Both rounds; (emb_BFD leaf, where the batch's ids live)."""
         B, nf = ids_BF.shape
         s, ex = self.store, self.exchange
-        at = locate(s, ids_BF.reshape(-1), self.rank, self.world, self.cfg.capacity, self.table.num_ids)
-        self._overflow[0] += (at.per_peer > self.cfg.capacity).any()
+        at = locate(s, ids_BF.reshape(-1), self.rank, self.world, self.cfg.capacity, self.table.num_ids, self.cfg.distinct_capacity)
+        distinct_cap = self.cfg.distinct_capacity or len(at.ids.inverse_N)
+        self._overflow[0] += ((at.per_peer > self.cfg.capacity).any() | (at.ids.distinct > distinct_cap).any()).long()
         self._overflow[1] = torch.maximum(self._overflow[1], at.per_peer.max())
+        self._overflow[2] = torch.maximum(self._overflow[2], at.ids.distinct.max())
         request(s, at, ex)
         ex.round_a()
         apply_pushes(s, ex)
@@ -189,11 +200,11 @@ class ShardedFastStep:
         return rows_ND[at.ids.inverse_N].view(B, nf, -1).requires_grad_(), at
 
     def _deltas(self, grad_BFD: torch.Tensor, at) -> torch.Tensor:
-        """-lr x the gradient summed per unique id, [N, D]: the fused SGD kernel applied to a zeroed
-        [N, D] "table" indexed by the ids' positions among the uniques, reusing the batch's sort
-        (no atomics on hot rows, unlike index_add_)."""
+        """-lr x the gradient summed per distinct id, [U, D]: the fused SGD kernel applied to a zeroed
+        [U, D] "table" indexed by the ids' positions among the distinct ones, reusing the batch's
+        sort (no atomics on hot rows, unlike index_add_)."""
         grad_ND = grad_BFD.reshape(-1, self.table.dim).float().contiguous()
-        delta_ND = torch.zeros_like(grad_ND)
+        delta_ND = grad_ND.new_zeros(len(at.ids.uids_N), self.table.dim)
         sparse_update(delta_ND, at.ids.inverse_N, grad_ND, self.table.lr, backend=self.kernel, order=at.ids.order)
         return delta_ND
 
@@ -209,16 +220,17 @@ class ShardedFastStep:
     # ---- between steps (collectives, eager, may sync) ----
 
     def check_overflow(self) -> None:
-        """Raise HetGMPError on every worker if any worker's step dropped rows (capacity too small)."""
+        """Raise HetGMPError on every worker if any worker's step dropped rows (a capacity too small)."""
         seen = self._overflow.clone()
         dist.all_reduce(seen, op=dist.ReduceOp.MAX, group=self.group)
-        steps, most = seen.tolist()
+        steps, most_per_peer, most_distinct = seen.tolist()
         if steps:
             raise HetGMPError(
-                f"the sharded fast step dropped rows in {steps} step(s): a worker read {most} distinct ids owned by one "
-                f"peer in one step, more than the capacity C={self.cfg.capacity} rows per peer, so those steps trained "
-                f"on wrong rows. Build ShardedStepConfig with capacity >= {round_up(most)} "
-                "(hetgmp.fastpath.capacity.find_capacity measures it on the run's batches)"
+                f"the sharded fast step dropped rows in {steps} step(s), which trained on wrong rows: a worker read "
+                f"{most_per_peer} distinct ids owned by one peer in one step (capacity C={self.cfg.capacity} rows per peer) "
+                f"and {most_distinct} distinct ids in one batch (distinct_capacity={self.cfg.distinct_capacity}). "
+                f"Build ShardedStepConfig with capacity >= {round_up(most_per_peer)} and distinct_capacity >= "
+                f"{round_up(most_distinct)} (hetgmp.fastpath.capacity.find_capacities measures both on the run's batches)"
             )
 
     @torch.no_grad()
