@@ -12,8 +12,10 @@ def test_bench_sharded_fast_cpu_smoke():
            "--batch", "64", "--dim", "8", "--batches", "2", "--warmup", "1", "--steps", "2", "--repeats", "1", "--store-rate", "0.05"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
+    header = next(line for line in out.stdout.splitlines() if line.startswith("| mode"))
+    fetched_col = header.split(" | ").index("rows fetched/step")
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "mode" not in line]
     assert [r.split(" | ")[0] for r in rows] == ["| plan+0.05 mirrors, bound 100", "| plan+0.05 mirrors, bound 0", "| row sharding",
                                                  "| one GPU (FastStep, rank 0 alone)"]
-    fetched = {r.split(" | ")[0]: float(r.split(" | ")[4].replace(",", "")) for r in rows}
+    fetched = {r.split(" | ")[0]: float(r.split(" | ")[fetched_col].replace(",", "")) for r in rows}
     assert 0 < fetched["| plan+0.05 mirrors, bound 0"] < fetched["| row sharding"], "the plan must fetch fewer rows"
