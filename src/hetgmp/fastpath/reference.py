@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hetgmp.fastpath.step import FastStepConfig, autocast, dense_optimizer, matmul_precision
+from hetgmp.fastpath.config import FastStepConfig, autocast, dense_optimizer, matmul_precision
 
 
 class ReferenceStep:

@@ -65,7 +65,7 @@ from hetgmp.fastpath.captured import Batch, CapturedStep
 from hetgmp.fastpath.fixed_exchange import FixedExchange
 from hetgmp.fastpath.sharded_rows import apply_pushes, flush_pending, gather, locate, request, serve, write
 from hetgmp.kernels import resolve_backend, sparse_update
-from hetgmp.fastpath.step import AMP_MODES, autocast, matmul_precision
+from hetgmp.fastpath.config import AMP_MODES, autocast, matmul_precision
 
 
 @dataclass(frozen=True)
