@@ -41,7 +41,7 @@ import torch
 from bench_kernels import kernel_rows, kernel_table
 from yardstick import NUM_DENSE, LR, capped_cardinalities, criteo_batches, seconds_per_step, yardstick_step
 from hetgmp.fastpath import FastStep, FastStepConfig, ReferenceStep
-from hetgmp.models import build_model, table_width
+from hetgmp.models import MODELS, build_model, table_width
 
 VARIANTS = {
     "eager": {"cuda_graph": False},
@@ -58,6 +58,9 @@ VARIANTS = {
     "graph+bf16+compile+bf16-rows+overlap": {"amp": "bf16", "compile": True, "bf16_rows": True, "overlap": True},
     # Batches drawn on the device one step ahead (step_from_source), their ids sorted meanwhile.
     "graph+bf16+compile+bf16-rows+overlap+ahead": {"amp": "bf16", "compile": True, "bf16_rows": True, "overlap": True, "sort_ahead": True},
+    # WDL only: the update builds the rows' gradient from dloss/dlogit and the output layer's weight.
+    "graph+bf16+compile+bf16-rows+overlap+ahead+implicit": {"amp": "bf16", "compile": True, "bf16_rows": True, "overlap": True,
+                                                            "sort_ahead": True, "implicit_row_grad": True},
 }
 # torch.compile needs a C++ toolchain and half a minute a model on CPU: left
 # out of the tiny CPU run, which covers the rest of the code path.
@@ -73,6 +76,7 @@ CHECKS = {
     "graph+plain-gather": {"gather": "plain"},
     "graph+overlap": {"overlap": True},
     "graph+overlap+ahead": {"overlap": True, "sort_ahead": True},
+    "graph+overlap+ahead+implicit": {"overlap": True, "sort_ahead": True, "implicit_row_grad": True},
 }
 # Issue 8's one-GPU targets, samples/s.
 TARGETS = {("wdl", 8192, 16): 40e6, ("wdl", 8192, 128): 25e6, ("dcn", 8192, 16): 30e6, ("dcn", 8192, 128): 10e6}
@@ -106,6 +110,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.warmup, args.steps, args.repeats = (1, 1, 2) if tiny else (6, 20, 3) if args.quick else (10, 50, 5)
     args.num_batches = 4 if tiny else 16
     return args
+
+
+def applies(model: str, overrides: dict) -> bool:
+    """Whether a variant runs for `model`: implicit_row_grad needs rows that enter linearly (WDL)."""
+    return not overrides.get("implicit_row_grad") or hasattr(MODELS[model], "row_weights")
 
 
 def cells(args: argparse.Namespace) -> list[tuple[str, int, int]]:
@@ -218,7 +227,8 @@ def run_cell(model: str, batch: int, dim: int, args: argparse.Namespace, rows: l
 
     record("yardstick", lambda: time_yardstick(model, batch, dim, args))
     for name in args.variants.split(","):
-        record(name, lambda name=name: time_fast(model, batch, dim, fast_config(args, **VARIANTS[name]), args))
+        if applies(model, VARIANTS[name]):
+            record(name, lambda name=name: time_fast(model, batch, dim, fast_config(args, **VARIANTS[name]), args))
     timed = [r for r in rows[first + 1:] if r["sec"] is not None]
     if timed:
         best = min(timed, key=lambda r: r["sec"])["variant"]
@@ -262,7 +272,7 @@ def run_checks(args: argparse.Namespace, out: list[dict], save=lambda: None) -> 
     for model in models:
         for name, overrides in CHECKS.items():
             # Compiling costs half a minute a model: checked once, on the GPU only.
-            if "compile" in name and (args.device == "cpu" or model != models[0]):
+            if "compile" in name and (args.device == "cpu" or model != models[0]) or not applies(model, overrides):
                 continue
             try:
                 diff = check_one(model, overrides, args)

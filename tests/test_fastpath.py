@@ -99,6 +99,17 @@ def test_overlapped_step_matches_reference(model_name):
     _compare(model_name, FastStepConfig(lr=0.3, dense_lr=0.3, sparse_optimizer="rowwise_adagrad", kernel="torch", overlap=True))
 
 
+@pytest.mark.parametrize("kernel", ["torch", pytest.param("triton", marks=pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed"))])
+@pytest.mark.parametrize("overlap", [False, True])
+def test_implicit_row_gradient_matches_reference(kernel, overlap):
+    # WDL's rows reach the logit through one linear layer: the update builds each occurrence's
+    # gradient from dloss/dlogit and that layer's weight (before the dense optimizer moves it).
+    cfg = FastStepConfig(lr=0.5, dense_lr=0.5, kernel=kernel, implicit_row_grad=True, overlap=overlap, flag_nonfinite=True)
+    _compare("wdl", cfg)
+    with pytest.raises(HetGMPError, match="implicit_row_grad needs a model.*DCN has none"):
+        FastStep(build_model("dcn", FIELDS, DENSE, 4), torch.zeros(ROWS, 4), cfg)
+
+
 def test_sort_ahead_trains_the_source_batches_in_order():
     # sort_ahead draws (and sorts) each batch one step before training on it: the weights
     # after n steps must be those of the plain step on the same n batches, and the source

@@ -115,8 +115,8 @@ def test_dispatch_runs_every_backend_alike():
 # Argument types of the kernels as fused_update launches them (int32 ids after the cast).
 _REDUCE_TYPES = {
     "table_ptr": "*fp32", "acc_ptr": "*fp32", "count_ptr": "*i64", "scratch_ptr": "*fp32", "sorted_ptr": "*i32",
-    "perm_ptr": "*i64", "grad_ptr": "*fp32", "run_start_ptr": "*i64", "N": "i32", "D": "i32", "stride_t": "i64",
-    "stride_g": "i64", "lr": "fp32", "eps": "fp32",
+    "perm_ptr": "*i64", "grad_ptr": "*fp32", "weight_ptr": "*fp32", "run_start_ptr": "*i64", "N": "i32", "D": "i32",
+    "F": "i32", "stride_t": "i64", "stride_g": "i64", "lr": "fp32", "eps": "fp32",
 }
 _GATHER_TYPES = {
     "table_ptr": "*fp32", "out_ptr": "*bf16", "sorted_ptr": "*i32", "perm_ptr": "*i64", "N": "i32", "D": "i32",
@@ -142,8 +142,9 @@ from triton.compiler import ASTSource
 from hetgmp.kernels import triton_update as tu, triton_gather as tg
 const = lambda **kw: {{k: "constexpr" for k in kw}}
 for fn, types, consts in [
-    (tu._reduce_apply_kernel, {_REDUCE_TYPES!r}, dict(ADAGRAD=False, COUNT=True, BLOCK_N=64, BLOCK_D=32)),
-    (tu._reduce_apply_kernel, {_REDUCE_TYPES!r}, dict(ADAGRAD=True, COUNT=False, BLOCK_N=16, BLOCK_D=128)),
+    (tu._reduce_apply_kernel, {_REDUCE_TYPES!r}, dict(ADAGRAD=False, COUNT=True, RANK1=False, BLOCK_N=64, BLOCK_D=32)),
+    (tu._reduce_apply_kernel, {_REDUCE_TYPES!r}, dict(ADAGRAD=True, COUNT=False, RANK1=False, BLOCK_N=16, BLOCK_D=128)),
+    (tu._reduce_apply_kernel, {_REDUCE_TYPES!r}, dict(ADAGRAD=False, COUNT=True, RANK1=True, BLOCK_N=16, BLOCK_D=128)),
     (tu._adagrad_crossing_kernel, {_CROSSING_TYPES!r}, dict(BLOCK_N=16, BLOCK_D=128)),
     (tg._gather_sorted_kernel, {_GATHER_TYPES!r}, dict(BLOCK_N=16, BLOCK_D=128)),
     (tg._gather_sorted_kernel, {{**{_GATHER_TYPES!r}, "out_ptr": "*fp32"}}, dict(BLOCK_N=128, BLOCK_D=16)),
@@ -184,3 +185,23 @@ def test_update_reuses_a_given_sort(adagrad):
     bf16 = grad.bfloat16()
     want = _apply(sparse_update_reference, ids, bf16.float(), table, acc)
     _assert_same(_apply(sparse_update, ids, bf16, table, acc, backend="triton", order=order), want)
+
+
+@needs_triton
+@pytest.mark.parametrize("adagrad", [False, True])
+def test_rank1_gradient_is_the_written_out_one(adagrad):
+    # A Rank1Grad (coef_B[b] * weight_FD[f] for occurrence b F + f) in every backend equals the
+    # same gradient written out: the Triton kernel computes it from the two, never reading [N, D].
+    from hetgmp.kernels import Rank1Grad
+
+    batch, fields, d = 30, 5, 6
+    ids, _, table, acc = _skewed_case(batch * fields, d, 40, seed=7, adagrad=adagrad)
+    gen = torch.Generator().manual_seed(8)
+    grad = Rank1Grad(torch.randn(batch, generator=gen), torch.randn(fields, d, generator=gen))
+    written = grad.dense()
+    assert torch.allclose(written[2 * fields + 3], grad.coef_B[2] * grad.weight_FD[3])
+    want = _apply(sparse_update_reference, ids, written, table, acc)
+    for backend in ("torch", "reference", "triton"):
+        _assert_same(_apply(sparse_update, ids, grad, table, acc, backend=backend), want)
+    got = _apply(_fused_update, ids, grad, table, acc, eps=DEFAULT_EPS, scratch_TD=None, block_n=16)
+    _assert_same(got, want)

@@ -67,6 +67,12 @@ class FastStepConfig:
         the sort (0.05 ms at batch 8192 on an H100, the largest sparse piece)
         leaves the step's critical path. The source is then called one batch
         ahead of training.
+    implicit_row_grad: for a model whose rows reach the logit through one
+        linear layer (one with `row_weights()`, as WDL), the table's update
+        computes each occurrence's gradient as dloss/dlogit_b x w_f
+        (kernels.Rank1Grad) and starts as soon as backward has dloss/dlogit,
+        instead of reading the rows' [B F, D] gradient once backward has
+        written it. Not with skip_nonfinite.
     warmup_steps: eager steps before the capture.
     skip_nonfinite: a step whose loss or gradients hold a NaN or inf changes
         no weight: its table and dense gradients are zeroed (rows' versions
@@ -94,6 +100,7 @@ class FastStepConfig:
     bf16_rows: bool = False
     overlap: bool = False
     sort_ahead: bool = False
+    implicit_row_grad: bool = False
     warmup_steps: int = 3
     flag_nonfinite: bool = False
     skip_nonfinite: bool = False
@@ -109,6 +116,8 @@ class FastStepConfig:
         ):
             if value not in allowed:
                 bad.append(f"{name}={value!r} (choose {', '.join(allowed)})")
+        if self.implicit_row_grad and self.skip_nonfinite:
+            bad.append("implicit_row_grad=True with skip_nonfinite=True (a skipped step must zero the rows' gradient first)")
         if self.sort_ahead and self.gather != "sorted":
             bad.append("sort_ahead=True needs gather='sorted'")
         if self.bf16_rows and self.amp != "bf16":

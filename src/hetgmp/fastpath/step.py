@@ -50,7 +50,7 @@ from hetgmp.errors import HetGMPError
 from hetgmp.fastpath.ahead import SortAhead
 from hetgmp.fastpath.config import BatchSource, FastStepConfig, autocast, dense_optimizer, matmul_precision
 from hetgmp.fastpath.inputs import InputBuffers
-from hetgmp.kernels import new_scratch, resolve_backend, sparse_update
+from hetgmp.kernels import Rank1Grad, new_scratch, resolve_backend, sparse_update
 from hetgmp.kernels.gather import SortedIds, gather_rows, sort_ids
 
 
@@ -108,6 +108,10 @@ class FastStep:
         self.kernel = resolve_backend(cfg.kernel, self.device)
         self.use_graph = cfg.cuda_graph and self.device.type == "cuda"
         self._sparse_stream = torch.cuda.Stream(self.device) if cfg.overlap and self.device.type == "cuda" else None
+        if cfg.implicit_row_grad and not hasattr(model, "row_weights"):
+            raise HetGMPError(f"implicit_row_grad needs a model whose rows reach the logit through one linear layer "
+                              f"(one with row_weights(), as WDL); {type(model).__name__} has none")
+        self._kept: tuple[torch.Tensor, torch.Tensor] | None = None  # implicit_row_grad: (dloss/dlogit, row weight)
         if self.use_graph and self.kernel == "reference":
             raise HetGMPError("the 'reference' sparse update syncs with the host and cannot be captured: use kernel 'triton' or 'torch', or cuda_graph=False")
         self.optimizer = dense_optimizer(list(model.parameters()), cfg, self.device)
@@ -207,20 +211,21 @@ class FastStep:
                 with autocast(self.cfg, self.device):
                     dense_out = self._dense_part(dense_BI)
             self._join_sparse_stream()
-            emb_BFD = rows_ND.view(B, nf, -1).requires_grad_()
+            emb_BFD = rows_ND.view(B, nf, -1)
+            if not self.cfg.implicit_row_grad:
+                emb_BFD.requires_grad_()
             with autocast(self.cfg, self.device):
                 logits_B = self._head(dense_out, emb_BFD) if self._split else self._forward(dense_BI, emb_BFD)
             loss = F.binary_cross_entropy_with_logits(logits_B.float(), labels_B.float())
             if self.cfg.accuracy:
                 self.correct.copy_(((logits_B.detach() > 0) == (labels_B > 0.5)).sum())
             self.optimizer.zero_grad(set_to_none=True)
-            # The update needs every gradient first only to skip a non-finite step.
-            early = self.cfg.overlap and not self.cfg.skip_nonfinite
-            if early:
-                emb_BFD.register_hook(lambda grad_BFD: self._update_beside(ids_N, grad_BFD, order))
+            early = self._update_in_backward(ids_N, emb_BFD, logits_B, order)
             loss.backward()
-        grad_ND = emb_BFD.grad.reshape(B * nf, -1).contiguous()
         dense_grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        # The rows' gradient, or what it is made of (implicit_row_grad: dloss/dlogit, whose
+        # finiteness with the dense weights' gradients makes the rows' finite).
+        grad_ND = self._kept[0] if self.cfg.implicit_row_grad else emb_BFD.grad.reshape(B * nf, -1).contiguous()
         if self.cfg.skip_nonfinite:
             loss, grad_ND = self._skip_if_nonfinite(loss.detach(), grad_ND, dense_grads)
         elif self.cfg.flag_nonfinite:
@@ -234,11 +239,31 @@ class FastStep:
             self.record(loss, self.correct)
         return loss
 
-    def _update(self, ids_N: torch.Tensor, grad_ND: torch.Tensor, order: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    def _update(self, ids_N: torch.Tensor, grad_ND: torch.Tensor | Rank1Grad, order: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         if self.acc_E is not None and self.kernel == "triton" and self._scratch is None:
             self._scratch = new_scratch(len(ids_N), grad_ND.shape[1], self.device)
         sparse_update(self.table_ED, ids_N, grad_ND, self.cfg.lr, self.acc_E, self.cfg.adagrad_eps,
                       counts_E=self.versions_E, backend=self.kernel, scratch_TD=self._scratch, order=order)
+
+    def _update_in_backward(self, ids_N: torch.Tensor, emb_BFD: torch.Tensor, logits_B: torch.Tensor, order: SortedIds | None) -> bool:
+        """Hook the table's update into backward (True), or leave it for after (False: a step that
+        may be skipped needs every gradient first)."""
+        if self.cfg.implicit_row_grad:
+            logits_B.register_hook(lambda grad_B: self._update_rank1(ids_N, grad_B, order))
+            return True
+        if self.cfg.overlap and not self.cfg.skip_nonfinite:
+            emb_BFD.register_hook(lambda grad_BFD: self._update_beside(ids_N, grad_BFD, order))
+            return True
+        return False
+
+    def _update_rank1(self, ids_N: torch.Tensor, grad_B: torch.Tensor, order: SortedIds | None) -> None:
+        """The logits' gradient hook (implicit_row_grad): the update starts (on the sparse stream,
+        with overlap) from dloss/dlogit and the rows' weight as this forward used it -- a copy,
+        since the dense optimizer changes the weight in place later in the step. Both stay
+        referenced until the step is over."""
+        self._kept = (grad_B, self.model.row_weights().detach().clone())
+        with self._on_sparse_stream():
+            self._update(ids_N, Rank1Grad(*self._kept), order)
 
     def _update_beside(self, ids_N: torch.Tensor, grad_BFD: torch.Tensor, order: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         """The gradient hook of the rows (overlap): the update starts on the sparse stream while

@@ -9,6 +9,7 @@ The Triton kernels load only where `triton` is importable (see
 from hetgmp.kernels.sparse_update import (
     BACKENDS,
     DEFAULT_EPS,
+    Rank1Grad,
     new_scratch,
     resolve_backend,
     sparse_update,
@@ -20,6 +21,7 @@ from hetgmp.kernels.sparse_update import (
 __all__ = [
     "BACKENDS",
     "DEFAULT_EPS",
+    "Rank1Grad",
     "new_scratch",
     "resolve_backend",
     "sparse_update",

@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -36,6 +37,29 @@ from hetgmp.errors import HetGMPError
 
 DEFAULT_EPS = 1e-8  # as the embedding runtime and FBGEMM's row-wise Adagrad
 BACKENDS = ("auto", "triton", "torch", "reference")
+
+
+@dataclass(frozen=True)
+class Rank1Grad:
+    """The gradient of occurrence i = b F + f (batch row b, field f) as coef_B[b] * weight_FD[f].
+
+    A model whose rows reach its output through one linear layer (WDL: logit =
+    sum over f of <row_bf, w_f> + terms without rows) has exactly this
+    gradient, with coef_B = dloss/dlogit_B. The Triton update computes each
+    occurrence's gradient from the two instead of reading an [N, D] tensor;
+    the other implementations write it out (`dense`).
+    """
+
+    coef_B: torch.Tensor     # float [B]
+    weight_FD: torch.Tensor  # float [F, D]
+
+    def dense(self) -> torch.Tensor:
+        """The [B F, D] gradient written out."""
+        return (self.coef_B.float()[:, None, None] * self.weight_FD.float()[None]).reshape(-1, self.weight_FD.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.coef_B) * self.weight_FD.shape[0], self.weight_FD.shape[1])
 
 
 def sparse_update_reference(
@@ -131,11 +155,11 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     return backend
 
 
-def _check(table_ED: torch.Tensor, ids_N: torch.Tensor, grad_ND: torch.Tensor, acc_E: torch.Tensor | None) -> None:
+def _check(table_ED: torch.Tensor, ids_N: torch.Tensor, grad_ND: torch.Tensor | Rank1Grad, acc_E: torch.Tensor | None) -> None:
     problems = []
     if table_ED.dim() != 2 or table_ED.stride(1) != 1 or table_ED.dtype != torch.float32:
         problems.append(f"table must be float32 [E, D] with contiguous rows (got {table_ED.dtype} {tuple(table_ED.shape)})")
-    if grad_ND.shape != (len(ids_N), table_ED.shape[1]) or not grad_ND.is_contiguous():
+    if tuple(grad_ND.shape) != (len(ids_N), table_ED.shape[1]) or not (isinstance(grad_ND, Rank1Grad) or grad_ND.is_contiguous()):
         problems.append(f"grad must be contiguous [{len(ids_N)}, {table_ED.shape[1]}] (got {tuple(grad_ND.shape)})")
     if acc_E is not None and acc_E.shape != (table_ED.shape[0],):
         problems.append(f"accumulator must be [{table_ED.shape[0]}] (got {tuple(acc_E.shape)})")
@@ -146,7 +170,7 @@ def _check(table_ED: torch.Tensor, ids_N: torch.Tensor, grad_ND: torch.Tensor, a
 def sparse_update(
     table_ED: torch.Tensor,
     ids_N: torch.Tensor,
-    grad_ND: torch.Tensor,
+    grad_ND: torch.Tensor | Rank1Grad,
     lr: float,
     acc_E: torch.Tensor | None = None,
     eps: float = DEFAULT_EPS,
@@ -162,6 +186,7 @@ def sparse_update(
     call. The kernels leave it zeroed again. `order` is the ids' (sorted,
     permutation) from `hetgmp.kernels.gather.sort_ids` when the caller already
     sorted them (for the gather): the sorting paths then skip their own sort.
+    `grad_ND` may be a Rank1Grad (ids_N then in batch-row-major order).
     """
     _check(table_ED, ids_N, grad_ND, acc_E)
     if len(ids_N) == 0:
@@ -171,10 +196,12 @@ def sparse_update(
         importlib.import_module("hetgmp.kernels.triton_update").fused_update(
             table_ED, ids_N, grad_ND, lr, acc_E, eps, counts_E, scratch_TD, order=order
         )
-    elif name == "torch":
-        sparse_update_torch(table_ED, ids_N, grad_ND, lr, acc_E, eps, counts_E, order)
     else:
-        sparse_update_reference(table_ED, ids_N, grad_ND, lr, acc_E, eps, counts_E)
+        dense_ND = grad_ND.dense() if isinstance(grad_ND, Rank1Grad) else grad_ND
+        if name == "torch":
+            sparse_update_torch(table_ED, ids_N, dense_ND, lr, acc_E, eps, counts_E, order)
+        else:
+            sparse_update_reference(table_ED, ids_N, dense_ND, lr, acc_E, eps, counts_E)
 
 
 def new_scratch(num_ids: int, dim: int, device: torch.device | str) -> torch.Tensor:

@@ -29,6 +29,7 @@ class WDL(nn.Module):
 
     def __init__(self, num_fields: int, num_dense: int, embed_dim: int) -> None:
         super().__init__()
+        self.num_fields, self.embed_dim = num_fields, embed_dim
         self.deep = relu_tower([num_dense, HIDDEN, HIDDEN, HIDDEN]) if num_dense else None
         self.out = normal_linear(num_fields * embed_dim + (HIDDEN if num_dense else 0), 1)
 
@@ -41,6 +42,11 @@ class WDL(nn.Module):
         if self.deep is None:
             return None
         return self.deep[1:](aligned_linear(dense_BI, self.deep[0].weight))
+
+    def row_weights(self) -> torch.Tensor:
+        """The output layer's weight on the flattened rows, as [F, d]: the rows reach the logit
+        through it alone, so a row's gradient is dloss/dlogit times it (FastStepConfig.implicit_row_grad)."""
+        return self.out.weight[0, : self.num_fields * self.embed_dim].view(self.num_fields, self.embed_dim)
 
     def head(self, deep_BH: torch.Tensor | None, emb_BFD: torch.Tensor) -> torch.Tensor:
         """The output layer on [embeddings, tower output]: logits_B."""
