@@ -36,7 +36,10 @@ epoch's permutation and a cursor stay on the device, the graph picks the
 rows at the cursor and advances it, and the host only copies a new
 permutation in at each epoch start, so a replay is the only launch of a
 step (any kernel launched between replays cost ~30 us of GPU time a step on
-an H100). Otherwise each batch is gathered into the graph's input buffers
+an H100). The step draws its batch one step ahead and sorts its ids during
+the step before (`FastStepConfig.sort_ahead`), so the cursor is set for the
+batch after the one trained; it also runs its sparse path on a second
+stream (`overlap`). Otherwise each batch is gathered into the graph's input buffers
 before the replay. Either way: no host sync, no loop over samples, each
 epoch's order drawn one epoch ahead (`data.EpochOrders`).
 
