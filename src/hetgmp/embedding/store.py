@@ -17,6 +17,9 @@ One more row follows the stored ones, the sink (slot S = Np + M, pending
 index M): the step masks writes to it instead of compacting its index lists,
 which would make the host wait for the device to learn their lengths. It
 belongs to no id and nothing reads it back, except pending[M], which stays 0.
+`spare` more rows may follow the sink (and pending[M]): a fixed-shape step
+spreads its masked writes over them, since on a GPU tens of thousands of
+writes to one row queue behind each other.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ _TORCH_OWNER = {np.dtype(np.int16): torch.int16, np.dtype(np.int32): torch.int32
 
 
 class RowStore:
-    def __init__(self, config: EmbeddingConfig, placement: Placement, rank: int, device: torch.device) -> None:
+    def __init__(self, config: EmbeddingConfig, placement: Placement, rank: int, device: torch.device, spare: int = 0) -> None:
         world = placement.world_size
         num_primaries = int(np.count_nonzero(placement.owner == rank))
         mirror_ids = torch.from_numpy(np.asarray(placement.mirrors[rank], dtype=np.int64)).to(device)
@@ -46,12 +49,13 @@ class RowStore:
         self.ids = torch.cat([primary_ids, mirror_ids])
         self.slot = torch.full((config.num_ids,), -1, dtype=torch.int32, device=device)
         self.slot[self.ids] = torch.arange(len(self.ids), dtype=torch.int32, device=device)
-        self.sink = len(self.ids)
-        self.rows = torch.cat([initial_rows(self.ids, config, device), torch.zeros(1, config.dim, device=device)])
-        self.version = torch.zeros(self.sink + 1, dtype=torch.int64, device=device)
-        self.acc = torch.full((self.sink + 1,), config.adagrad_init, device=device) if config.adagrad else None
-        self.pending = torch.zeros(self.num_mirrors + 1, config.dim + int(config.adagrad), device=device)
-        self.pending_count = torch.zeros(self.num_mirrors + 1, dtype=torch.int64, device=device)
+        self.sink, self.spare = len(self.ids), spare
+        sinks = 1 + spare
+        self.rows = torch.cat([initial_rows(self.ids, config, device), torch.zeros(sinks, config.dim, device=device)])
+        self.version = torch.zeros(self.sink + sinks, dtype=torch.int64, device=device)
+        self.acc = torch.full((self.sink + sinks,), config.adagrad_init, device=device) if config.adagrad else None
+        self.pending = torch.zeros(self.num_mirrors + sinks, config.dim + int(config.adagrad), device=device)
+        self.pending_count = torch.zeros(self.num_mirrors + sinks, dtype=torch.int64, device=device)
 
     def locate(self, ids_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(owner rank, slot or -1) of each id, both int64."""

@@ -43,7 +43,7 @@ class Located:
     slot: torch.Tensor       # int64 local slot, -1 if not stored here
     own: torch.Tensor        # bool: a primary of this worker
     mirror: torch.Tensor     # bool: a mirror here
-    pend: torch.Tensor       # int64 pending index of a mirror, -1 (the pending sink) otherwise
+    pend: torch.Tensor       # int64 pending index of a mirror, M (the pending sink, always 0) otherwise
     peer_slot: torch.Tensor  # int64 slot in the owner's block; C (the dump row) if none
     sent: torch.Tensor       # bool: remote and within capacity (has a slot this step)
     per_peer: torch.Tensor   # int64 [P] remote ids per peer
@@ -61,7 +61,7 @@ def locate(store: RowStore, ids_N: torch.Tensor, rank: int, world: int, capacity
     remote = u.valid_N & ~own
     pos, per_peer = peer_slots(owner, remote, world)
     sent = remote & (pos < capacity)
-    pend = torch.where(mirror, slot - store.num_primaries, -1)
+    pend = torch.where(mirror, slot - store.num_primaries, store.num_mirrors)
     return Located(u, owner, slot, own, mirror, pend, torch.where(sent, pos, capacity), sent, per_peer)
 
 
@@ -75,6 +75,12 @@ def spread(n: int, store: RowStore) -> torch.Tensor:
     """n row indices spread over the store (sink included): where index_add_ is handed
     zeros to add, so that they do not all wait on one row's atomics."""
     return torch.arange(n, device=store.rows.device) % (store.sink + 1)
+
+
+def absorbing(n: int, base: int, store: RowStore) -> torch.Tensor:
+    """n indices from `base` (the sink, or the pending sink) over it and the spare rows after it:
+    where masked writes land, one row each as far as the spares go (writes to one row queue)."""
+    return base + torch.arange(n, device=store.rows.device) % (store.spare + 1)
 
 
 def apply_pushes(store: RowStore, exchange: FixedExchange) -> None:
@@ -107,7 +113,7 @@ def gather(store: RowStore, at: Located, exchange: FixedExchange) -> tuple[torch
     answered = at.sent & (version != NOT_ANSWERED)
     fetched_ND = row_ND + store.pending[at.pend, : row_ND.shape[1]]
     rows_ND = torch.where(answered.unsqueeze(1), fetched_ND, store.rows[at.slot.clamp(min=0)])
-    refresh = torch.where(answered & at.mirror, at.slot, store.sink)
+    refresh = torch.where(answered & at.mirror, at.slot, absorbing(len(answered), store.sink, store))
     store.rows[refresh] = fetched_ND
     store.version[refresh] = version
     return rows_ND, answered.sum()
@@ -125,7 +131,7 @@ def write(store: RowStore, at: Located, delta_ND: torch.Tensor, bound: int, exch
     target = torch.where(local, at.slot, spread(len(local), store))
     store.rows.index_add_(0, target, torch.where(local.unsqueeze(1), delta_ND, 0.0))
     store.version.index_add_(0, target, torch.where(at.own, counts, torch.where(due, new_count, 0)))
-    pend_target = torch.where(at.mirror, at.pend, store.num_mirrors)
+    pend_target = torch.where(at.mirror, at.pend, absorbing(len(at.mirror), store.num_mirrors, store))
     store.pending[pend_target] = torch.where(keep, new_pending, 0.0)
     store.pending_count[pend_target] = torch.where(keep.squeeze(1), new_count, 0)
     push = at.sent & (due | (at.ids.valid_N & (at.slot < 0)))

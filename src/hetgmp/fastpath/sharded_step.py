@@ -135,7 +135,8 @@ class ShardedFastStep:
         placement.validate(table.num_ids, ctx.world_size)
         self.table, self.cfg, self.ctx, self.device = table, cfg, ctx, ctx.device
         self.rank, self.world = ctx.rank, ctx.world_size
-        self.store = RowStore(table, placement, ctx.rank, ctx.device)
+        # Spare sink rows, one per distinct id a batch may hold: where the step's masked writes land.
+        self.store = RowStore(table, placement, ctx.rank, ctx.device, spare=cfg.distinct_capacity or 0)
         # Its own group: a caller's collectives between steps cannot interleave with the step's.
         self.group = dist.new_group(backend=ctx.backend)
         self.exchange = FixedExchange(self.world, cfg.capacity, table.dim, ctx.device, self.group)
