@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import torch
 
-from hetgmp.embedding.keys import segment_sizes
 from hetgmp.errors import HetGMPError
 
 
@@ -60,8 +59,12 @@ class BatchRows:
             empty = torch.zeros(0, dtype=torch.int64, device=device)
             return cls(ids, empty, empty.reshape(ids.shape), torch.empty(0, device=device), counts_U=empty), empty.new_zeros(3)
         sorted_ids, seg, inverse = sorted_segments(flat)
-        uids = torch.zeros_like(sorted_ids).scatter_(0, seg, sorted_ids)
-        counts = segment_sizes(seg, torch.arange(len(seg) + 1, device=device))
+        # Each distinct id read at its run's first sorted position (binary searches on the
+        # ascending run numbers): a scatter of every occurrence to its run would aim a hot id's
+        # thousands of occurrences at one address, and on a GPU such writes queue.
+        starts = torch.searchsorted(seg, torch.arange(len(seg) + 1, device=device))
+        counts = starts[1:] - starts[:-1]
+        uids = torch.where(counts > 0, sorted_ids[starts[:-1].clamp(max=len(seg) - 1)], 0)
         sizes = torch.cat([seg[-1:] + 1, sorted_ids[:1], sorted_ids[-1:]])
         return cls(ids, uids, inverse.reshape(ids.shape), torch.empty(0, device=device), counts_U=counts), sizes
 

@@ -26,7 +26,6 @@ import torch
 import torch.distributed as dist
 
 from hetgmp.kernels.gather import sort_ids
-from hetgmp.kernels.sparse_update import _segments
 
 CAPACITY_MULTIPLE = 256  # C is rounded up to this: room for batches a little busier than the measured ones
 
@@ -56,15 +55,25 @@ class UniqueIds:
 
 def unique_ids(ids_N: torch.Tensor, num_ids: int) -> UniqueIds:
     """One sort, no unique()/nonzero(): every output has the batch's length (the runs of the
-    sorted ids, as the fused update finds them)."""
+    sorted ids, as the fused update finds them).
+
+    Each run's first position and length come from searchsorted on the ascending run numbers,
+    and the distinct ids are read there: a scatter of every occurrence to its run (or an
+    index_add_ of ones) would aim all of a hot id's thousands of occurrences at one address,
+    and on a GPU writes to one address queue behind each other."""
     sorted_N, perm_N = sort_ids(ids_N, num_ids)
-    perm_N, seg_N, uids_N, valid_N = _segments(ids_N, (sorted_N, perm_N))
-    # A run's length from where it starts and ends in the sorted order (seg_N ascends):
-    # index_add_ of ones would put every occurrence of a hot id on one atomic counter.
-    positions_N = torch.arange(len(seg_N), device=seg_N.device)
-    counts_N = torch.searchsorted(seg_N, positions_N, right=True) - torch.searchsorted(seg_N, positions_N)
+    n = len(sorted_N)
+    starts_N = torch.zeros(n, dtype=torch.int64, device=sorted_N.device)
+    torch.ne(sorted_N[1:], sorted_N[:-1], out=starts_N[1:])
+    seg_N = torch.cumsum(starts_N, 0)  # run number of each sorted position, ascending
+    runs_N = torch.arange(n, device=seg_N.device)
+    first_N = torch.searchsorted(seg_N, runs_N)
+    counts_N = torch.searchsorted(seg_N, runs_N, right=True) - first_N
+    distinct = seg_N[-1:] + 1
+    valid_N = runs_N < distinct
+    uids_N = torch.where(valid_N, sorted_N[first_N.clamp(max=n - 1)].long(), 0)
     inverse_N = torch.empty_like(seg_N).scatter_(0, perm_N.long(), seg_N)
-    return UniqueIds(uids_N, valid_N, counts_N, inverse_N, (seg_N, perm_N), seg_N[-1:] + 1)
+    return UniqueIds(uids_N, valid_N, counts_N, inverse_N, (seg_N, perm_N), distinct)
 
 
 def peer_slots(owner_N: torch.Tensor, remote_N: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
