@@ -41,10 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profile_sharded import free_port  # noqa: E402
+from spawn import launch  # noqa: E402
 from yardstick import NUM_DENSE, capped_cardinalities, criteo_batches  # noqa: E402
 
 from hetgmp.distributed import init_distributed, shutdown  # noqa: E402
@@ -235,18 +234,9 @@ def report(args, ctx, cards, results: dict, cpu_s: float) -> None:
               f"{r['bytes'] / 1e6:.2f} | {r['mem']:.2f} |")
 
 
-def _spawned(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    run(args)
-
-
 def main() -> None:
     args = parse()
-    if "RANK" in os.environ:  # torchrun (or another launcher) started this process
-        run(args)
-    else:
-        mp.spawn(_spawned, args=(args.workers, free_port(), args), nprocs=args.workers)
+    launch(run, args, args.workers)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import statistics
 import time
 import warnings
@@ -51,7 +50,7 @@ import warnings
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from spawn import launch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hetgmp.distributed import init_distributed, shutdown
@@ -326,24 +325,9 @@ def report(args, ctx, gathered: list[dict[str, dict]]) -> None:
                   f"{r['syncs']:.1f} | {r['launches']:.0f} | {r['fetched']:.0f} |")
 
 
-def _spawned(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    run(args)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     args = parse()
-    if "RANK" in os.environ:  # torchrun (or another launcher) started this process
-        run(args)
-    else:
-        mp.spawn(_spawned, args=(args.workers, free_port(), args), nprocs=args.workers)
+    launch(run, args, args.workers)
 
 
 if __name__ == "__main__":
