@@ -2,12 +2,19 @@
 
 One step, for a batch of B samples with F id fields and I dense features:
 
-    emb_BFD = table[ids_BF]                (index_select; a fresh leaf tensor)
+    sort the ids                           (once: the gather and the update share it)
+    emb_BFD = table[ids_BF]                (rows read in sorted order; a fresh leaf tensor)
     loss    = BCE-with-logits(model(dense_BI, emb_BFD), labels_B), mean
     backward                               (to emb_BFD and the dense weights only:
                                             the table never gets a dense gradient)
     sparse update of the table rows        (hetgmp.kernels.sparse_update)
     dense optimizer step                   (SGD, or Adam with capturable=True)
+
+Options reorder this without changing its arithmetic (FastStepConfig):
+`overlap` runs the sort, gather and update on a second stream, the update
+launched from the rows' gradient hook in the middle of backward;
+`sort_ahead` sorts the next batch's ids during this step (fastpath/ahead.py);
+`implicit_row_grad` (WDL) has the update build the rows' gradient itself.
 
 On CUDA with `cuda_graph=True`, the first `warmup_steps` calls run eagerly on
 a side stream (compiling kernels, sizing allocator pools), the next call
