@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from yardstick import capped_cardinalities, criteo_batches, seconds_per_step
-from hetgmp.kernels import new_scratch, sparse_update, sparse_update_reference, triton_available
+from hetgmp.kernels import new_scratch, sparse_update, triton_available
 from hetgmp.kernels.gather import gather_rows, sort_ids
 
 

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from hetgmp.errors import HetGMPError
+from hetgmp.fastpath.captured import beside, join
+from hetgmp.kernels.gather import id_dtype
 
 if TYPE_CHECKING:
     from hetgmp.fastpath.step import FastStep
@@ -75,22 +77,15 @@ class SortAhead:
 
     def _train(self, parity: int) -> torch.Tensor:
         current, following = self._slots[parity], self._slots[1 - parity]
-        if self._stream is not None:
-            self._stream.wait_stream(torch.cuda.current_stream(self.fast.device))
-            with torch.cuda.stream(self._stream):
-                self._fill(following)
-        else:
+        with beside(self._stream, self.fast.device):
             self._fill(following)
         loss = self.fast._train(current.dense_BI, current.ids_BF, current.labels_B, order=(current.sorted_N, current.perm_N))
-        if self._stream is not None:
-            torch.cuda.current_stream(self.fast.device).wait_stream(self._stream)
+        join(self._stream, self.fast.device)
         return loss
 
     def _draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         dense_BI, ids_BF, labels_B = self.fast.source()
-        # int32 ids while the table allows: the gather takes them as they are, the sort pays per key bit.
-        narrow = len(self.fast.table_ED) <= torch.iinfo(torch.int32).max
-        return dense_BI, ids_BF.to(torch.int32 if narrow else torch.int64), labels_B
+        return dense_BI, ids_BF.to(id_dtype(len(self.fast.table_ED))), labels_B
 
     def _new_slot(self) -> BatchSlot:
         dense_BI, ids_BF, labels_B = (t.to(self.fast.device, copy=True) for t in self._draw())

@@ -1,15 +1,15 @@
-"""Warm up, capture and replay a fixed-shape training step that reads fixed input buffers.
+"""Warm up, capture and replay fixed-shape steps, one CUDA graph per key; work beside on a second stream.
 
-    run = CapturedStep(train_fn, device, use_graph=True, warmup_steps=3, narrow_ids=True)
-    loss = run(dense_BI, ids_BF, labels_B)     # eager x3 on a side stream, then capture, then replay
+    replay = GraphReplay(device, use_graph=True, warmup_steps=3)
+    loss = replay("step", lambda: train(*inputs))   # eager x3 on a side stream, then capture, then replay
 
-The first `warmup_steps` calls run eagerly on a side stream (kernels compile,
-allocator pools and NCCL communicators come up: a collective cannot create
-its communicator inside a capture), the next call captures `train_fn` in one
-CUDA graph, and every call from then on copies the batch into the input
-buffers (unless it passes the buffers themselves, see `input_buffers`) and
-replays. Every call trains on its batch exactly once. Without a graph the
-function is simply called.
+The first `warmup_steps` calls (whatever their key) run eagerly on a side
+stream (kernels compile, allocator pools and NCCL communicators come up: a
+collective cannot create its communicator inside a capture); the first call
+of a key after them captures its function in one CUDA graph, and every call
+from then on replays it. The graphs share one memory pool, so they must be
+replayed one at a time. A captured function reads its inputs where they were
+at capture (see inputs.py). Without a graph the function is simply called.
 
 With collectives inside, every worker must capture at the same call and
 replay the same number of times: a captured NCCL operation is collective over
@@ -20,56 +20,69 @@ PyTorch's NCCL process group leaves captured work out of its watchdog
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterator
 
 import torch
 
-from hetgmp.fastpath.inputs import Batch, InputBuffers
+Train = Callable[[], torch.Tensor]  # one step; returns its loss
 
 
-class CapturedStep:
-    def __init__(self, train_fn: Callable[..., torch.Tensor], device: torch.device, use_graph: bool,
-                 warmup_steps: int, narrow_ids: bool) -> None:
-        self.train_fn, self.device, self.use_graph = train_fn, device, use_graph
-        self.warmup_steps, self.narrow_ids = warmup_steps, narrow_ids
-        self._inputs = InputBuffers(device, narrow_ids)
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._out: torch.Tensor | None = None
+class GraphReplay:
+    def __init__(self, device: torch.device, use_graph: bool, warmup_steps: int,
+                 before_capture: Callable[[], None] | None = None) -> None:
+        self.device, self.use_graph, self.warmup_steps = device, use_graph, warmup_steps
+        self.before_capture = before_capture
+        self._graphs: dict[object, torch.cuda.CUDAGraph] = {}
+        self._losses: dict[object, torch.Tensor] = {}
         self._warm = 0
 
-    def __call__(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
+    def __call__(self, key: object, train: Train) -> torch.Tensor:
+        """Run `train` as the module doc says; returns its loss (a replay's: the next one overwrites it)."""
         if not self.use_graph:
-            return self.train_fn(dense_BI, ids_BF, labels_B)
-        inputs = self._inputs.load(dense_BI, ids_BF, labels_B)
-        if self._graph is None:
+            return train()
+        graph = self._graphs.get(key)
+        if graph is None:
             if self._warm < self.warmup_steps:
                 self._warm += 1
-                return self._on_side_stream(inputs)
-            self._capture(inputs)
-        self._graph.replay()
-        return self._out
+                return self._on_side_stream(train)
+            graph = self._capture(key, train)
+        graph.replay()
+        return self._losses[key]
 
-    @property
-    def captured(self) -> bool:
-        return self._graph is not None
-
-    def input_buffers(self) -> Batch:
-        """The graph's (dense_BI, ids_BF, labels_B) buffers, after the first call."""
-        return self._inputs.get()
-
-    def _on_side_stream(self, inputs: Batch) -> torch.Tensor:
+    def _on_side_stream(self, train: Train) -> torch.Tensor:
+        # Warm-up off the default stream, as capture will be (PyTorch's recipe).
         side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            out = self.train_fn(*inputs)
-        main = torch.cuda.current_stream(self.device)
-        main.wait_stream(side)
-        out.record_stream(main)
-        return out
+        with beside(side, self.device):
+            loss = train()
+        join(side, self.device)
+        loss.record_stream(torch.cuda.current_stream(self.device))  # the caller reads it on its own stream
+        return loss
 
-    def _capture(self, inputs: Batch) -> None:
+    def _capture(self, key: object, train: Train) -> torch.cuda.CUDAGraph:
         torch.cuda.synchronize(self.device)
+        if self.before_capture is not None:
+            self.before_capture()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._out = self.train_fn(*inputs)
-        self._graph = graph
+        pool = next(iter(self._graphs.values())).pool() if self._graphs else None
+        with torch.cuda.graph(graph, pool=pool):
+            self._losses[key] = train()
+        self._graphs[key] = graph
+        return graph
+
+
+@contextlib.contextmanager
+def beside(stream: torch.cuda.Stream | None, device: torch.device) -> Iterator[None]:
+    """Run the block on `stream`, after what the current stream has queued (None: on the current stream)."""
+    if stream is None:
+        yield
+        return
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        yield
+
+
+def join(stream: torch.cuda.Stream | None, device: torch.device) -> None:
+    """Make the current stream wait for what `stream` has queued (None: nothing to wait for)."""
+    if stream is not None:
+        torch.cuda.current_stream(device).wait_stream(stream)

@@ -2,9 +2,9 @@
 
 A CUDA graph reads its inputs where they were at capture, so every batch is
 copied into the same three buffers (unless the caller wrote it there itself,
-passing the buffers back). The first batch makes them, ids as int32 while the
-table has fewer than 2^31 rows: the gather takes them as they are and the
-sort of the ids needs half the radix passes of int64.
+passing the buffers back). The first batch makes them, ids in the step's id
+type (kernels.gather.id_dtype: int32 while the table has fewer than 2^31
+rows, so the sort of the ids needs half the radix passes of int64).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class InputBuffers:
-    def __init__(self, device: torch.device, narrow_ids: bool) -> None:
-        self.device, self.narrow_ids = device, narrow_ids
+    def __init__(self, device: torch.device, ids_dtype: torch.dtype) -> None:
+        self.device, self.ids_dtype = device, ids_dtype
         self._buffers: Batch | None = None
 
     def get(self) -> Batch:
@@ -31,7 +31,7 @@ class InputBuffers:
         """Copy (dense_BI, ids_BF, labels_B) into the buffers (made by the first call) and return them."""
         if self._buffers is None:
             dense_BI, ids_BF, labels_B = (t.detach() for t in batch)
-            ids_BF = ids_BF.to(device=self.device, dtype=torch.int32 if self.narrow_ids else ids_BF.dtype, copy=True)
+            ids_BF = ids_BF.to(device=self.device, dtype=self.ids_dtype, copy=True)
             self._buffers = (dense_BI.to(self.device, copy=True), ids_BF, labels_B.to(self.device, copy=True))
             return self._buffers
         for buf, t in zip(self._buffers, batch):

@@ -42,7 +42,7 @@ distinct ids in a batch, the length of every per-id pass) on the run's batches.
 
 On CUDA with cuda_graph=True, the first warmup_steps steps run eagerly on a
 side stream (NCCL communicators come up there), the next is captured, collectives
-included, and replayed from then on (captured.py); elsewhere it runs eagerly.
+included, and replayed from then on (captured.GraphReplay); elsewhere it runs eagerly.
 """
 
 from __future__ import annotations
@@ -61,11 +61,13 @@ from hetgmp.embedding.placement import Placement
 from hetgmp.embedding.store import RowStore
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath.capacity import round_up
-from hetgmp.fastpath.captured import Batch, CapturedStep
+from hetgmp.fastpath.captured import GraphReplay
+from hetgmp.fastpath.config import AMP_MODES, autocast, matmul_precision
 from hetgmp.fastpath.fixed_exchange import FixedExchange
+from hetgmp.fastpath.inputs import Batch, InputBuffers
 from hetgmp.fastpath.sharded_rows import apply_pushes, flush_pending, gather, locate, request, serve, write
 from hetgmp.kernels import resolve_backend, sparse_update
-from hetgmp.fastpath.config import AMP_MODES, autocast, matmul_precision
+from hetgmp.kernels.gather import id_dtype
 
 
 @dataclass(frozen=True)
@@ -152,20 +154,23 @@ class ShardedFastStep:
         allreduce_bytes = 2 * (self.world - 1) * self.flat_grad.numel() * 4 // self.world
         self.bytes_per_step = self.exchange.bytes_to_others() + allreduce_bytes
         self.kernel = resolve_backend(cfg.kernel, ctx.device)
-        use_graph = cfg.cuda_graph and ctx.device.type == "cuda"
-        narrow = table.num_ids <= torch.iinfo(torch.int32).max
-        self._run = CapturedStep(self._train, ctx.device, use_graph, cfg.warmup_steps, narrow)
+        self.use_graph = cfg.cuda_graph and ctx.device.type == "cuda"
+        self._inputs = InputBuffers(ctx.device, id_dtype(table.num_ids))
+        self._replay = GraphReplay(ctx.device, self.use_graph, cfg.warmup_steps)
 
     # ---- training ----
 
     def step(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
         """Train on this worker's batch; returns its mean loss as a device tensor (no sync). A collective."""
         self.steps += 1
-        return self._run(dense_BI, ids_BF, labels_B)
+        if not self.use_graph:
+            return self._train(dense_BI, ids_BF, labels_B)
+        inputs = self._inputs.load(dense_BI, ids_BF, labels_B)
+        return self._replay("step", lambda: self._train(*inputs))
 
     def input_buffers(self) -> Batch:
         """The graph's (dense_BI, ids_BF, labels_B) buffers (CUDA graph only, after the first step)."""
-        return self._run.input_buffers()
+        return self._inputs.get()
 
     def _train(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
         B, nf = ids_BF.shape

@@ -47,7 +47,7 @@ benchmarks/GPU_NOTES.md).
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -55,10 +55,11 @@ from torch import nn
 
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath.ahead import SortAhead
+from hetgmp.fastpath.captured import GraphReplay, beside, join
 from hetgmp.fastpath.config import BatchSource, FastStepConfig, autocast, dense_optimizer, matmul_precision
 from hetgmp.fastpath.inputs import InputBuffers
 from hetgmp.kernels import Rank1Grad, new_scratch, resolve_backend, sparse_update
-from hetgmp.kernels.gather import SortedIds, gather_rows, sort_ids
+from hetgmp.kernels.gather import SortedIds, gather_rows, id_dtype, sort_ids
 
 
 def nan_unless_finite(loss: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
@@ -123,9 +124,9 @@ class FastStep:
             raise HetGMPError("the 'reference' sparse update syncs with the host and cannot be captured: use kernel 'triton' or 'torch', or cuda_graph=False")
         self.optimizer = dense_optimizer(list(model.parameters()), cfg, self.device)
         self._scratch: torch.Tensor | None = None
-        self._inputs = InputBuffers(self.device, narrow_ids=len(table_ED) <= torch.iinfo(torch.int32).max)
-        self._graphs: dict[object, torch.cuda.CUDAGraph] = {}
-        self._losses: dict[object, torch.Tensor] = {}
+        self._inputs = InputBuffers(self.device, id_dtype(len(table_ED)))
+        self._replay = GraphReplay(self.device, self.use_graph, cfg.warmup_steps,
+                                   before_capture=lambda: self.optimizer.zero_grad(set_to_none=True))
         self._ahead: SortAhead | None = None
         # Device scalars each step writes in place (graphs of several keys write the same ones):
         # accuracy: the samples whose logit sign matched the label; skip_nonfinite: 1.0 if skipped.
@@ -135,7 +136,6 @@ class FastStep:
         # graph when captured: a trainer records them there instead of launching a copy
         # between replays. Set it before the first step.
         self.record: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None
-        self._warm = 0
 
     def step(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
         """Train on one batch; returns the mean loss as a device tensor (no sync)."""
@@ -162,44 +162,14 @@ class FastStep:
         return self._ahead
 
     def replay(self, key: object, train: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Run `train` (one step, returning its loss): eagerly off CUDA graphs; else warm up
-        (the first `warmup_steps` calls, whatever their key), capture the graph of `key`, and
-        from then on replay it. Graphs of several keys share one memory pool: they must be
-        replayed one at a time, never overlapping."""
-        if not self.use_graph:
-            return train()
-        graph = self._graphs.get(key)
-        if graph is None:
-            if self._warm < self.cfg.warmup_steps:
-                self._warm += 1
-                return self._on_side_stream(train)
-            graph = self._capture(key, train)
-        graph.replay()
-        return self._losses[key]
+        """Run `train` (one step, returning its loss) eagerly, or warmed up, captured as the graph
+        of `key` and replayed (captured.GraphReplay: graphs of several keys are replayed one at a
+        time, sharing one memory pool)."""
+        return self._replay(key, train)
 
     def input_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The graph's (dense_BI, ids_BF, labels_B) buffers: a CUDA-graph step has them after its first call."""
         return self._inputs.get()
-
-    def _on_side_stream(self, train: Callable[[], torch.Tensor]) -> torch.Tensor:
-        # Warm-up off the default stream, as capture will be (PyTorch's recipe).
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            loss = train()
-        main = torch.cuda.current_stream(self.device)
-        main.wait_stream(side)
-        loss.record_stream(main)  # the caller reads it on its own stream
-        return loss
-
-    def _capture(self, key: object, train: Callable[[], torch.Tensor]) -> torch.cuda.CUDAGraph:
-        self.optimizer.zero_grad(set_to_none=True)
-        graph = torch.cuda.CUDAGraph()
-        pool = next(iter(self._graphs.values())).pool() if self._graphs else None
-        with torch.cuda.graph(graph, pool=pool):
-            self._losses[key] = train()
-        self._graphs[key] = graph
-        return graph
 
     def _compiled(self, fn: Callable) -> Callable:
         return torch.compile(fn, dynamic=False) if self.cfg.compile else fn
@@ -246,7 +216,7 @@ class FastStep:
             self.record(loss, self.correct)
         return loss
 
-    def _update(self, ids_N: torch.Tensor, grad_ND: torch.Tensor | Rank1Grad, order: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    def _update(self, ids_N: torch.Tensor, grad_ND: torch.Tensor | Rank1Grad, order: SortedIds | None) -> None:
         if self.acc_E is not None and self.kernel == "triton" and self._scratch is None:
             self._scratch = new_scratch(len(ids_N), grad_ND.shape[1], self.device)
         sparse_update(self.table_ED, ids_N, grad_ND, self.cfg.lr, self.acc_E, self.cfg.adagrad_eps,
@@ -272,26 +242,19 @@ class FastStep:
         with self._on_sparse_stream():
             self._update(ids_N, Rank1Grad(*self._kept), order)
 
-    def _update_beside(self, ids_N: torch.Tensor, grad_BFD: torch.Tensor, order: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    def _update_beside(self, ids_N: torch.Tensor, grad_BFD: torch.Tensor, order: SortedIds | None) -> None:
         """The gradient hook of the rows (overlap): the update starts on the sparse stream while
         backward goes on. The gradient stays referenced (as the rows' .grad) until the step joins
         the two streams, so its memory is not reused under the update."""
         with self._on_sparse_stream():
             self._update(ids_N, grad_BFD.reshape(len(ids_N), -1).contiguous(), order)
 
-    @contextlib.contextmanager
-    def _on_sparse_stream(self) -> Iterator[None]:
-        """Run the block on the sparse stream after what the current stream has queued (overlap on CUDA)."""
-        if self._sparse_stream is None:
-            yield
-            return
-        self._sparse_stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self._sparse_stream):
-            yield
+    def _on_sparse_stream(self) -> contextlib.AbstractContextManager:
+        """Run a block on the sparse stream after what the current stream has queued (overlap on CUDA)."""
+        return beside(self._sparse_stream, self.device)
 
     def _join_sparse_stream(self) -> None:
-        if self._sparse_stream is not None:
-            torch.cuda.current_stream(self.device).wait_stream(self._sparse_stream)
+        join(self._sparse_stream, self.device)
 
     def _skip_if_nonfinite(self, loss: torch.Tensor, grad_ND: torch.Tensor, dense_grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss or 0, gradient or zeros) and the dense gradients zeroed in place when anything is not finite."""
@@ -303,7 +266,7 @@ class FastStep:
             self.optimizer.found_inf = self.skipped
         return loss.masked_fill(bad, 0.0), grad_ND.masked_fill(bad, 0.0)
 
-    def _gather(self, ids_N: torch.Tensor, order: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def _gather(self, ids_N: torch.Tensor, order: SortedIds | None) -> torch.Tensor:
         dtype = torch.bfloat16 if self.cfg.bf16_rows else self.table_ED.dtype
         if order is None:
             return self.table_ED.index_select(0, ids_N).to(dtype)

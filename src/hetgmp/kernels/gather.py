@@ -31,10 +31,16 @@ from hetgmp.kernels.sparse_update import triton_available
 SortedIds = tuple[torch.Tensor, torch.Tensor]  # (sorted_N, perm_N): ids_N[perm_N] == sorted_N
 
 
+def id_dtype(num_rows: int) -> torch.dtype:
+    """int32 for the ids of a table that fits it, else int64: a radix sort pays per key bit,
+    and the gather takes either."""
+    return torch.int32 if num_rows <= torch.iinfo(torch.int32).max else torch.int64
+
+
 def sort_ids(ids_N: torch.Tensor, num_rows: int) -> SortedIds:
-    """Sort the ids (as int32 when `num_rows` fits: a radix sort pays per key bit)."""
-    if ids_N.dtype == torch.int64 and num_rows <= torch.iinfo(torch.int32).max:
-        ids_N = ids_N.int()
+    """Sort the ids (as int32 when `num_rows` fits, see id_dtype)."""
+    if ids_N.dtype == torch.int64:
+        ids_N = ids_N.to(id_dtype(num_rows))
     return torch.sort(ids_N)
 
 
