@@ -8,7 +8,8 @@ Measured in the same processes, one after the other, each on its own table:
   plan+bound   the plan-like placement, --store-rate mirrors, bound --bound
   plan         the same placement, bound 0
   rows         row sharding: Placement.random owners, no mirrors, bound 0
-  one GPU      rank 0 alone: FastStep (the whole table, no exchange), same model and batches
+  one GPU      rank 0 alone: FastStep (the whole table, no exchange), same model, batches
+               and options (--amp with bf16 rows, --compile)
 For each: --warmup steps (the graph is captured within them), then the median
 of --repeats runs of --steps steps (CUDA events; wall clock on CPU):
 samples/s per worker, ms/step, rows fetched per step (mean over workers),
@@ -71,6 +72,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50, help="steps per timed run")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (sharded steps and the one-GPU step)")
     p.add_argument("--profile", action="store_true", help="rank 0 prints the kernels of 3 eager plan+bound steps first")
     p.add_argument("--pad-to-batch", action="store_true",
                    help="per-id passes over all B x F ids of the batch (no distinct capacity), for comparison")
@@ -158,7 +160,7 @@ def sharded_step(args, ctx, cards, batches, placement: Placement, bound: int, cu
     capacity, distinct = find_capacities([b[1] for b in batches], owner_E, ctx.rank, ctx.world_size)
     table = EmbeddingConfig(sum(cards), args.dim, lr=LR, bound=bound)
     cfg = ShardedStepConfig(capacity=capacity, distinct_capacity=None if args.pad_to_batch else distinct,
-                            dense_lr=LR, amp=args.amp, cuda_graph=cuda_graph)
+                            dense_lr=LR, amp=args.amp, compile=args.compile, cuda_graph=cuda_graph)
     return ShardedFastStep(model(args, cards).to(ctx.device), table, placement, ctx, cfg)
 
 
@@ -192,7 +194,8 @@ def profile_step(args, ctx, cards, batches, placement: Placement, bound: int) ->
 def run_one_gpu(args, ctx, cards, batches) -> dict:
     reset_memory(ctx.device)
     table = initial_rows(torch.arange(sum(cards)), EmbeddingConfig(sum(cards), args.dim), ctx.device)
-    fast = FastStep(model(args, cards).to(ctx.device), table, FastStepConfig(lr=LR, dense_lr=LR, amp=args.amp))
+    fast = FastStep(model(args, cards).to(ctx.device), table, FastStepConfig(lr=LR, dense_lr=LR, amp=args.amp, compile=args.compile,
+                                                                                     bf16_rows=args.amp == "bf16"))
     return {"s": timed(fast.step, batches, args, ctx.device), "fetched": 0.0, "bytes": 0, "mem": peak_memory(ctx.device), "C": "-", "U": "-"}
 
 
@@ -226,7 +229,7 @@ def run(args: argparse.Namespace) -> None:
 def report(args, ctx, cards, results: dict, cpu_s: float) -> None:
     card = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"
     print(f"\n{ctx.world_size} workers on {card}, torch {torch.__version__}, {datetime.date.today()}; "
-          f"{sum(cards):,} ids, batch {args.batch}/worker, d {args.dim}, wdl, amp {args.amp}; rank 0 CPU {cpu_s:.1f} s\n")
+          f"{sum(cards):,} ids, batch {args.batch}/worker, d {args.dim}, wdl, amp {args.amp}{', compiled' if args.compile else ''}; rank 0 CPU {cpu_s:.1f} s\n")
     print("| mode | C | U | samples/s per worker | ms/step | rows fetched/step | MB sent/step | peak GPU GiB |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():

@@ -188,6 +188,21 @@ def test_update_reuses_a_given_sort(adagrad):
 
 
 @needs_triton
+def test_sgd_update_takes_equal_ids_side_by_side_in_any_order():
+    # The sharded fast step sorts global ids and updates local rows: relabelled, the runs of
+    # equal ids stay side by side but no longer ascend. SGD needs no more than that.
+    from hetgmp.kernels.gather import sort_ids
+
+    ids, grad, table, _ = _skewed_case(300, 8, 40, seed=11, adagrad=False)
+    relabel = torch.randperm(len(table), generator=torch.Generator().manual_seed(12))
+    sorted_ids, perm = sort_ids(ids, len(table))
+    order = (relabel[sorted_ids.long()].int(), perm)
+    assert not bool((order[0][1:] >= order[0][:-1]).all()), "the relabelled ids must not ascend"
+    want = _apply(sparse_update_reference, relabel[ids], grad, table, None)
+    _assert_same(_apply(sparse_update, relabel[ids], grad, table, None, backend="triton", order=order), want)
+
+
+@needs_triton
 @pytest.mark.parametrize("adagrad", [False, True])
 def test_rank1_gradient_is_the_written_out_one(adagrad):
     # A Rank1Grad (coef_B[b] * weight_FD[f] for occurrence b F + f) in every backend equals the

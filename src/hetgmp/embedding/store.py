@@ -17,9 +17,8 @@ One more row follows the stored ones, the sink (slot S = Np + M, pending
 index M): the step masks writes to it instead of compacting its index lists,
 which would make the host wait for the device to learn their lengths. It
 belongs to no id and nothing reads it back, except pending[M], which stays 0.
-`spare` more rows may follow the sink (and pending[M]): a fixed-shape step
-spreads its masked writes over them, since on a GPU tens of thousands of
-writes to one row queue behind each other.
+`spare` more rows (and versions) may follow the sink: the sharded fast step
+keeps the rows it fetched there (fastpath/sharded_rows.py).
 """
 
 from __future__ import annotations
@@ -54,8 +53,8 @@ class RowStore:
         self.rows = torch.cat([initial_rows(self.ids, config, device), torch.zeros(sinks, config.dim, device=device)])
         self.version = torch.zeros(self.sink + sinks, dtype=torch.int64, device=device)
         self.acc = torch.full((self.sink + sinks,), config.adagrad_init, device=device) if config.adagrad else None
-        self.pending = torch.zeros(self.num_mirrors + sinks, config.dim + int(config.adagrad), device=device)
-        self.pending_count = torch.zeros(self.num_mirrors + sinks, dtype=torch.int64, device=device)
+        self.pending = torch.zeros(self.num_mirrors + 1, config.dim + int(config.adagrad), device=device)
+        self.pending_count = torch.zeros(self.num_mirrors + 1, dtype=torch.int64, device=device)
 
     def locate(self, ids_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(owner rank, slot or -1) of each id, both int64."""

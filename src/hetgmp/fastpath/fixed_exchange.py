@@ -61,6 +61,7 @@ class FixedExchange:
         self.send_a = torch.zeros(shape_a, dtype=WORD, device=device)
         self.recv_a = torch.zeros_like(self.send_a)
         self.send_b = torch.zeros(shape_b, dtype=WORD, device=device)
+        self.slots = world * (capacity + 1)  # R: slot r = peer * (C + 1) + slot in the peer's block
         self.recv_b = torch.zeros_like(self.send_b)
         self.clear_pushes()
         self.clear_requests()
@@ -81,35 +82,32 @@ class FixedExchange:
         self.send_a[:, :, PUSH_ID:].zero_()
         self.send_a[:, :, PUSH_ID].fill_(-1)
 
-    def write_requests(self, peer_N: torch.Tensor, slot_N: torch.Tensor, ids_N: torch.Tensor, version_N: torch.Tensor) -> None:
-        """Requests at (peer, slot); slot == C (the dump row) sends nothing."""
-        words_N2 = version_N.to(torch.int64).unsqueeze(1).view(WORD)
-        record = torch.cat([words_N2, ids_N.to(WORD).unsqueeze(1)], dim=1)
-        padding = record.new_full((1, 3), -1)  # version MUST_FETCH (-1 in both words), id -1
-        self._place(REQ_VERSION, REQ_ID + 1, peer_N, slot_N, record, padding)
+    def sources(self, peer_U: torch.Tensor, slot_U: torch.Tensor) -> torch.Tensor:
+        """For each of the R = P (C + 1) slots, the index of the entry (peer_U, slot_U) placed
+        there, or U (none): int64 [R]. Entries with slot == C (no slot) go nowhere.
 
-    def write_pushes(self, peer_N: torch.Tensor, slot_N: torch.Tensor, ids_N: torch.Tensor,
-                     counts_N: torch.Tensor, delta_ND: torch.Tensor) -> None:
-        """Pushes at (peer, slot), replacing the last ones (id -1 marks slots without one)."""
-        record = torch.cat([ids_N.to(WORD).unsqueeze(1), counts_N.to(WORD).unsqueeze(1), delta_ND.float().view(WORD)], dim=1)
-        padding = torch.cat([record.new_full((1, 1), -1), record.new_zeros((1, record.shape[1] - 1))], dim=1)  # id -1
-        self._place(PUSH_ID, PUSH_DELTA + self.dim, peer_N, slot_N, record, padding)
+        Indices are scattered, each entry to its own cell (the ones without a slot to spare cells
+        past the blocks): a scatter of whole records sent them all to the dump rows, and on a GPU
+        writes that pile onto one row queue behind each other (0.86 ms a call, batch 8192, d = 128)."""
+        n, blocks = len(peer_U), self.slots
+        spare_U = blocks + torch.arange(n, device=peer_U.device)
+        dest_U = torch.where(slot_U < self.capacity, peer_U * (self.capacity + 1) + slot_U, spare_U)
+        source = torch.full((blocks + n,), n, dtype=torch.int64, device=peer_U.device)
+        source[dest_U] = torch.arange(n, device=peer_U.device)
+        return source[:blocks]
 
-    def _place(self, first: int, stop: int, peer_N: torch.Tensor, slot_N: torch.Tensor,
-               record_NW: torch.Tensor, padding_1W: torch.Tensor) -> None:
-        """Words first:stop of every slot of send_a: the record whose (peer, slot) it is, or padding.
+    def write_requests(self, ids_R: torch.Tensor, version_R: torch.Tensor) -> None:
+        """One request per slot (id -1: none; version MUST_FETCH: the reader holds no copy)."""
+        flat = self.send_a.view(self.slots, -1)
+        flat[:, REQ_VERSION : REQ_VERSION + 2].view(torch.int64).copy_(version_R.unsqueeze(1))
+        flat[:, REQ_ID].copy_(ids_R)
 
-        Scatter the records' indices, then gather the records: a scatter of whole records sent
-        the ids without a slot (most of the batch) to the dump rows, and on a GPU writes that
-        pile onto one row queue behind each other (0.86 ms a call, batch 8192, d = 128). Here
-        each of those indices lands in its own spare cell past the blocks instead."""
-        n, blocks = len(record_NW), self.send_a.shape[0] * self.send_a.shape[1]
-        spare_N = blocks + torch.arange(n, device=record_NW.device)
-        dest_N = torch.where(slot_N < self.capacity, peer_N * (self.capacity + 1) + slot_N, spare_N)
-        source = torch.full((blocks + n,), n, dtype=torch.int64, device=record_NW.device)
-        source[dest_N] = torch.arange(n, device=record_NW.device)
-        rows = torch.cat([record_NW, padding_1W])[source[:blocks]]
-        self.send_a.view(blocks, -1)[:, first:stop] = rows
+    def write_pushes(self, ids_R: torch.Tensor, counts_R: torch.Tensor, delta_RD: torch.Tensor) -> None:
+        """One push per slot, replacing the last ones (id -1: none)."""
+        flat = self.send_a.view(self.slots, -1)
+        flat[:, PUSH_ID].copy_(ids_R)
+        flat[:, PUSH_COUNT].copy_(counts_R)
+        flat[:, PUSH_DELTA : PUSH_DELTA + self.dim].view(torch.float32).copy_(delta_RD)
 
     # ---- the rounds ----
 
@@ -139,7 +137,7 @@ class FixedExchange:
 
     # ---- the reader's side of round B ----
 
-    def answers_at(self, peer_N: torch.Tensor, slot_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(version int64 [N], row float32 [N, D]) answered at each (peer, slot)."""
-        got_NW = self.recv_b[peer_N, slot_N]
-        return got_NW[:, ANS_VERSION : ANS_VERSION + 2].view(torch.int64).squeeze(1), got_NW[:, ANS_ROW : ANS_ROW + self.dim].view(torch.float32)
+    def answers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(version int64 [R], row float32 [R, D]) answered at each slot (views of the receive buffer)."""
+        flat = self.recv_b.view(self.slots, -1)
+        return flat[:, ANS_VERSION : ANS_VERSION + 2].view(torch.int64).squeeze(1), flat[:, ANS_ROW : ANS_ROW + self.dim].view(torch.float32)

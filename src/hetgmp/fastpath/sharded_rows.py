@@ -1,25 +1,43 @@
 """One worker's rows in the sharded fast step: read a batch, serve peers, write gradients.
 
-The store is the embedding runtime's RowStore (primaries, then mirrors, then
-one sink row; versions; each mirror's pending delta and count; owner and slot
-of every id). Every stage here has fixed shapes: rows that must not change are
-pointed at the sink (slot S) or at the pending sink (index M, always 0), so no
+The store is the embedding runtime's RowStore: primaries, then mirrors, then
+the sink, then R = P (C + 1) staging rows, one per exchange slot (the store's
+`spare` rows). A row fetched in slot r of round B is copied to staging row r,
+so every id of the batch has a row in one local table:
+
+    own primary          its slot
+    mirror               its slot (refreshed in place when an answer comes)
+    not stored, sent     staging row of its request's slot
+    not stored, no slot  the sink (capacity overflow: the step flags it)
+
+and the step reads and updates that table like the one-GPU FastStep does:
+one gather in sorted order and the fused sparse update, over the batch's
+N ids, with no per-id [U, D] tensors in between. What a step sends is found
+afterwards, per exchange slot (R rows, not U):
+
+    staging row (not stored)   push row - answer (this step's delta), count
+    mirror, count > bound      push row - base, count; base := row
+    mirror, count <= bound     keep counting (the delta stays in row - base)
+
+`base` is a mirror's row as of its last exchange with the owner (its last
+answer plus what it has pushed since), so row - base is exactly what the
+mirror has not pushed. An answer for a mirror keeps that:
+row := answer + (row - base), base := answer.
+
+Versions: a primary's version counts the updates applied to it; a mirror that
+pushes bumps its own version by the count (the owner adds the same count
+before it serves anything), so primary - mirror version is the number of
+other workers' updates the copy has not seen. At bound 0 a mirror pushes
+every step it is written, so row - base is zero after every step and a
+refresh is exactly the owner's row: bound 0 is synchronous SGD. The owner
+adds (row + delta) - row, which is the delta itself whenever |row| >= |delta|
+(the difference of two floats within a factor of two is exact).
+
+Fixed shapes throughout: rows that must not change are pointed at rows nothing
+reads (staging rows of unused slots, rows after the mirrors in `base`), so no
 mask ever needs compacting. Except where atomics add: there the padding adds
 zeros to rows spread over the whole store (`spread`), since a hundred thousand
-atomic adds on the sink's one row would queue behind each other. Per unique id of the batch (N of them, padded):
-
-    kind           read                                write
-    own primary    local row                           row -= lr g; version += c
-    mirror         local if fresh, else answer +       row -= lr g; pending += -lr g, count += c;
-                   pending (stored, version := answer)  count > bound: push (pending, count), reset
-    not stored     answer                              push (-lr g, c)
-
-A mirror that pushes bumps its own version by the count (the owner adds the
-same count before it serves anything), so primary - mirror version is the
-number of other workers' updates the copy has not seen. At bound 0 a mirror
-pushes every step it is written and stays fresh until another worker writes
-the row, which keeps bound 0 exactly synchronous (SGD deltas add the same
-floats in the same order on both sides).
+atomic adds on one row would queue behind each other.
 """
 
 from __future__ import annotations
@@ -36,20 +54,39 @@ from hetgmp.fastpath.fixed_exchange import NOT_ANSWERED, FixedExchange
 
 @dataclass
 class Located:
-    """Where the batch's unique ids live, seen from this worker (all [N])."""
+    """Where the batch's distinct ids live, seen from this worker: [U] per distinct id
+    (UniqueIds), [R] per exchange slot."""
 
     ids: UniqueIds
-    owner: torch.Tensor      # int64 owner rank
-    slot: torch.Tensor       # int64 local slot, -1 if not stored here
-    own: torch.Tensor        # bool: a primary of this worker
-    mirror: torch.Tensor     # bool: a mirror here
-    pend: torch.Tensor       # int64 pending index of a mirror, M (the pending sink, always 0) otherwise
-    peer_slot: torch.Tensor  # int64 slot in the owner's block; C (the dump row) if none
-    sent: torch.Tensor       # bool: remote and within capacity (has a slot this step)
-    per_peer: torch.Tensor   # int64 [P] remote ids per peer
+    own: torch.Tensor        # bool [U]: a primary of this worker
+    mirror: torch.Tensor     # bool [U]: a mirror here
+    local: torch.Tensor      # int64 [U]: its row in the local table (see the module docstring)
+    pend: torch.Tensor       # int64 [U]: pending index of a mirror (slot - Np), M otherwise
+    per_peer: torch.Tensor   # int64 [P]: remote distinct ids per peer
+    source: torch.Tensor     # int64 [R]: the distinct id in each slot, or U (none)
+
+    def at_slots(self, values_U: torch.Tensor, none) -> torch.Tensor:
+        """values_U[source] per slot, `none` where the slot is empty."""
+        has = self.source < len(values_U)
+        return torch.where(has, values_U[self.source.clamp(max=len(values_U) - 1)], none)
+
+    def local_order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(local rows in the ids' sorted order, the sort's permutation): the gather's and the
+        update's order. Equal ids stay side by side, all the fused update needs (SGD)."""
+        sorted_run_N, perm_N = self.ids.order
+        return self.local[sorted_run_N], perm_N
+
+    def local_ids(self) -> torch.Tensor:
+        """The local row of every batch id, in batch order."""
+        return self.local[self.ids.inverse_N]
 
 
-def locate(store: RowStore, ids_N: torch.Tensor, rank: int, world: int, capacity: int, num_ids: int,
+def staging(store: RowStore) -> int:
+    """The first staging row (slot r's row is staging(store) + r)."""
+    return store.sink + 1
+
+
+def locate(store: RowStore, exchange: FixedExchange, ids_N: torch.Tensor, rank: int, num_ids: int,
            distinct_capacity: int | None = None) -> Located:
     """Where the batch's distinct ids live (the first `distinct_capacity` of them, if given)."""
     u = unique_ids(ids_N, num_ids)
@@ -59,28 +96,25 @@ def locate(store: RowStore, ids_N: torch.Tensor, rank: int, world: int, capacity
     own = u.valid_N & (owner == rank)
     mirror = u.valid_N & ~own & (slot >= 0)
     remote = u.valid_N & ~own
-    pos, per_peer = peer_slots(owner, remote, world)
-    sent = remote & (pos < capacity)
+    pos, per_peer = peer_slots(owner, remote, exchange.world)
+    sent = remote & (pos < exchange.capacity)
+    peer_slot = torch.where(sent, pos, exchange.capacity)
+    staged = staging(store) + owner * (exchange.capacity + 1) + peer_slot
+    local = torch.where(own | mirror, slot, torch.where(sent, staged, store.sink))
     pend = torch.where(mirror, slot - store.num_primaries, store.num_mirrors)
-    return Located(u, owner, slot, own, mirror, pend, torch.where(sent, pos, capacity), sent, per_peer)
+    return Located(u, own, mirror, local, pend, per_peer, exchange.sources(owner, peer_slot))
 
 
 def request(store: RowStore, at: Located, exchange: FixedExchange) -> None:
-    """This step's requests: (id, local version or MUST_FETCH) at each remote id's slot."""
-    version = torch.where(at.mirror, store.version[at.slot.clamp(min=0)], MUST_FETCH)
-    exchange.write_requests(at.owner, at.peer_slot, at.ids.uids_N, version)
+    """This step's requests: (id, local version or MUST_FETCH) in each slot."""
+    version_U = torch.where(at.mirror, store.version[at.local], MUST_FETCH)
+    exchange.write_requests(at.at_slots(at.ids.uids_N, -1), at.at_slots(version_U, MUST_FETCH))
 
 
 def spread(n: int, store: RowStore) -> torch.Tensor:
-    """n row indices spread over the store (sink included): where index_add_ is handed
-    zeros to add, so that they do not all wait on one row's atomics."""
-    return torch.arange(n, device=store.rows.device) % (store.sink + 1)
-
-
-def absorbing(n: int, base: int, store: RowStore) -> torch.Tensor:
-    """n indices from `base` (the sink, or the pending sink) over it and the spare rows after it:
-    where masked writes land, one row each as far as the spares go (writes to one row queue)."""
-    return base + torch.arange(n, device=store.rows.device) % (store.spare + 1)
+    """n row indices spread over the store: where index_add_ is handed zeros to add, so that
+    they do not all wait on one row's atomics."""
+    return torch.arange(n, device=store.rows.device) % len(store.rows)
 
 
 def apply_pushes(store: RowStore, exchange: FixedExchange) -> None:
@@ -106,64 +140,75 @@ def serve(store: RowStore, exchange: FixedExchange, bound: int, lag: torch.Tenso
     lag[1] += (fresh_lag > 0).sum()
 
 
-def gather(store: RowStore, at: Located, exchange: FixedExchange) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows of the unique ids [N, D], rows fetched): answered rows (plus a mirror's pending
-    delta) replace local ones and refresh the mirrors they belong to."""
-    version, row_ND = exchange.answers_at(at.owner, at.peer_slot)
-    answered = at.sent & (version != NOT_ANSWERED)
-    fetched_ND = row_ND + store.pending[at.pend, : row_ND.shape[1]]
-    rows_ND = torch.where(answered.unsqueeze(1), fetched_ND, store.rows[at.slot.clamp(min=0)])
-    refresh = torch.where(answered & at.mirror, at.slot, absorbing(len(answered), store.sink, store))
-    store.rows[refresh] = fetched_ND
-    store.version[refresh] = version
-    return rows_ND, answered.sum()
+def receive(store: RowStore, at: Located, exchange: FixedExchange, base: torch.Tensor) -> torch.Tensor:
+    """Reader: put round B's answers in place (staging rows, refreshed mirrors); returns the rows
+    fetched (a device scalar). One scatter over the R slots: slot r writes its mirror's row if it
+    refreshes one, else its own staging row (the answer: garbage if none came, and unread)."""
+    version_R, answer_RD = exchange.answers()
+    r_R = torch.arange(exchange.slots, device=version_R.device)
+    answered = (at.source < len(at.ids.uids_N)) & (version_R != NOT_ANSWERED)
+    refresh = answered & at.at_slots(at.mirror, False)
+    target = torch.where(refresh, at.at_slots(at.local, 0), staging(store) + r_R)
+    base_at = torch.where(refresh, at.at_slots(at.pend, 0), store.num_mirrors + r_R)
+    unpushed_RD = store.rows[target] - base[base_at]
+    store.rows[target] = torch.where(refresh.unsqueeze(1), answer_RD + unpushed_RD, answer_RD)
+    base[base_at] = answer_RD
+    store.version[target] = version_R
+    return answered.sum()
 
 
-def write(store: RowStore, at: Located, delta_ND: torch.Tensor, bound: int, exchange: FixedExchange) -> torch.Tensor:
-    """Apply this step's deltas (the module docstring's table) and queue the pushes for the
-    next round A; returns the number of pushes (a device scalar)."""
+def write(store: RowStore, at: Located, bound: int, exchange: FixedExchange, base: torch.Tensor) -> torch.Tensor:
+    """After the table's update: versions, mirrors' counts, and the pushes for the next round A
+    (the module docstring's table); returns the number of pushes (a device scalar)."""
     counts = at.ids.counts_N
-    local = at.own | at.mirror
-    new_pending = store.pending[at.pend] + delta_ND
     new_count = store.pending_count[at.pend] + counts
     due = at.mirror & (new_count > bound)
-    keep = (at.mirror & ~due).unsqueeze(1)
-    target = torch.where(local, at.slot, spread(len(local), store))
-    store.rows.index_add_(0, target, torch.where(local.unsqueeze(1), delta_ND, 0.0))
-    store.version.index_add_(0, target, torch.where(at.own, counts, torch.where(due, new_count, 0)))
-    pend_target = torch.where(at.mirror, at.pend, absorbing(len(at.mirror), store.num_mirrors, store))
-    store.pending[pend_target] = torch.where(keep, new_pending, 0.0)
-    store.pending_count[pend_target] = torch.where(keep.squeeze(1), new_count, 0)
-    push = at.sent & (due | (at.ids.valid_N & (at.slot < 0)))
-    push_delta = torch.where(due.unsqueeze(1), new_pending, delta_ND)
-    exchange.write_pushes(at.owner, at.peer_slot, torch.where(push, at.ids.uids_N, -1),
-                          torch.where(push, torch.where(due, new_count, counts), 0), push_delta)
+    versioned = at.own | due
+    store.version.index_add_(0, torch.where(versioned, at.local, spread(len(counts), store)),
+                             torch.where(at.own, counts, torch.where(due, new_count, 0)))
+    # A due count goes back to 0; the others add zeros, spread (as above).
+    pending_at = torch.where(at.mirror, at.pend, spread(len(counts), store) % len(store.pending_count))
+    store.pending_count.index_add_(0, pending_at, torch.where(at.mirror, torch.where(due, counts - new_count, counts), 0))
+    # Per slot: staging rows push this step's delta, due mirrors what they have not pushed.
+    has = at.source < len(counts)
+    staged, due_R = has & ~at.at_slots(at.mirror, True), at.at_slots(due, False)
+    version_R, answer_RD = exchange.answers()
+    r_R = torch.arange(exchange.slots, device=has.device)
+    base_at = torch.where(due_R, at.at_slots(at.pend, 0), store.num_mirrors + r_R)
+    row_RD = store.rows[at.at_slots(at.local, store.sink)]
+    push = staged | due_R
+    delta_RD = row_RD - torch.where(due_R.unsqueeze(1), base[base_at], answer_RD)
+    base[base_at] = row_RD
+    exchange.write_pushes(torch.where(push, at.at_slots(at.ids.uids_N, -1), -1),
+                          torch.where(push, torch.where(due_R, at.at_slots(new_count, 0), at.at_slots(counts, 0)), 0),
+                          delta_RD)
     return push.sum()
 
 
-def flush_pending(store: RowStore, exchange: FixedExchange, rank: int, world: int) -> int:
-    """Push every pending mirror delta in rounds of at most C per peer, the owners adding them
-    as they arrive. Host syncs allowed (flush is rare); a collective. Returns the rows pushed."""
+def flush_pending(store: RowStore, exchange: FixedExchange, base: torch.Tensor, rank: int, world: int) -> int:
+    """Push every mirror's unpushed delta (row - base) in rounds of at most C per peer, the owners
+    adding them as they arrive. Host syncs allowed (flush is rare); a collective. Returns the rows pushed."""
     exchange.clear_requests()
     exchange.round_a()  # the pushes the last step queued
     apply_pushes(store, exchange)
-    m = store.num_mirrors
-    slots = torch.arange(store.num_primaries, store.num_primaries + m, device=store.rows.device)
+    m, first = store.num_mirrors, store.num_primaries
+    ids = store.ids[first : first + m]
     has = store.pending_count[:m] > 0
-    owner = store.owner[store.ids[slots]].long()
+    owner = store.owner[ids].long()
     pos, per_peer = peer_slots(owner, has, world)
+    unpushed = store.rows[first : first + m] - base[:m]
     rounds = torch.div(per_peer.max() + exchange.capacity - 1, exchange.capacity, rounding_mode="floor").reshape(1)
     if world > 1:
         torch.distributed.all_reduce(rounds, op=torch.distributed.ReduceOp.MAX, group=exchange.group)
     for k in range(int(rounds.item())):
         mine = has & (pos // exchange.capacity == k)
-        exchange.write_pushes(owner, torch.where(mine, pos % exchange.capacity, exchange.capacity),
-                              torch.where(mine, store.ids[slots], -1), torch.where(mine, store.pending_count[:m], 0),
-                              store.pending[:m])
+        source = exchange.sources(owner, torch.where(mine, pos % exchange.capacity, exchange.capacity))
+        filled, pick = source < m, source.clamp(max=m - 1)  # a round runs only if some mirror has a delta
+        exchange.write_pushes(torch.where(filled, ids[pick], -1), torch.where(filled, store.pending_count[pick], 0), unpushed[pick])
         exchange.round_a()
         apply_pushes(store, exchange)
-    store.version[slots] += store.pending_count[:m]
-    store.pending.zero_()
+    store.version[first : first + m] += store.pending_count[:m]
+    base[:m] = store.rows[first : first + m]
     store.pending_count.zero_()
     exchange.clear_pushes()
     return int(has.sum().item())

@@ -9,17 +9,21 @@
 
 One step on worker r (P workers, N = B x F ids, capacity C rows per peer):
 
-    locate        sort the ids once: unique ids padded to N, their owners, slots and
+    locate        sort the ids once: distinct ids (at most U), their owners, local rows and
                   slots in the owners' blocks (sharded_rows.locate, capacity.py)
     round A       one all_to_all_single, equal splits: to every peer C + 1 records of
                   (this step's request, last step's push) (fixed_exchange.py)
     owner         add the received pushes, THEN answer outdated requests
-    round B       one all_to_all_single: the answers, at the requests' slots
-    gather        rows of the unique ids; emb_BFD = rows[inverse], a leaf
+    round B       one all_to_all_single: the answers, at the requests' slots; each is
+                  copied to its slot's staging row or refreshes its mirror
+    gather        emb_BFD = local rows of the batch's ids, read in sorted order (a leaf)
     model         forward (bf16 autocast if asked), loss, backward
+    update        the fused sparse update of the local table: own rows, mirrors and
+                  staging rows alike (the one-GPU step's kernels)
     dense         one flat gradient buffer (the parameters' .grad are views of it),
                   all-reduced (SUM) while the table is written, then fused SGD
-    write         own rows and mirrors updated, pushes queued for the next round A
+    write         versions and mirror counts; pushes (staging row - answer, or a due
+                  mirror's unpushed delta) queued for the next round A
 
 Pushes of step t travel with the requests of step t + 1 and owners apply them
 before serving, so step t's updates are in place before step t + 1 reads:
@@ -65,9 +69,9 @@ from hetgmp.fastpath.captured import GraphReplay
 from hetgmp.fastpath.config import AMP_MODES, autocast, matmul_precision
 from hetgmp.fastpath.fixed_exchange import FixedExchange
 from hetgmp.fastpath.inputs import Batch, InputBuffers
-from hetgmp.fastpath.sharded_rows import apply_pushes, flush_pending, gather, locate, request, serve, write
+from hetgmp.fastpath.sharded_rows import Located, apply_pushes, flush_pending, locate, receive, request, serve, write
 from hetgmp.kernels import resolve_backend, sparse_update
-from hetgmp.kernels.gather import id_dtype
+from hetgmp.kernels.gather import gather_rows, id_dtype
 
 
 @dataclass(frozen=True)
@@ -76,12 +80,14 @@ class ShardedStepConfig:
 
     capacity: C, rows per peer and round (every worker must pass the same C).
     distinct_capacity: U, the most distinct ids a batch may hold (None: the
-        batch's N ids). Every per-id pass of the step (rows, deltas, mirrors'
-        pending deltas, pushes) works on U rows instead of N: a Criteo batch
-        of 8192 x 26 ids holds about 78,000 distinct ones.
+        batch's N ids). The step's per-id passes (owners, local rows, slots,
+        versions and counts) cover U ids instead of N: a Criteo batch of
+        8192 x 26 ids holds about 78,000 distinct ones.
     dense_lr: learning rate of the dense weights (SGD).
     dense_optimizer: "sgd" only.
-    amp: "none" or "bf16" (autocast for the model's forward).
+    amp: "none" or "bf16" (autocast for the model's forward; the rows are then gathered
+        as bf16, and their gradient arrives as bf16, summed in fp32 by the update).
+    compile: torch.compile the model (fixed shapes).
     tf32: let fp32 matmuls use TF32 tensor cores.
     cuda_graph: capture the step in a CUDA graph (CUDA only).
     warmup_steps: eager steps before the capture.
@@ -94,6 +100,7 @@ class ShardedStepConfig:
     dense_lr: float = 0.01
     dense_optimizer: str = "sgd"
     amp: str = "none"
+    compile: bool = False
     tf32: bool = False
     cuda_graph: bool = True
     warmup_steps: int = 3
@@ -137,12 +144,15 @@ class ShardedFastStep:
         placement.validate(table.num_ids, ctx.world_size)
         self.table, self.cfg, self.ctx, self.device = table, cfg, ctx, ctx.device
         self.rank, self.world = ctx.rank, ctx.world_size
-        # Spare sink rows, one per distinct id a batch may hold: where the step's masked writes land.
-        self.store = RowStore(table, placement, ctx.rank, ctx.device, spare=cfg.distinct_capacity or 0)
         # Its own group: a caller's collectives between steps cannot interleave with the step's.
         self.group = dist.new_group(backend=ctx.backend)
         self.exchange = FixedExchange(self.world, cfg.capacity, table.dim, ctx.device, self.group)
+        # A staging row per exchange slot after the sink, and each mirror's base (sharded_rows).
+        self.store = RowStore(table, placement, ctx.rank, ctx.device, spare=self.exchange.slots)
+        first, m = self.store.num_primaries, self.store.num_mirrors
+        self.base = torch.cat([self.store.rows[first : first + m], self.store.rows.new_zeros(self.exchange.slots, table.dim)])
         self.model = model
+        self._forward = torch.compile(model, dynamic=False) if cfg.compile else model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.flat_grad = torch.zeros(sum(p.numel() for p in self.params), device=ctx.device)
         self.optimizer = torch.optim.SGD(self.params, lr=cfg.dense_lr, fused=True if ctx.device.type == "cuda" else None)
@@ -174,25 +184,29 @@ class ShardedFastStep:
 
     def _train(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
         B, nf = ids_BF.shape
-        emb_BFD, at = self._read(ids_BF)
+        at = self._read(ids_BF)
+        order = at.local_order()
+        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float32  # the dtype autocast would cast them to
+        emb_BFD = gather_rows(self.store.rows, order, dtype, use_triton=self.kernel == "triton").view(B, nf, -1).requires_grad_()
         with matmul_precision(self.cfg, self.device):
             with autocast(self.cfg, self.device):
-                logits_B = self.model(dense_BI, emb_BFD)
+                logits_B = self._forward(dense_BI, emb_BFD)
             loss = F.binary_cross_entropy_with_logits(logits_B.float(), labels_B.float())
             self._point_grads_at_flat()
             (loss / self.world).backward()
         work = dist.all_reduce(self.flat_grad, group=self.group, async_op=True)
-        self.rows_pushed += write(self.store, at, self._deltas(emb_BFD.grad, at), self.table.bound, self.exchange)
+        grad_ND = emb_BFD.grad.reshape(B * nf, -1).contiguous()
+        sparse_update(self.store.rows, at.local_ids(), grad_ND, self.table.lr, backend=self.kernel, order=order)
+        self.rows_pushed += write(self.store, at, self.table.bound, self.exchange, self.base)
         work.wait()
         self.optimizer.step()
         return loss.detach()
 
-    def _read(self, ids_BF: torch.Tensor):
-        """Both rounds; (emb_BFD leaf, where the batch's ids live)."""
-        B, nf = ids_BF.shape
+    def _read(self, ids_BF: torch.Tensor) -> Located:
+        """Both rounds; where the batch's ids live, their rows all in the local table."""
         s, ex = self.store, self.exchange
-        at = locate(s, ids_BF.reshape(-1), self.rank, self.world, self.cfg.capacity, self.table.num_ids, self.cfg.distinct_capacity)
-        distinct_cap = self.cfg.distinct_capacity or len(at.ids.inverse_N)
+        at = locate(s, ex, ids_BF.reshape(-1), self.rank, self.table.num_ids, self.cfg.distinct_capacity)
+        distinct_cap = self.cfg.distinct_capacity or ids_BF.numel()
         self._overflow[0] += ((at.per_peer > self.cfg.capacity).any() | (at.ids.distinct > distinct_cap).any()).long()
         self._overflow[1] = torch.maximum(self._overflow[1], at.per_peer.max())
         self._overflow[2] = torch.maximum(self._overflow[2], at.ids.distinct.max())
@@ -201,18 +215,8 @@ class ShardedFastStep:
         apply_pushes(s, ex)
         serve(s, ex, self.table.bound, self._lag)
         ex.round_b()
-        rows_ND, fetched = gather(s, at, ex)
-        self.rows_fetched += fetched
-        return rows_ND[at.ids.inverse_N].view(B, nf, -1).requires_grad_(), at
-
-    def _deltas(self, grad_BFD: torch.Tensor, at) -> torch.Tensor:
-        """-lr x the gradient summed per distinct id, [U, D]: the fused SGD kernel applied to a zeroed
-        [U, D] "table" indexed by the ids' positions among the distinct ones, reusing the batch's
-        sort (no atomics on hot rows, unlike index_add_)."""
-        grad_ND = grad_BFD.reshape(-1, self.table.dim).float().contiguous()
-        delta_ND = grad_ND.new_zeros(len(at.ids.uids_N), self.table.dim)
-        sparse_update(delta_ND, at.ids.inverse_N, grad_ND, self.table.lr, backend=self.kernel, order=at.ids.order)
-        return delta_ND
+        self.rows_fetched += receive(s, at, ex, self.base)
+        return at
 
     def _point_grads_at_flat(self) -> None:
         """Zero the flat buffer and make every .grad a view of it, so backward accumulates
@@ -242,7 +246,7 @@ class ShardedFastStep:
     @torch.no_grad()
     def flush(self) -> None:
         """Push every queued and pending mirror delta; afterwards the primaries hold all updates."""
-        self.rows_pushed += flush_pending(self.store, self.exchange, self.rank, self.world)
+        self.rows_pushed += flush_pending(self.store, self.exchange, self.base, self.rank, self.world)
 
     def gather_table(self) -> torch.Tensor:
         """The full (E, D) table from every worker's primaries, on every worker (flush() first)."""

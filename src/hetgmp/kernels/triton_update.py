@@ -191,7 +191,9 @@ def fused_update(
     num_warps: int | None = None,
 ) -> None:
     """Sort the ids (unless `order`, their (sorted, permutation), is given), then
-    one (SGD) or two (Adagrad) kernels; see the module doc.
+    one (SGD) or two (Adagrad) kernels; see the module doc. SGD needs of a given
+    order only that equal ids sit side by side; Adagrad needs them ascending
+    (it finds run starts by searchsorted).
 
     `block_n` (a power of two >= 16) overrides the tile height; the CPU tests
     use small tiles so that runs cross many tile boundaries. `block_d` (SGD
