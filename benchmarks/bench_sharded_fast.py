@@ -73,7 +73,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (sharded steps and the one-GPU step)")
-    p.add_argument("--profile", action="store_true", help="rank 0 prints the kernels of 3 eager plan+bound steps first")
+    p.add_argument("--profile", choices=["eager", "graph"],
+                   help="rank 0 prints the kernels of 3 plan+bound steps first (eager, or replays of the captured graph)")
     p.add_argument("--pad-to-batch", action="store_true",
                    help="per-id passes over all B x F ids of the batch (no distinct capacity), for comparison")
     return p.parse_args()
@@ -176,10 +177,11 @@ def run_sharded(args, ctx, cards, batches, placement: Placement, bound: int) -> 
 
 
 def profile_step(args, ctx, cards, batches, placement: Placement, bound: int) -> None:
-    """Three eager steps (no graph: a replay hides its kernels) under torch.profiler; rank 0 prints
-    the kernels by device time (CPU time off CUDA)."""
-    step = sharded_step(args, ctx, cards, batches, placement, bound, cuda_graph=False)
-    for i in range(3):
+    """Three steps under torch.profiler, after warm-up (and capture, for --profile graph: a replay's
+    kernels show with the time each took inside the graph); rank 0 prints the kernels by device time
+    (CPU time off CUDA)."""
+    step = sharded_step(args, ctx, cards, batches, placement, bound, cuda_graph=args.profile == "graph")
+    for i in range(step.cfg.warmup_steps + 2):
         step.step(*batches[i % len(batches)])
     with torch.profiler.profile() as prof:
         for i in range(3):
@@ -188,7 +190,7 @@ def profile_step(args, ctx, cards, batches, placement: Placement, bound: int) ->
             torch.cuda.synchronize(ctx.device)
     if ctx.rank == 0:
         key = "self_device_time_total" if ctx.device.type == "cuda" else "self_cpu_time_total"
-        print("eager sharded step, 3 steps:\n" + prof.key_averages().table(sort_by=key, row_limit=25), flush=True)
+        print(f"{args.profile} sharded step, 3 steps:\n" + prof.key_averages().table(sort_by=key, row_limit=40), flush=True)
 
 
 def run_one_gpu(args, ctx, cards, batches) -> dict:

@@ -26,9 +26,9 @@ WORLD, IDS, DIM, FIELDS, DENSE, BATCH, STEPS = 2, 500, 8, 4, 3, 16, 6
 LR, DENSE_LR = 0.5, 0.1  # large, so that every row and weight moves visibly in a few steps
 
 
-def _data(seed=1):
-    ids, labels = skewed_batches(IDS, STEPS, WORLD * BATCH, FIELDS, seed=seed)
-    dense = np.random.default_rng(seed).random((STEPS, WORLD * BATCH, DENSE)).astype(np.float32)
+def _data(seed=1, world=WORLD):
+    ids, labels = skewed_batches(IDS, STEPS, world * BATCH, FIELDS, seed=seed)
+    dense = np.random.default_rng(seed).random((STEPS, world * BATCH, DENSE)).astype(np.float32)
     return ids, labels, dense
 
 
@@ -73,10 +73,11 @@ def _bound0_worker(ctx, placement, arrays):
     return table, weights, losses, step.max_lag_served
 
 
-def test_bound0_with_mirrors_matches_single_process():
-    arrays = _data()
-    placement = plan_like(arrays[0], IDS, WORLD, store_rate=0.2)
-    results = run_workers(_bound0_worker, WORLD, args=(placement, arrays))
+@pytest.mark.parametrize("world", [WORLD, 3])  # 3: a worker whose rank lies between its peers' blocks
+def test_bound0_with_mirrors_matches_single_process(world):
+    arrays = _data(world=world)
+    placement = plan_like(arrays[0], IDS, world, store_rate=0.2)
+    results = run_workers(_bound0_worker, world, args=(placement, arrays))
     cfg = EmbeddingConfig(IDS, DIM, lr=LR, init_std=0.3)
     start = initial_rows(torch.arange(IDS), cfg, torch.device("cpu"))
     model = _model()

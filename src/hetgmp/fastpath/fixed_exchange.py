@@ -1,10 +1,10 @@
 """The two fixed-size rounds of the sharded fast step, as int32 word buffers.
 
-Every worker sends every worker (itself included: that block stays padding)
-a block of C + 1 records a round, so `all_to_all_single` runs with equal
-splits and no size ever travels to the host. Row C of each block is a dump:
-ids that have no slot this step (own rows, padding, overflow past C) are
-written there and it always goes out as padding (id -1).
+Every worker sends every other worker a block of C + 1 records a round (and
+itself none), so `all_to_all_single` runs with split sizes fixed at
+construction and no size ever travels to the host. Block k goes to peer k,
+or k + 1 from the worker's own rank on (`peer_block`). Row C of each block
+is a dump: it always goes out as padding (id -1).
 
 Round A, one record [W_A] per slot (W_A = 5 + D, rounded up to even so the
 int64 version is 8-byte aligned in every row):
@@ -52,26 +52,32 @@ def _even(words: int) -> int:
 
 class FixedExchange:
     """The send and receive buffers of both rounds (allocated once: a CUDA graph reads them
-    in place) and typed views into them. Shapes: [P, C + 1, W]."""
+    in place) and typed views into them. Shapes: [P - 1, C + 1, W]."""
 
-    def __init__(self, world: int, capacity: int, dim: int, device: torch.device, group: dist.ProcessGroup | None) -> None:
-        self.world, self.capacity, self.dim, self.group = world, capacity, dim, group
-        shape_a = (world, capacity + 1, _even(PUSH_DELTA + dim))
-        shape_b = (world, capacity + 1, _even(ANS_ROW + dim))
+    def __init__(self, world: int, rank: int, capacity: int, dim: int, device: torch.device, group: dist.ProcessGroup | None) -> None:
+        self.world, self.rank, self.capacity, self.dim, self.group = world, rank, capacity, dim, group
+        shape_a = (world - 1, capacity + 1, _even(PUSH_DELTA + dim))
+        shape_b = (world - 1, capacity + 1, _even(ANS_ROW + dim))
         self.send_a = torch.zeros(shape_a, dtype=WORD, device=device)
         self.recv_a = torch.zeros_like(self.send_a)
         self.send_b = torch.zeros(shape_b, dtype=WORD, device=device)
-        self.slots = world * (capacity + 1)  # R: slot r = peer * (C + 1) + slot in the peer's block
         self.recv_b = torch.zeros_like(self.send_b)
+        self.slots = (world - 1) * (capacity + 1)  # R: slot r = block * (C + 1) + slot in the block
+        # Split sizes in records (dim 0 of the [R, W] views): C + 1 to and from each peer, none to itself.
+        self._splits = [0 if p == rank else capacity + 1 for p in range(world)]
         self.clear_pushes()
         self.clear_requests()
 
     # ---- sizes ----
 
     def bytes_to_others(self) -> int:
-        """Bytes one worker sends other workers per step (both rounds; the own block stays home)."""
-        per_block = (self.send_a[0].numel() + self.send_b[0].numel()) * 4
-        return (self.world - 1) * per_block
+        """Bytes one worker sends other workers per step (both rounds)."""
+        return (self.send_a.numel() + self.send_b.numel()) * 4
+
+    def peer_block(self, peer: torch.Tensor) -> torch.Tensor:
+        """The block of each peer's records (the own rank has none: it maps onto the next block,
+        callers never place records for it)."""
+        return peer - (peer > self.rank).long()
 
     # ---- the sender's side of round A ----
 
@@ -83,7 +89,7 @@ class FixedExchange:
         self.send_a[:, :, PUSH_ID].fill_(-1)
 
     def sources(self, peer_U: torch.Tensor, slot_U: torch.Tensor) -> torch.Tensor:
-        """For each of the R = P (C + 1) slots, the index of the entry (peer_U, slot_U) placed
+        """For each of the R = (P - 1)(C + 1) slots, the index of the entry (peer_U, slot_U) placed
         there, or U (none): int64 [R]. Entries with slot == C (no slot) go nowhere.
 
         Indices are scattered, each entry to its own cell (the ones without a slot to spare cells
@@ -91,7 +97,7 @@ class FixedExchange:
         writes that pile onto one row queue behind each other (0.86 ms a call, batch 8192, d = 128)."""
         n, blocks = len(peer_U), self.slots
         spare_U = blocks + torch.arange(n, device=peer_U.device)
-        dest_U = torch.where(slot_U < self.capacity, peer_U * (self.capacity + 1) + slot_U, spare_U)
+        dest_U = torch.where(slot_U < self.capacity, self.peer_block(peer_U) * (self.capacity + 1) + slot_U, spare_U)
         source = torch.full((blocks + n,), n, dtype=torch.int64, device=peer_U.device)
         source[dest_U] = torch.arange(n, device=peer_U.device)
         return source[:blocks]
@@ -112,15 +118,18 @@ class FixedExchange:
     # ---- the rounds ----
 
     def round_a(self) -> None:
-        dist.all_to_all_single(self.recv_a.view(-1), self.send_a.view(-1), group=self.group)
+        self._round(self.recv_a, self.send_a)
 
     def round_b(self) -> None:
-        dist.all_to_all_single(self.recv_b.view(-1), self.send_b.view(-1), group=self.group)
+        self._round(self.recv_b, self.send_b)
+
+    def _round(self, recv: torch.Tensor, send: torch.Tensor) -> None:
+        dist.all_to_all_single(recv.view(self.slots, -1), send.view(self.slots, -1), self._splits, self._splits, group=self.group)
 
     # ---- the owner's side: what arrived in round A, and its answers ----
 
     def received_pushes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(ids int64, counts int64, deltas float32 [R, D]) of every received slot, R = P (C + 1)."""
+        """(ids int64, counts int64, deltas float32 [R, D]) of every received slot, R = (P - 1)(C + 1)."""
         flat = self.recv_a.view(-1, self.recv_a.shape[2])
         return flat[:, PUSH_ID].long(), flat[:, PUSH_COUNT].long(), flat[:, PUSH_DELTA : PUSH_DELTA + self.dim].view(torch.float32)
 

@@ -1,7 +1,7 @@
 """One worker's rows in the sharded fast step: read a batch, serve peers, write gradients.
 
 The store is the embedding runtime's RowStore: primaries, then mirrors, then
-the sink, then R = P (C + 1) staging rows, one per exchange slot (the store's
+the sink, then R = (P - 1)(C + 1) staging rows, one per exchange slot (the store's
 `spare` rows). A row fetched in slot r of round B is copied to staging row r,
 so every id of the batch has a row in one local table:
 
@@ -99,7 +99,7 @@ def locate(store: RowStore, exchange: FixedExchange, ids_N: torch.Tensor, rank: 
     pos, per_peer = peer_slots(owner, remote, exchange.world)
     sent = remote & (pos < exchange.capacity)
     peer_slot = torch.where(sent, pos, exchange.capacity)
-    staged = staging(store) + owner * (exchange.capacity + 1) + peer_slot
+    staged = staging(store) + exchange.peer_block(owner) * (exchange.capacity + 1) + peer_slot
     local = torch.where(own | mirror, slot, torch.where(sent, staged, store.sink))
     pend = torch.where(mirror, slot - store.num_primaries, store.num_mirrors)
     return Located(u, own, mirror, local, pend, per_peer, exchange.sources(owner, peer_slot))

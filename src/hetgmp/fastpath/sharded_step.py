@@ -11,7 +11,7 @@ One step on worker r (P workers, N = B x F ids, capacity C rows per peer):
 
     locate        sort the ids once: distinct ids (at most U), their owners, local rows and
                   slots in the owners' blocks (sharded_rows.locate, capacity.py)
-    round A       one all_to_all_single, equal splits: to every peer C + 1 records of
+    round A       one all_to_all_single, fixed splits: to every peer C + 1 records of
                   (this step's request, last step's push) (fixed_exchange.py)
     owner         add the received pushes, THEN answer outdated requests
     round B       one all_to_all_single: the answers, at the requests' slots; each is
@@ -146,7 +146,7 @@ class ShardedFastStep:
         self.rank, self.world = ctx.rank, ctx.world_size
         # Its own group: a caller's collectives between steps cannot interleave with the step's.
         self.group = dist.new_group(backend=ctx.backend)
-        self.exchange = FixedExchange(self.world, cfg.capacity, table.dim, ctx.device, self.group)
+        self.exchange = FixedExchange(self.world, self.rank, cfg.capacity, table.dim, ctx.device, self.group)
         # A staging row per exchange slot after the sink, and each mirror's base (sharded_rows).
         self.store = RowStore(table, placement, ctx.rank, ctx.device, spare=self.exchange.slots)
         first, m = self.store.num_primaries, self.store.num_mirrors
