@@ -52,6 +52,7 @@ from hetgmp.embedding import EmbeddingConfig, Placement  # noqa: E402
 from hetgmp.embedding.init import initial_rows  # noqa: E402
 from hetgmp.fastpath import FastStep, FastStepConfig  # noqa: E402
 from hetgmp.fastpath.capacity import find_capacities  # noqa: E402
+from hetgmp.fastpath.fixed_exchange import FixedExchange  # noqa: E402
 from hetgmp.fastpath.sharded_step import ShardedFastStep, ShardedStepConfig  # noqa: E402
 from hetgmp.models import build_model  # noqa: E402
 
@@ -75,6 +76,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (sharded steps and the one-GPU step)")
     p.add_argument("--profile", choices=["eager", "graph"],
                    help="rank 0 prints the kernels of 3 plan+bound steps first (eager, or replays of the captured graph)")
+    p.add_argument("--no-exchange", action="store_true",
+                   help="replace both rounds by local copies (wrong rows: what the step's compute alone costs)")
     p.add_argument("--pad-to-batch", action="store_true",
                    help="per-id passes over all B x F ids of the batch (no distinct capacity), for comparison")
     return p.parse_args()
@@ -201,8 +204,15 @@ def run_one_gpu(args, ctx, cards, batches) -> dict:
     return {"s": timed(fast.step, batches, args, ctx.device), "fetched": 0.0, "bytes": 0, "mem": peak_memory(ctx.device), "C": "-", "U": "-"}
 
 
+def without_exchange() -> None:
+    """Rounds become copies of the send buffers (--no-exchange)."""
+    FixedExchange._round = lambda self, recv, send: recv.copy_(send)
+
+
 def run(args: argparse.Namespace) -> None:
     ctx = init_distributed(args.device)
+    if args.no_exchange:
+        without_exchange()
     torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
     cards = fitting_cards(args.num_ids)
     batches = shifted_batches(args, cards, ctx.rank, ctx.world_size, ctx.device)
