@@ -52,7 +52,7 @@ from hetgmp.embedding import EmbeddingConfig, Placement  # noqa: E402
 from hetgmp.embedding.init import initial_rows  # noqa: E402
 from hetgmp.fastpath import FastStep, FastStepConfig  # noqa: E402
 from hetgmp.fastpath.capacity import find_capacities  # noqa: E402
-from hetgmp.fastpath.fixed_exchange import FixedExchange  # noqa: E402
+from hetgmp.fastpath.fixed_exchange import PUSH_ID, REQ_ID, FixedExchange  # noqa: E402
 from hetgmp.fastpath.sharded_step import ShardedFastStep, ShardedStepConfig  # noqa: E402
 from hetgmp.models import build_model  # noqa: E402
 
@@ -205,8 +205,14 @@ def run_one_gpu(args, ctx, cards, batches) -> dict:
 
 
 def without_exchange() -> None:
-    """Rounds become copies of the send buffers (--no-exchange)."""
-    FixedExchange._round = lambda self, recv, send: recv.copy_(send)
+    """Rounds become copies of the send buffers, round A's without ids (no requests or pushes
+    arrive: the owner side does the same work on padding) (--no-exchange)."""
+    def copy(self, recv, send):
+        recv.copy_(send)
+        if recv is self.recv_a:
+            recv[:, :, REQ_ID] = -1
+            recv[:, :, PUSH_ID] = -1
+    FixedExchange._round = copy
 
 
 def run(args: argparse.Namespace) -> None:
