@@ -55,7 +55,7 @@ from hetgmp.fastpath.fixed_exchange import NOT_ANSWERED, FixedExchange
 @dataclass
 class Located:
     """Where the batch's distinct ids live, seen from this worker: [U] per distinct id
-    (UniqueIds), [R] per exchange slot."""
+    (UniqueIds), [R] per exchange slot (the distinct id placed there, or none)."""
 
     ids: UniqueIds
     own: torch.Tensor        # bool [U]: a primary of this worker
@@ -63,12 +63,12 @@ class Located:
     local: torch.Tensor      # int64 [U]: its row in the local table (see the module docstring)
     pend: torch.Tensor       # int64 [U]: pending index of a mirror (slot - Np), M otherwise
     per_peer: torch.Tensor   # int64 [P]: remote distinct ids per peer
-    source: torch.Tensor     # int64 [R]: the distinct id in each slot, or U (none)
-
-    def at_slots(self, values_U: torch.Tensor, none) -> torch.Tensor:
-        """values_U[source] per slot, `none` where the slot is empty."""
-        has = self.source < len(values_U)
-        return torch.where(has, values_U[self.source.clamp(max=len(values_U) - 1)], none)
+    slot_has: torch.Tensor     # bool [R]: a distinct id sits in the slot
+    slot_uid: torch.Tensor     # int64 [R]: its id, -1 if none
+    slot_local: torch.Tensor   # int64 [R]: its local row, the sink if none
+    slot_pend: torch.Tensor    # int64 [R]: its pending index (M if not a mirror, or none)
+    slot_mirror: torch.Tensor  # bool [R]: it is a mirror here
+    slot_counts: torch.Tensor  # int64 [R]: its occurrences in the batch, 0 if none
 
     def local_order(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(local rows in the ids' sorted order, the sort's permutation): the gather's and the
@@ -102,13 +102,17 @@ def locate(store: RowStore, exchange: FixedExchange, ids_N: torch.Tensor, rank: 
     staged = staging(store) + exchange.peer_block(owner) * (exchange.capacity + 1) + peer_slot
     local = torch.where(own | mirror, slot, torch.where(sent, staged, store.sink))
     pend = torch.where(mirror, slot - store.num_primaries, store.num_mirrors)
-    return Located(u, own, mirror, local, pend, per_peer, exchange.sources(owner, peer_slot))
+    # Per slot, in one gather: the distinct id's columns, or a row meaning none.
+    columns = torch.stack([u.uids_N, local, pend, mirror.long(), u.counts_N], 1)
+    none = torch.cat([torch.full((1, 1), v, device=columns.device) for v in (-1, store.sink, store.num_mirrors, 0, 0)], 1)
+    source = exchange.sources(owner, peer_slot)
+    uid, local_r, pend_r, mirror_r, counts_r = torch.cat([columns, none])[source].unbind(1)
+    return Located(u, own, mirror, local, pend, per_peer, source < len(local), uid, local_r, pend_r, mirror_r.bool(), counts_r)
 
 
 def request(store: RowStore, at: Located, exchange: FixedExchange) -> None:
     """This step's requests: (id, local version or MUST_FETCH) in each slot."""
-    version_U = torch.where(at.mirror, store.version[at.local], MUST_FETCH)
-    exchange.write_requests(at.at_slots(at.ids.uids_N, -1), at.at_slots(version_U, MUST_FETCH))
+    exchange.write_requests(at.slot_uid, torch.where(at.slot_mirror, store.version[at.slot_local], MUST_FETCH))
 
 
 def spread(n: int, store: RowStore) -> torch.Tensor:
@@ -146,10 +150,10 @@ def receive(store: RowStore, at: Located, exchange: FixedExchange, base: torch.T
     refreshes one, else its own staging row (the answer: garbage if none came, and unread)."""
     version_R, answer_RD = exchange.answers()
     r_R = torch.arange(exchange.slots, device=version_R.device)
-    answered = (at.source < len(at.ids.uids_N)) & (version_R != NOT_ANSWERED)
-    refresh = answered & at.at_slots(at.mirror, False)
-    target = torch.where(refresh, at.at_slots(at.local, 0), staging(store) + r_R)
-    base_at = torch.where(refresh, at.at_slots(at.pend, 0), store.num_mirrors + r_R)
+    answered = at.slot_has & (version_R != NOT_ANSWERED)
+    refresh = answered & at.slot_mirror
+    target = torch.where(refresh, at.slot_local, staging(store) + r_R)
+    base_at = torch.where(refresh, at.slot_pend, store.num_mirrors + r_R)
     unpushed_RD = store.rows[target] - base[base_at]
     store.rows[target] = torch.where(refresh.unsqueeze(1), answer_RD + unpushed_RD, answer_RD)
     base[base_at] = answer_RD
@@ -163,6 +167,9 @@ def write(store: RowStore, at: Located, bound: int, exchange: FixedExchange, bas
     counts = at.ids.counts_N
     new_count = store.pending_count[at.pend] + counts
     due = at.mirror & (new_count > bound)
+    # The same per slot (before the counts change below).
+    new_count_R = store.pending_count[at.slot_pend] + at.slot_counts
+    due_R = at.slot_mirror & (new_count_R > bound)
     versioned = at.own | due
     store.version.index_add_(0, torch.where(versioned, at.local, spread(len(counts), store)),
                              torch.where(at.own, counts, torch.where(due, new_count, 0)))
@@ -170,18 +177,14 @@ def write(store: RowStore, at: Located, bound: int, exchange: FixedExchange, bas
     pending_at = torch.where(at.mirror, at.pend, spread(len(counts), store) % len(store.pending_count))
     store.pending_count.index_add_(0, pending_at, torch.where(at.mirror, torch.where(due, counts - new_count, counts), 0))
     # Per slot: staging rows push this step's delta, due mirrors what they have not pushed.
-    has = at.source < len(counts)
-    staged, due_R = has & ~at.at_slots(at.mirror, True), at.at_slots(due, False)
-    version_R, answer_RD = exchange.answers()
-    r_R = torch.arange(exchange.slots, device=has.device)
-    base_at = torch.where(due_R, at.at_slots(at.pend, 0), store.num_mirrors + r_R)
-    row_RD = store.rows[at.at_slots(at.local, store.sink)]
-    push = staged | due_R
+    push = (at.slot_has & ~at.slot_mirror) | due_R
+    _, answer_RD = exchange.answers()
+    r_R = torch.arange(exchange.slots, device=push.device)
+    base_at = torch.where(due_R, at.slot_pend, store.num_mirrors + r_R)
+    row_RD = store.rows[at.slot_local]
     delta_RD = row_RD - torch.where(due_R.unsqueeze(1), base[base_at], answer_RD)
     base[base_at] = row_RD
-    exchange.write_pushes(torch.where(push, at.at_slots(at.ids.uids_N, -1), -1),
-                          torch.where(push, torch.where(due_R, at.at_slots(new_count, 0), at.at_slots(counts, 0)), 0),
-                          delta_RD)
+    exchange.write_pushes(torch.where(push, at.slot_uid, -1), torch.where(push, torch.where(due_R, new_count_R, at.slot_counts), 0), delta_RD)
     return push.sum()
 
 
