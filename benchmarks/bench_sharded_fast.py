@@ -76,6 +76,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (sharded steps and the one-GPU step)")
     p.add_argument("--profile", choices=["eager", "graph"],
                    help="rank 0 prints the kernels of 3 plan+bound steps first (eager, or replays of the captured graph)")
+    p.add_argument("--trace", type=Path, help="with --profile: rank 0 also writes the steps' Chrome trace here")
     p.add_argument("--no-exchange", action="store_true",
                    help="replace both rounds by local copies (wrong rows: what the step's compute alone costs)")
     p.add_argument("--pad-to-batch", action="store_true",
@@ -194,6 +195,8 @@ def profile_step(args, ctx, cards, batches, placement: Placement, bound: int) ->
     if ctx.rank == 0:
         key = "self_device_time_total" if ctx.device.type == "cuda" else "self_cpu_time_total"
         print(f"{args.profile} sharded step, 3 steps:\n" + prof.key_averages().table(sort_by=key, row_limit=40), flush=True)
+        if args.trace:
+            prof.export_chrome_trace(str(args.trace))
 
 
 def run_one_gpu(args, ctx, cards, batches) -> dict:
