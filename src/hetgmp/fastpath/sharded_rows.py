@@ -144,6 +144,12 @@ def serve(store: RowStore, exchange: FixedExchange, bound: int, lag: torch.Tenso
     lag[1] += (fresh_lag > 0).sum()
 
 
+def answer(store: RowStore, exchange: FixedExchange, bound: int, lag: torch.Tensor) -> None:
+    """Owner, between the rounds: add the pushes, then answer the requests."""
+    apply_pushes(store, exchange)
+    serve(store, exchange, bound, lag)
+
+
 def receive(store: RowStore, at: Located, exchange: FixedExchange, base: torch.Tensor) -> torch.Tensor:
     """Reader: put round B's answers in place (staging rows, refreshed mirrors); returns the rows
     fetched (a device scalar). One scatter over the R slots: slot r writes its mirror's row if it
