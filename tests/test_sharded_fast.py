@@ -192,3 +192,11 @@ def test_unique_ids_fixed_shape():
     assert u.valid_N.tolist() == [True, True, True, True, False]
     assert u.counts_N.tolist() == [1, 1, 1, 2, 0]
     assert torch.equal(u.uids_N[u.inverse_N], torch.tensor([9, 5, 9, 2, 7]))
+
+
+def test_versions_travel_as_the_words_of_an_int64():
+    from hetgmp.fastpath.fixed_exchange import _from_words, _to_words
+
+    versions = torch.tensor([-1, 0, 5, 2**31, 2**40 + 7, -(2**35), 2**63 - 1])
+    assert torch.equal(_to_words(versions), versions.unsqueeze(1).view(torch.int32))
+    assert torch.equal(_from_words(_to_words(versions)), versions)

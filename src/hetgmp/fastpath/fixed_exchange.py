@@ -50,6 +50,19 @@ def _even(words: int) -> int:
     return words + words % 2
 
 
+# An int64 travels as two int32 words, low word first. By arithmetic, not a dtype view: under
+# torch.compile a write through an int64 view of an int32 buffer cannot be traced.
+def _to_words(values: torch.Tensor) -> torch.Tensor:
+    """int64 [R] -> int32 [R, 2]."""
+    low = values & 0xFFFFFFFF
+    return torch.stack([torch.where(low >= 2**31, low - 2**32, low), values >> 32], 1).to(WORD)
+
+
+def _from_words(words: torch.Tensor) -> torch.Tensor:
+    """int32 [R, 2] -> int64 [R]."""
+    return (words[:, 1].long() << 32) | (words[:, 0].long() & 0xFFFFFFFF)
+
+
 class FixedExchange:
     """The send and receive buffers of both rounds (allocated once: a CUDA graph reads them
     in place) and typed views into them. Shapes: [P - 1, C + 1, W]."""
@@ -105,7 +118,7 @@ class FixedExchange:
     def write_requests(self, ids_R: torch.Tensor, version_R: torch.Tensor) -> None:
         """One request per slot (id -1: none; version MUST_FETCH: the reader holds no copy)."""
         flat = self.send_a.view(self.slots, -1)
-        flat[:, REQ_VERSION : REQ_VERSION + 2].view(torch.int64).copy_(version_R.unsqueeze(1))
+        flat[:, REQ_VERSION : REQ_VERSION + 2] = _to_words(version_R)
         flat[:, REQ_ID].copy_(ids_R)
 
     def write_pushes(self, ids_R: torch.Tensor, counts_R: torch.Tensor, delta_RD: torch.Tensor) -> None:
@@ -113,7 +126,7 @@ class FixedExchange:
         flat = self.send_a.view(self.slots, -1)
         flat[:, PUSH_ID].copy_(ids_R)
         flat[:, PUSH_COUNT].copy_(counts_R)
-        flat[:, PUSH_DELTA : PUSH_DELTA + self.dim].view(torch.float32).copy_(delta_RD)
+        flat[:, PUSH_DELTA : PUSH_DELTA + self.dim] = delta_RD.float().contiguous().view(WORD)
 
     # ---- the rounds ----
 
@@ -136,17 +149,17 @@ class FixedExchange:
     def received_requests(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids int64 (-1: none), versions int64) of every received slot."""
         flat = self.recv_a.view(-1, self.recv_a.shape[2])
-        return flat[:, REQ_ID].long(), flat[:, REQ_VERSION : REQ_VERSION + 2].view(torch.int64).squeeze(1)
+        return flat[:, REQ_ID].long(), _from_words(flat[:, REQ_VERSION : REQ_VERSION + 2])
 
     def write_answers(self, version_R: torch.Tensor, rows_RD: torch.Tensor) -> None:
         """Answers in the received requests' order (version NOT_ANSWERED where the copy is fresh)."""
         flat = self.send_b.view(-1, self.send_b.shape[2])
-        flat[:, ANS_VERSION : ANS_VERSION + 2].view(torch.int64).copy_(version_R.unsqueeze(1))
-        flat[:, ANS_ROW : ANS_ROW + self.dim].view(torch.float32).copy_(rows_RD)
+        flat[:, ANS_VERSION : ANS_VERSION + 2] = _to_words(version_R)
+        flat[:, ANS_ROW : ANS_ROW + self.dim] = rows_RD.float().contiguous().view(WORD)
 
     # ---- the reader's side of round B ----
 
     def answers(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(version int64 [R], row float32 [R, D]) answered at each slot (views of the receive buffer)."""
         flat = self.recv_b.view(self.slots, -1)
-        return flat[:, ANS_VERSION : ANS_VERSION + 2].view(torch.int64).squeeze(1), flat[:, ANS_ROW : ANS_ROW + self.dim].view(torch.float32)
+        return _from_words(flat[:, ANS_VERSION : ANS_VERSION + 2]), flat[:, ANS_ROW : ANS_ROW + self.dim].view(torch.float32)
