@@ -76,6 +76,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (sharded steps and the one-GPU step)")
     p.add_argument("--profile", choices=["eager", "graph"],
                    help="rank 0 prints the kernels of 3 plan+bound steps first (eager, or replays of the captured graph)")
+    p.add_argument("--modes", default="plan+bound,plan,rows", help="sharded modes to time, in order (see above)")
     p.add_argument("--trace", type=Path, help="with --profile: rank 0 also writes the steps' Chrome trace here")
     p.add_argument("--no-exchange", action="store_true",
                    help="replace both rounds by local copies (wrong rows: what the step's compute alone costs)")
@@ -229,11 +230,15 @@ def run(args: argparse.Namespace) -> None:
     if args.profile:
         profile_step(args, ctx, cards, batches, plan, args.bound)
     cpu_start = time.process_time()
-    results = {
-        f"plan+{args.store_rate:g} mirrors, bound {args.bound}": run_sharded(args, ctx, cards, batches, plan, args.bound),
-        f"plan+{args.store_rate:g} mirrors, bound 0": run_sharded(args, ctx, cards, batches, plan, 0),
-        "row sharding": run_sharded(args, ctx, cards, batches, Placement.random(sum(cards), ctx.world_size, seed=0), 0),
+    modes = {
+        "plan+bound": (f"plan+{args.store_rate:g} mirrors, bound {args.bound}", plan, args.bound),
+        "plan": (f"plan+{args.store_rate:g} mirrors, bound 0", plan, 0),
+        "rows": ("row sharding", Placement.random(sum(cards), ctx.world_size, seed=0), 0),
     }
+    results = {}
+    for mode in args.modes.split(","):
+        name, placement, bound = modes[mode]
+        results[name] = run_sharded(args, ctx, cards, batches, placement, bound)
     dist.barrier()
     if ctx.rank == 0:
         results["one GPU (FastStep, rank 0 alone)"] = run_one_gpu(args, ctx, cards, batches)

@@ -121,13 +121,20 @@ def spread(n: int, store: RowStore) -> torch.Tensor:
     return torch.arange(n, device=store.rows.device) % len(store.rows)
 
 
+@torch.compiler.disable
+def add_at(target: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+    """target.index_add_(0, index, values), always eager: compiled (the step compiles this module's
+    functions), an accumulating index_put sorts its indices first (three radix sorts a call)."""
+    target.index_add_(0, index, values)
+
+
 def apply_pushes(store: RowStore, exchange: FixedExchange) -> None:
     """Owner: add every received push (deltas add up; version += count)."""
     ids, counts, delta = exchange.received_pushes()
     pushed = ids >= 0
     slot = torch.where(pushed, store.slot[ids.clamp(min=0)].long(), spread(len(ids), store))
-    store.rows.index_add_(0, slot, torch.where(pushed.unsqueeze(1), delta, 0.0))
-    store.version.index_add_(0, slot, torch.where(pushed, counts, 0))
+    add_at(store.rows, slot, torch.where(pushed.unsqueeze(1), delta, 0.0))
+    add_at(store.version, slot, torch.where(pushed, counts, 0))
 
 
 def serve(store: RowStore, exchange: FixedExchange, bound: int, lag: torch.Tensor) -> None:
@@ -177,11 +184,11 @@ def write(store: RowStore, at: Located, bound: int, exchange: FixedExchange, bas
     new_count_R = store.pending_count[at.slot_pend] + at.slot_counts
     due_R = at.slot_mirror & (new_count_R > bound)
     versioned = at.own | due
-    store.version.index_add_(0, torch.where(versioned, at.local, spread(len(counts), store)),
-                             torch.where(at.own, counts, torch.where(due, new_count, 0)))
+    add_at(store.version, torch.where(versioned, at.local, spread(len(counts), store)),
+           torch.where(at.own, counts, torch.where(due, new_count, 0)))
     # A due count goes back to 0; the others add zeros, spread (as above).
     pending_at = torch.where(at.mirror, at.pend, spread(len(counts), store) % len(store.pending_count))
-    store.pending_count.index_add_(0, pending_at, torch.where(at.mirror, torch.where(due, counts - new_count, counts), 0))
+    add_at(store.pending_count, pending_at, torch.where(at.mirror, torch.where(due, counts - new_count, counts), 0))
     # Per slot: staging rows push this step's delta, due mirrors what they have not pushed.
     push = (at.slot_has & ~at.slot_mirror) | due_R
     _, answer_RD = exchange.answers()
