@@ -47,19 +47,19 @@ def _local(arrays, rank):
     return [(torch.as_tensor(dense[t, rows]), torch.as_tensor(ids[t, rows]), torch.as_tensor(labels[t, rows])) for t in range(len(ids))]
 
 
-def _build(ctx, placement, bound, capacity=None, arrays=None, optimizer="sgd", distinct=None):
+def _build(ctx, placement, bound, capacity=None, arrays=None, optimizer="sgd", distinct=None, compile=False):
     """The step with C and U measured on the worker's batches (rounded to 4: U < the batch's 64 ids)."""
     table = EmbeddingConfig(IDS, DIM, optimizer=optimizer, lr=LR, bound=bound, init_std=0.3)
     if capacity is None:
         owner = torch.as_tensor(placement.owner.astype(np.int64))
         capacity, distinct = find_capacities([b[1] for b in _local(arrays, ctx.rank)], owner, ctx.rank, ctx.world_size, multiple=4)
         assert distinct < BATCH * FIELDS, "the per-id passes must be cut below the batch's ids, or U is not tested"
-    cfg = ShardedStepConfig(capacity=capacity, distinct_capacity=distinct, dense_lr=DENSE_LR)
+    cfg = ShardedStepConfig(capacity=capacity, distinct_capacity=distinct, dense_lr=DENSE_LR, compile=compile)
     return ShardedFastStep(_model(), table, placement, ctx, cfg)
 
 
-def _train_sharded(ctx, placement, bound, arrays):
-    step = _build(ctx, placement, bound, arrays=arrays)
+def _train_sharded(ctx, placement, bound, arrays, compile=False):
+    step = _build(ctx, placement, bound, arrays=arrays, compile=compile)
     losses = [step.step(*b).item() for b in _local(arrays, ctx.rank)]
     step.check_overflow()
     step.flush()
@@ -68,16 +68,18 @@ def _train_sharded(ctx, placement, bound, arrays):
     return step.gather_table().numpy(), step.gather_versions().numpy(), weights, losses, step
 
 
-def _bound0_worker(ctx, placement, arrays):
-    table, _, weights, losses, step = _train_sharded(ctx, placement, 0, arrays)
+def _bound0_worker(ctx, placement, arrays, compile):
+    table, _, weights, losses, step = _train_sharded(ctx, placement, 0, arrays, compile)
     return table, weights, losses, step.max_lag_served
 
 
-@pytest.mark.parametrize("world", [WORLD, 3])  # 3: a worker whose rank lies between its peers' blocks
-def test_bound0_with_mirrors_matches_single_process(world):
+# 3 workers: one's rank lies between its peers' blocks. compile: the model and the bookkeeping
+# around the rounds compiled (as the benchmarks run it).
+@pytest.mark.parametrize("world, compile", [(WORLD, False), (3, False), (WORLD, True)])
+def test_bound0_with_mirrors_matches_single_process(world, compile):
     arrays = _data(world=world)
     placement = plan_like(arrays[0], IDS, world, store_rate=0.2)
-    results = run_workers(_bound0_worker, world, args=(placement, arrays))
+    results = run_workers(_bound0_worker, world, args=(placement, arrays, compile), timeout_s=600)
     cfg = EmbeddingConfig(IDS, DIM, lr=LR, init_std=0.3)
     start = initial_rows(torch.arange(IDS), cfg, torch.device("cpu"))
     model = _model()
