@@ -10,6 +10,8 @@ Measured in the same processes, one after the other, each on its own table:
   rows         row sharding: Placement.random owners, no mirrors, bound 0
   one GPU      rank 0 alone: FastStep (the whole table, no exchange), same model, batches
                and options (--amp with bf16 rows, --compile)
+Each sharded step locates the next batch (sorts its ids, finds owners and
+slots) beside its model, unless --no-ahead.
 For each: --warmup steps (the graph is captured within them), then the median
 of --repeats runs of --steps steps (CUDA events; wall clock on CPU):
 samples/s per worker, ms/step, rows fetched per step (mean over workers),
@@ -76,6 +78,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (sharded steps and the one-GPU step)")
     p.add_argument("--profile", choices=["eager", "graph"],
                    help="rank 0 prints the kernels of 3 plan+bound steps first (eager, or replays of the captured graph)")
+    p.add_argument("--no-ahead", action="store_true", help="sharded steps locate each batch in its own step, not a step ahead")
     p.add_argument("--modes", default="plan+bound,plan,rows", help="sharded modes to time, in order (see above)")
     p.add_argument("--trace", type=Path, help="with --profile: rank 0 also writes the steps' Chrome trace here")
     p.add_argument("--no-exchange", action="store_true",
@@ -124,10 +127,19 @@ def plan_placement(owner: np.ndarray, batches: list, store_rate: float, rank: in
     return Placement(owner, [np.asarray(m, dtype=np.int64) for m in lists])
 
 
-def timed(step_fn, batches: list, args, device: torch.device) -> float:
+def stepper(step_fn, batches: list, ahead: bool):
+    """step_at(i): step i on the cycled batches; with `ahead`, handed the next batch's ids too."""
+    n = len(batches)
+    if ahead:
+        return lambda i: step_fn(*batches[i % n], next_ids_BF=batches[(i + 1) % n][1])
+    return lambda i: step_fn(*batches[i % n])
+
+
+def timed(step_fn, batches: list, args, device: torch.device, ahead: bool = False) -> float:
     """Median seconds per step over args.repeats runs of args.steps (after args.warmup)."""
+    step_at = stepper(step_fn, batches, ahead)
     for i in range(args.warmup):
-        step_fn(*batches[i % len(batches)])
+        step_at(i)
     times = []
     for _ in range(args.repeats):
         if device.type == "cuda":
@@ -135,7 +147,7 @@ def timed(step_fn, batches: list, args, device: torch.device) -> float:
             start.record()
         t0 = time.perf_counter()
         for i in range(args.steps):
-            step_fn(*batches[i % len(batches)])
+            step_at(args.warmup + i)
         if device.type == "cuda":
             end.record()
             end.synchronize()
@@ -173,7 +185,7 @@ def sharded_step(args, ctx, cards, batches, placement: Placement, bound: int, cu
 def run_sharded(args, ctx, cards, batches, placement: Placement, bound: int) -> dict:
     reset_memory(ctx.device)
     step = sharded_step(args, ctx, cards, batches, placement, bound)
-    seconds = timed(step.step, batches, args, ctx.device)
+    seconds = timed(step.step, batches, args, ctx.device, ahead=not args.no_ahead)
     step.check_overflow()
     fetched = step.rows_fetched.double() / step.steps  # every step's, warm-up included
     dist.all_reduce(fetched)
@@ -186,11 +198,13 @@ def profile_step(args, ctx, cards, batches, placement: Placement, bound: int) ->
     kernels show with the time each took inside the graph); rank 0 prints the kernels by device time
     (CPU time off CUDA)."""
     step = sharded_step(args, ctx, cards, batches, placement, bound, cuda_graph=args.profile == "graph")
-    for i in range(step.cfg.warmup_steps + 2):
-        step.step(*batches[i % len(batches)])
+    step_at = stepper(step.step, batches, ahead=not args.no_ahead)
+    warm = step.cfg.warmup_steps + 2
+    for i in range(warm):
+        step_at(i)
     with torch.profiler.profile() as prof:
-        for i in range(3):
-            step.step(*batches[i % len(batches)])
+        for i in range(warm, warm + 3):
+            step_at(i)
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
     if ctx.rank == 0:
@@ -255,7 +269,8 @@ def run(args: argparse.Namespace) -> None:
 def report(args, ctx, cards, results: dict, cpu_s: float) -> None:
     card = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"
     print(f"\n{ctx.world_size} workers on {card}, torch {torch.__version__}, {datetime.date.today()}; "
-          f"{sum(cards):,} ids, batch {args.batch}/worker, d {args.dim}, wdl, amp {args.amp}{', compiled' if args.compile else ''}; rank 0 CPU {cpu_s:.1f} s\n")
+          f"{sum(cards):,} ids, batch {args.batch}/worker, d {args.dim}, wdl, amp {args.amp}{', compiled' if args.compile else ''}"
+          f"{'' if args.no_ahead else ', located a step ahead'}; rank 0 CPU {cpu_s:.1f} s\n")
     print("| mode | C | U | samples/s per worker | ms/step | rows fetched/step | MB sent/step | peak GPU GiB |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():

@@ -58,9 +58,13 @@ def _build(ctx, placement, bound, capacity=None, arrays=None, optimizer="sgd", d
     return ShardedFastStep(_model(), table, placement, ctx, cfg)
 
 
-def _train_sharded(ctx, placement, bound, arrays, compile=False):
+def _train_sharded(ctx, placement, bound, arrays, compile=False, ahead=False):
     step = _build(ctx, placement, bound, arrays=arrays, compile=compile)
-    losses = [step.step(*b).item() for b in _local(arrays, ctx.rank)]
+    batches = _local(arrays, ctx.rank)
+    if ahead:  # each step locates the next batch's ids (the last one the first's: unused)
+        losses = [step.step(*b, next_ids_BF=batches[(t + 1) % len(batches)][1]).item() for t, b in enumerate(batches)]
+    else:
+        losses = [step.step(*b).item() for b in batches]
     step.check_overflow()
     step.flush()
     # numpy: tensors would travel back through shared memory the finished worker no longer holds
@@ -68,18 +72,18 @@ def _train_sharded(ctx, placement, bound, arrays, compile=False):
     return step.gather_table().numpy(), step.gather_versions().numpy(), weights, losses, step
 
 
-def _bound0_worker(ctx, placement, arrays, compile):
-    table, _, weights, losses, step = _train_sharded(ctx, placement, 0, arrays, compile)
+def _bound0_worker(ctx, placement, arrays, compile, ahead):
+    table, _, weights, losses, step = _train_sharded(ctx, placement, 0, arrays, compile, ahead)
     return table, weights, losses, step.max_lag_served
 
 
 # 3 workers: one's rank lies between its peers' blocks. compile: the model and the bookkeeping
-# around the rounds compiled (as the benchmarks run it).
-@pytest.mark.parametrize("world, compile", [(WORLD, False), (3, False), (WORLD, True)])
-def test_bound0_with_mirrors_matches_single_process(world, compile):
+# around the rounds compiled, each batch located a step ahead (as the benchmarks run it).
+@pytest.mark.parametrize("world, compile, ahead", [(WORLD, False, False), (3, False, True), (WORLD, True, True)])
+def test_bound0_with_mirrors_matches_single_process(world, compile, ahead):
     arrays = _data(world=world)
     placement = plan_like(arrays[0], IDS, world, store_rate=0.2)
-    results = run_workers(_bound0_worker, world, args=(placement, arrays, compile), timeout_s=600)
+    results = run_workers(_bound0_worker, world, args=(placement, arrays, compile, ahead), timeout_s=600)
     cfg = EmbeddingConfig(IDS, DIM, lr=LR, init_std=0.3)
     start = initial_rows(torch.arange(IDS), cfg, torch.device("cpu"))
     model = _model()

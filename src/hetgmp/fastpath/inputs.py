@@ -40,3 +40,20 @@ class InputBuffers:
                     raise HetGMPError(f"a captured step needs fixed shapes: got {tuple(t.shape)}, captured {tuple(buf.shape)}; pad the last batch or drop it")
                 buf.copy_(t, non_blocking=True)
         return self._buffers
+
+
+class IdBuffer:
+    """One more fixed buffer, for ids (the next batch's, read a step ahead)."""
+
+    def __init__(self, device: torch.device, ids_dtype: torch.dtype) -> None:
+        self.device, self.ids_dtype = device, ids_dtype
+        self._buffer: torch.Tensor | None = None
+
+    def load(self, ids_BF: torch.Tensor) -> torch.Tensor:
+        if self._buffer is None:
+            self._buffer = ids_BF.detach().to(device=self.device, dtype=self.ids_dtype, copy=True)
+        elif ids_BF is not self._buffer:
+            if ids_BF.shape != self._buffer.shape:
+                raise HetGMPError(f"a captured step needs fixed shapes: got ids {tuple(ids_BF.shape)}, captured {tuple(self._buffer.shape)}")
+            self._buffer.copy_(ids_BF, non_blocking=True)
+        return self._buffer

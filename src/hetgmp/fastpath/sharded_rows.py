@@ -42,7 +42,7 @@ atomic adds on one row would queue behind each other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -79,6 +79,22 @@ class Located:
     def local_ids(self) -> torch.Tensor:
         """The local row of every batch id, in batch order."""
         return self.local[self.ids.inverse_N]
+
+
+def copy_located(dst: Located, src: Located) -> None:
+    """Copy every tensor of src into dst's, in place."""
+    def pairs(a, b):
+        if isinstance(a, torch.Tensor):
+            yield a, b
+        elif isinstance(a, tuple):
+            for x, y in zip(a, b):
+                yield from pairs(x, y)
+        else:  # a dataclass
+            for f in fields(a):
+                yield from pairs(getattr(a, f.name), getattr(b, f.name))
+
+    for d, s in pairs(dst, src):
+        d.copy_(s)
 
 
 def staging(store: RowStore) -> int:

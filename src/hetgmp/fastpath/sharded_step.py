@@ -65,11 +65,11 @@ from hetgmp.embedding.placement import Placement
 from hetgmp.embedding.store import RowStore
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath.capacity import round_up
-from hetgmp.fastpath.captured import GraphReplay
+from hetgmp.fastpath.captured import GraphReplay, beside, join
 from hetgmp.fastpath.config import AMP_MODES, autocast, matmul_precision
 from hetgmp.fastpath.fixed_exchange import FixedExchange
-from hetgmp.fastpath.inputs import Batch, InputBuffers
-from hetgmp.fastpath.sharded_rows import Located, answer, flush_pending, locate, receive, request, write
+from hetgmp.fastpath.inputs import Batch, IdBuffer, InputBuffers
+from hetgmp.fastpath.sharded_rows import Located, answer, copy_located, flush_pending, locate, receive, request, write
 from hetgmp.kernels import resolve_backend, sparse_update
 from hetgmp.kernels.gather import gather_rows, id_dtype
 
@@ -170,28 +170,46 @@ class ShardedFastStep:
         self.kernel = resolve_backend(cfg.kernel, ctx.device)
         self.use_graph = cfg.cuda_graph and ctx.device.type == "cuda"
         self._inputs = InputBuffers(ctx.device, id_dtype(table.num_ids))
+        self._next_ids = IdBuffer(ctx.device, id_dtype(table.num_ids))
         self._replay = GraphReplay(ctx.device, self.use_graph, cfg.warmup_steps)
+        # Locating a step ahead (step's next_ids_BF): the current batch's places, and a stream beside.
+        self._located: Located | None = None
+        self._located_next: Located | None = None
+        self._ahead_stream = torch.cuda.Stream(ctx.device) if ctx.device.type == "cuda" else None
 
     # ---- training ----
 
-    def step(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
-        """Train on this worker's batch; returns its mean loss as a device tensor (no sync). A collective."""
+    def step(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor,
+             next_ids_BF: torch.Tensor | None = None) -> torch.Tensor:
+        """Train on this worker's batch; returns its mean loss as a device tensor (no sync). A collective.
+
+        next_ids_BF: the ids of the batch the next call trains on. This step then locates them
+        (sorts them, finds their owners and slots) beside its model, off the critical path, and
+        the next call trusts that its batch has them. Pass them on every call or on none."""
         self.steps += 1
+        ahead = next_ids_BF is not None
+        if ahead and self._located is None:
+            self._located = self._locate_ids(ids_BF)  # the first batch, located before any capture
         if not self.use_graph:
-            return self._train(dense_BI, ids_BF, labels_B)
+            return self._train(dense_BI, ids_BF, labels_B, next_ids_BF)
         inputs = self._inputs.load(dense_BI, ids_BF, labels_B)
-        return self._replay("step", lambda: self._train(*inputs))
+        next_ids = self._next_ids.load(next_ids_BF) if ahead else None
+        return self._replay("ahead" if ahead else "step", lambda: self._train(*inputs, next_ids))
 
     def input_buffers(self) -> Batch:
         """The graph's (dense_BI, ids_BF, labels_B) buffers (CUDA graph only, after the first step)."""
         return self._inputs.get()
 
-    def _train(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
+    def _train(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor,
+               next_ids_BF: torch.Tensor | None = None) -> torch.Tensor:
         B, nf = ids_BF.shape
-        at = self._read(ids_BF)
+        at = self._read(self._located if next_ids_BF is not None else self._locate_ids(ids_BF), ids_BF.numel())
         order = at.local_order()
         dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float32  # the dtype autocast would cast them to
         emb_BFD = gather_rows(self.store.rows, order, dtype, use_triton=self.kernel == "triton").view(B, nf, -1).requires_grad_()
+        if next_ids_BF is not None:
+            with beside(self._ahead_stream, self.device):
+                located_next = self._locate_ids(next_ids_BF)
         with matmul_precision(self.cfg, self.device):
             with autocast(self.cfg, self.device):
                 logits_B = self._forward(dense_BI, emb_BFD)
@@ -202,15 +220,23 @@ class ShardedFastStep:
         grad_ND = emb_BFD.grad.reshape(B * nf, -1).contiguous()
         sparse_update(self.store.rows, at.local_ids(), grad_ND, self.table.lr, backend=self.kernel, order=order)
         self.rows_pushed += self._write(self.store, at, self.table.bound, self.exchange, self.base)
+        if next_ids_BF is not None:
+            # The next batch's places go where this batch's were (a captured step reads them there).
+            # Kept referenced until the next step: the copy may still be queued when this returns.
+            join(self._ahead_stream, self.device)
+            copy_located(self._located, located_next)
+            self._located_next = located_next
         work.wait()
         self.optimizer.step()
         return loss.detach()
 
-    def _read(self, ids_BF: torch.Tensor) -> Located:
-        """Both rounds; where the batch's ids live, their rows all in the local table."""
+    def _locate_ids(self, ids_BF: torch.Tensor) -> Located:
+        return self._locate(self.store, self.exchange, ids_BF.reshape(-1), self.rank, self.table.num_ids, self.cfg.distinct_capacity)
+
+    def _read(self, at: Located, num_ids: int) -> Located:
+        """Both rounds for the located batch; afterwards all its rows are in the local table."""
         s, ex = self.store, self.exchange
-        at = self._locate(s, ex, ids_BF.reshape(-1), self.rank, self.table.num_ids, self.cfg.distinct_capacity)
-        distinct_cap = self.cfg.distinct_capacity or ids_BF.numel()
+        distinct_cap = self.cfg.distinct_capacity or num_ids
         self._overflow[0] += ((at.per_peer > self.cfg.capacity).any() | (at.ids.distinct > distinct_cap).any()).long()
         self._overflow[1] = torch.maximum(self._overflow[1], at.per_peer.max())
         self._overflow[2] = torch.maximum(self._overflow[2], at.ids.distinct.max())
