@@ -69,16 +69,10 @@ class Located:
     slot_pend: torch.Tensor    # int64 [R]: its pending index (M if not a mirror, or none)
     slot_mirror: torch.Tensor  # bool [R]: it is a mirror here
     slot_counts: torch.Tensor  # int64 [R]: its occurrences in the batch, 0 if none
-
-    def local_order(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(local rows in the ids' sorted order, the sort's permutation): the gather's and the
-        update's order. Equal ids stay side by side, all the fused update needs (SGD)."""
-        sorted_run_N, perm_N = self.ids.order
-        return self.local[sorted_run_N], perm_N
-
-    def local_ids(self) -> torch.Tensor:
-        """The local row of every batch id, in batch order."""
-        return self.local[self.ids.inverse_N]
+    order: tuple[torch.Tensor, torch.Tensor]  # [N] (local rows in the ids' sorted order, the sort's
+                                              # permutation): the gather's and the update's order
+                                              # (equal ids side by side, all the SGD update needs)
+    local_N: torch.Tensor    # int64 [N]: the local row of every batch id, in batch order
 
 
 def copy_located(dst: Located, src: Located) -> None:
@@ -123,12 +117,25 @@ def locate(store: RowStore, exchange: FixedExchange, ids_N: torch.Tensor, rank: 
     none = torch.cat([torch.full((1, 1), v, device=columns.device) for v in (-1, store.sink, store.num_mirrors, 0, 0)], 1)
     source = exchange.sources(owner, peer_slot)
     uid, local_r, pend_r, mirror_r, counts_r = torch.cat([columns, none])[source].unbind(1)
-    return Located(u, own, mirror, local, pend, per_peer, source < len(local), uid, local_r, pend_r, mirror_r.bool(), counts_r)
+    sorted_run_N, perm_N = u.order
+    return Located(u, own, mirror, local, pend, per_peer, source < len(local), uid, local_r, pend_r, mirror_r.bool(), counts_r,
+                   (local[sorted_run_N], perm_N), local[u.inverse_N])
 
 
-def request(store: RowStore, at: Located, exchange: FixedExchange) -> None:
-    """This step's requests: (id, local version or MUST_FETCH) in each slot."""
+def locate_into(dst: Located, store: RowStore, exchange: FixedExchange, ids_N: torch.Tensor, rank: int, num_ids: int,
+                distinct_capacity: int | None = None) -> None:
+    """locate(), written into dst's tensors (compiled, the results go straight there)."""
+    copy_located(dst, locate(store, exchange, ids_N, rank, num_ids, distinct_capacity))
+
+
+def request(store: RowStore, at: Located, exchange: FixedExchange, overflow: torch.Tensor, capacity: int, distinct_capacity: int) -> None:
+    """This step's requests: (id, local version or MUST_FETCH) in each slot; `overflow` [3] gets
+    (steps that dropped rows, most ids asked of one peer, most distinct ids) tallied on the device."""
     exchange.write_requests(at.slot_uid, torch.where(at.slot_mirror, store.version[at.slot_local], MUST_FETCH))
+    dropped = (at.per_peer > capacity).any() | (at.ids.distinct > distinct_capacity).any()
+    overflow[0] += dropped.long()
+    overflow[1] = torch.maximum(overflow[1], at.per_peer.max())
+    overflow[2] = torch.maximum(overflow[2], at.ids.distinct.max())
 
 
 def spread(n: int, store: RowStore) -> torch.Tensor:

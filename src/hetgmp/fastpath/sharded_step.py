@@ -51,6 +51,7 @@ included, and replayed from then on (captured.GraphReplay); elsewhere it runs ea
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -69,7 +70,7 @@ from hetgmp.fastpath.captured import GraphReplay, beside, join
 from hetgmp.fastpath.config import AMP_MODES, autocast, matmul_precision
 from hetgmp.fastpath.fixed_exchange import FixedExchange
 from hetgmp.fastpath.inputs import Batch, IdBuffer, InputBuffers
-from hetgmp.fastpath.sharded_rows import Located, answer, copy_located, flush_pending, locate, receive, request, write
+from hetgmp.fastpath.sharded_rows import Located, answer, flush_pending, locate, locate_into, receive, request, write
 from hetgmp.kernels import resolve_backend, sparse_update
 from hetgmp.kernels.gather import gather_rows, id_dtype
 
@@ -156,7 +157,8 @@ class ShardedFastStep:
         # H100); compiled, inductor fuses them.
         compiled = (lambda fn: torch.compile(fn, dynamic=False)) if cfg.compile else (lambda fn: fn)
         self._forward = compiled(model)
-        self._locate, self._answer, self._receive, self._write = compiled(locate), compiled(answer), compiled(receive), compiled(write)
+        self._locate, self._locate_into = compiled(locate), compiled(locate_into)
+        self._request, self._answer, self._receive, self._write = compiled(request), compiled(answer), compiled(receive), compiled(write)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.flat_grad = torch.zeros(sum(p.numel() for p in self.params), device=ctx.device)
         self.optimizer = torch.optim.SGD(self.params, lr=cfg.dense_lr, fused=True if ctx.device.type == "cuda" else None)
@@ -172,9 +174,10 @@ class ShardedFastStep:
         self._inputs = InputBuffers(ctx.device, id_dtype(table.num_ids))
         self._next_ids = IdBuffer(ctx.device, id_dtype(table.num_ids))
         self._replay = GraphReplay(ctx.device, self.use_graph, cfg.warmup_steps)
-        # Locating a step ahead (step's next_ids_BF): the current batch's places, and a stream beside.
-        self._located: Located | None = None
-        self._located_next: Located | None = None
+        # Locating a step ahead (step's next_ids_BF): two slots, the current batch's and the next's,
+        # and a stream beside.
+        self._slots: tuple[Located, Located] | None = None
+        self._parity = 0
         self._ahead_stream = torch.cuda.Stream(ctx.device) if ctx.device.type == "cuda" else None
 
     # ---- training ----
@@ -188,28 +191,34 @@ class ShardedFastStep:
         the next call trusts that its batch has them. Pass them on every call or on none."""
         self.steps += 1
         ahead = next_ids_BF is not None
-        if ahead and self._located is None:
-            self._located = self._locate_ids(ids_BF)  # the first batch, located before any capture
+        if ahead and self._slots is None:
+            # The first batch, located before any capture, and a second slot for the batch after.
+            first = self._locate_ids(ids_BF)
+            self._slots = (first, copy.deepcopy(first))
+        parity, self._parity = self._parity, self._parity ^ ahead
         if not self.use_graph:
-            return self._train(dense_BI, ids_BF, labels_B, next_ids_BF)
+            return self._train(dense_BI, ids_BF, labels_B, next_ids_BF, parity)
         inputs = self._inputs.load(dense_BI, ids_BF, labels_B)
         next_ids = self._next_ids.load(next_ids_BF) if ahead else None
-        return self._replay("ahead" if ahead else "step", lambda: self._train(*inputs, next_ids))
+        return self._replay(("ahead", parity) if ahead else "step", lambda: self._train(*inputs, next_ids, parity))
 
     def input_buffers(self) -> Batch:
         """The graph's (dense_BI, ids_BF, labels_B) buffers (CUDA graph only, after the first step)."""
         return self._inputs.get()
 
     def _train(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor,
-               next_ids_BF: torch.Tensor | None = None) -> torch.Tensor:
+               next_ids_BF: torch.Tensor | None = None, parity: int = 0) -> torch.Tensor:
+        """One step; with next_ids_BF, the batch was located in slot `parity` by the step before,
+        and this one locates the next batch into the other slot (one CUDA graph per parity)."""
         B, nf = ids_BF.shape
-        at = self._read(self._located if next_ids_BF is not None else self._locate_ids(ids_BF), ids_BF.numel())
-        order = at.local_order()
+        ahead = next_ids_BF is not None
+        at = self._read(self._slots[parity] if ahead else self._locate_ids(ids_BF), ids_BF.numel())
         dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float32  # the dtype autocast would cast them to
-        emb_BFD = gather_rows(self.store.rows, order, dtype, use_triton=self.kernel == "triton").view(B, nf, -1).requires_grad_()
-        if next_ids_BF is not None:
+        emb_BFD = gather_rows(self.store.rows, at.order, dtype, use_triton=self.kernel == "triton").view(B, nf, -1).requires_grad_()
+        if ahead:
             with beside(self._ahead_stream, self.device):
-                located_next = self._locate_ids(next_ids_BF)
+                self._locate_into(self._slots[1 - parity], self.store, self.exchange, next_ids_BF.reshape(-1), self.rank,
+                                  self.table.num_ids, self.cfg.distinct_capacity)
         with matmul_precision(self.cfg, self.device):
             with autocast(self.cfg, self.device):
                 logits_B = self._forward(dense_BI, emb_BFD)
@@ -218,14 +227,9 @@ class ShardedFastStep:
             (loss / self.world).backward()
         work = dist.all_reduce(self.flat_grad, group=self.group, async_op=True)
         grad_ND = emb_BFD.grad.reshape(B * nf, -1).contiguous()
-        sparse_update(self.store.rows, at.local_ids(), grad_ND, self.table.lr, backend=self.kernel, order=order)
+        sparse_update(self.store.rows, at.local_N, grad_ND, self.table.lr, backend=self.kernel, order=at.order)
         self.rows_pushed += self._write(self.store, at, self.table.bound, self.exchange, self.base)
-        if next_ids_BF is not None:
-            # The next batch's places go where this batch's were (a captured step reads them there).
-            # Kept referenced until the next step: the copy may still be queued when this returns.
-            join(self._ahead_stream, self.device)
-            copy_located(self._located, located_next)
-            self._located_next = located_next
+        join(self._ahead_stream, self.device)
         work.wait()
         self.optimizer.step()
         return loss.detach()
@@ -236,11 +240,7 @@ class ShardedFastStep:
     def _read(self, at: Located, num_ids: int) -> Located:
         """Both rounds for the located batch; afterwards all its rows are in the local table."""
         s, ex = self.store, self.exchange
-        distinct_cap = self.cfg.distinct_capacity or num_ids
-        self._overflow[0] += ((at.per_peer > self.cfg.capacity).any() | (at.ids.distinct > distinct_cap).any()).long()
-        self._overflow[1] = torch.maximum(self._overflow[1], at.per_peer.max())
-        self._overflow[2] = torch.maximum(self._overflow[2], at.ids.distinct.max())
-        request(s, at, ex)
+        self._request(s, at, ex, self._overflow, self.cfg.capacity, self.cfg.distinct_capacity or num_ids)
         ex.round_a()
         self._answer(s, ex, self.table.bound, self._lag)
         ex.round_b()
