@@ -131,6 +131,18 @@ class ShardedStepConfig:
             raise HetGMPError("sharded fast step: " + "; ".join(bad))
 
 
+def _high_priority(backend: str):
+    """NCCL options for a high-priority stream: the dense all-reduce is launched before the
+    table's update, whose blocks otherwise fill the GPU and hold it back (seen on an H100 pair:
+    the all-reduce started as the update ended, and the step waited for it)."""
+    nccl = getattr(dist, "ProcessGroupNCCL", None)
+    if backend != "nccl" or nccl is None:
+        return None
+    options = nccl.Options()
+    options.is_high_priority_stream = True
+    return options
+
+
 class ShardedFastStep:
     """One worker's part: its rows (RowStore), the model (data parallel) and its optimizer.
 
@@ -146,7 +158,7 @@ class ShardedFastStep:
         self.table, self.cfg, self.ctx, self.device = table, cfg, ctx, ctx.device
         self.rank, self.world = ctx.rank, ctx.world_size
         # Its own group: a caller's collectives between steps cannot interleave with the step's.
-        self.group = dist.new_group(backend=ctx.backend)
+        self.group = dist.new_group(backend=ctx.backend, pg_options=_high_priority(ctx.backend))
         self.exchange = FixedExchange(self.world, self.rank, cfg.capacity, table.dim, ctx.device, self.group)
         # A staging row per exchange slot after the sink, and each mirror's base (sharded_rows).
         self.store = RowStore(table, placement, ctx.rank, ctx.device, spare=self.exchange.slots)
