@@ -3,6 +3,8 @@
     python benchmarks/bench_sharded_fast.py --device cuda                   # spawns one process per GPU (2)
     torchrun --nproc-per-node 2 benchmarks/bench_sharded_fast.py --device cuda
     python benchmarks/bench_sharded_fast.py --device cpu --num-ids 20000 --batch 256 --dim 16 --steps 4 --repeats 2
+    hetgmp synth --rows 2000000 --output /tmp/s2m && hetgmp partition /tmp/s2m --parts 2 --output /tmp/p2.npz
+    python benchmarks/bench_sharded_fast.py --device cuda --data /tmp/s2m --partition /tmp/p2.npz
 
 Measured in the same processes, one after the other, each on its own table:
   plan+bound   the plan-like placement, --store-rate mirrors, bound --bound
@@ -29,6 +31,11 @@ hot ids lie (for P = 2 about 84% of a field's draws fall in the drawing
 worker's range). Each worker mirrors the top --store-rate of the remote ids
 its batches read, ranked by reads (the SPEC's candidate list, by counts).
 Row sharding uses the same batches with random owners.
+
+With --data and --partition: each worker trains on --batches batches of its
+part's samples (the plan's data partition, a fixed-seed sample of them), the
+plan's owners and the top --store-rate of its candidate list as mirrors, the
+dataset's fields and dense features; row sharding on the same batches.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from spawn import launch  # noqa: E402
 from yardstick import NUM_DENSE, capped_cardinalities, criteo_batches  # noqa: E402
 
+from hetgmp.data.arrays import load_dataset  # noqa: E402
 from hetgmp.distributed import init_distributed, shutdown  # noqa: E402
 from hetgmp.embedding import EmbeddingConfig, Placement  # noqa: E402
 from hetgmp.embedding.init import initial_rows  # noqa: E402
@@ -57,6 +66,7 @@ from hetgmp.fastpath.capacity import find_capacities  # noqa: E402
 from hetgmp.fastpath.fixed_exchange import PUSH_ID, REQ_ID, FixedExchange  # noqa: E402
 from hetgmp.fastpath.sharded_step import ShardedFastStep, ShardedStepConfig  # noqa: E402
 from hetgmp.models import build_model  # noqa: E402
+from hetgmp.partition.plan import PartitionPlan  # noqa: E402
 
 LR = 0.01
 
@@ -65,7 +75,9 @@ def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     p.add_argument("--workers", type=int, default=2, help="processes to spawn when not started by torchrun")
-    p.add_argument("--num-ids", type=int, default=2_000_000)
+    p.add_argument("--num-ids", type=int, default=2_000_000, help="synthetic batches: ids in the table")
+    p.add_argument("--data", type=Path, help="train on this dataset's train split (`hetgmp synth` / `hetgmp prepare`) ...")
+    p.add_argument("--partition", type=Path, help="... with this plan (`hetgmp partition DATA --parts P`): owners, mirrors, samples")
     p.add_argument("--batch", type=int, default=8192, help="samples per worker and step")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--store-rate", type=float, default=0.01)
@@ -86,6 +98,46 @@ def parse() -> argparse.Namespace:
     p.add_argument("--pad-to-batch", action="store_true",
                    help="per-id passes over all B x F ids of the batch (no distinct capacity), for comparison")
     return p.parse_args()
+
+
+@dataclass
+class Workload:
+    """What every mode trains on: this worker's batches, the table size, the model's inputs and
+    the plan's placement (owners, this run's mirrors)."""
+
+    batches: list
+    num_ids: int
+    num_fields: int
+    num_dense: int
+    plan: Placement
+    what: str
+
+
+def synthetic_workload(args, rank: int, world: int, device: torch.device) -> Workload:
+    """Criteo-shaped batches, each worker's ids shifted, and the plan-like placement (docstring)."""
+    cards = fitting_cards(args.num_ids)
+    batches = shifted_batches(args, cards, rank, world, device)
+    plan = plan_placement(range_owners(cards, world), batches, args.store_rate, rank, world)
+    return Workload(batches, sum(cards), len(cards), NUM_DENSE, plan, "Criteo-shaped batches, plan-like placement")
+
+
+def plan_workload(args, rank: int, world: int, device: torch.device) -> Workload:
+    """This worker's part of --data's train split (as --partition assigns samples), shuffled with a
+    fixed seed, in batches; owners and mirrors (--store-rate) from the plan."""
+    dataset, plan = load_dataset(args.data), PartitionPlan.load(args.partition)
+    plan.check(dataset.meta, world)
+    mine = np.flatnonzero(plan.data_partition == rank)
+    rows = np.sort(np.random.default_rng(rank).permutation(mine)[: args.batches * args.batch])
+    if len(rows) < args.batch:
+        raise SystemExit(f"part {rank} of {args.partition} holds {len(mine)} train samples, fewer than one batch of {args.batch}")
+    order = np.random.default_rng(rank).permutation(len(rows))
+    train = dataset.train
+    dense, ids, labels = (torch.as_tensor(np.asarray(a[rows])[order]) for a in (train.dense, train.sparse, train.labels))
+    batches = [(dense[i : i + args.batch].float().to(device), ids[i : i + args.batch].long().to(device), labels[i : i + args.batch].float().to(device))
+               for i in range(0, len(rows) - args.batch + 1, args.batch)]
+    placement = Placement.from_plan(plan.embed_partition, plan.lists, args.store_rate)
+    return Workload(batches, dataset.meta.num_ids, dataset.meta.num_fields, dataset.meta.num_dense, placement,
+                    f"{args.data.name} ({dataset.meta.train_rows:,} train rows), plan {args.partition.name}")
 
 
 def fitting_cards(num_ids: int) -> tuple[int, ...]:
@@ -167,25 +219,25 @@ def peak_memory(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
 
 
-def model(args, cards):
+def model(args, work: Workload):
     torch.manual_seed(0)
-    return build_model("wdl", len(cards), NUM_DENSE, args.dim)
+    return build_model("wdl", work.num_fields, work.num_dense, args.dim)
 
 
-def sharded_step(args, ctx, cards, batches, placement: Placement, bound: int, cuda_graph: bool = True) -> ShardedFastStep:
+def sharded_step(args, ctx, work: Workload, placement: Placement, bound: int, cuda_graph: bool = True) -> ShardedFastStep:
     """The step with capacities measured on this run's batches (C; U unless --pad-to-batch)."""
     owner_E = torch.as_tensor(placement.owner.astype(np.int64), device=ctx.device)
-    capacity, distinct = find_capacities([b[1] for b in batches], owner_E, ctx.rank, ctx.world_size)
-    table = EmbeddingConfig(sum(cards), args.dim, lr=LR, bound=bound)
+    capacity, distinct = find_capacities([b[1] for b in work.batches], owner_E, ctx.rank, ctx.world_size)
+    table = EmbeddingConfig(work.num_ids, args.dim, lr=LR, bound=bound)
     cfg = ShardedStepConfig(capacity=capacity, distinct_capacity=None if args.pad_to_batch else distinct,
                             dense_lr=LR, amp=args.amp, compile=args.compile, cuda_graph=cuda_graph)
-    return ShardedFastStep(model(args, cards).to(ctx.device), table, placement, ctx, cfg)
+    return ShardedFastStep(model(args, work).to(ctx.device), table, placement, ctx, cfg)
 
 
-def run_sharded(args, ctx, cards, batches, placement: Placement, bound: int) -> dict:
+def run_sharded(args, ctx, work: Workload, placement: Placement, bound: int) -> dict:
     reset_memory(ctx.device)
-    step = sharded_step(args, ctx, cards, batches, placement, bound)
-    seconds = timed(step.step, batches, args, ctx.device, ahead=not args.no_ahead)
+    step = sharded_step(args, ctx, work, placement, bound)
+    seconds = timed(step.step, work.batches, args, ctx.device, ahead=not args.no_ahead)
     step.check_overflow()
     fetched = step.rows_fetched.double() / step.steps  # every step's, warm-up included
     dist.all_reduce(fetched)
@@ -193,12 +245,12 @@ def run_sharded(args, ctx, cards, batches, placement: Placement, bound: int) -> 
             "mem": peak_memory(ctx.device), "C": step.cfg.capacity, "U": step.cfg.distinct_capacity or "-"}
 
 
-def profile_step(args, ctx, cards, batches, placement: Placement, bound: int) -> None:
+def profile_step(args, ctx, work: Workload, placement: Placement, bound: int) -> None:
     """Three steps under torch.profiler, after warm-up (and capture, for --profile graph: a replay's
     kernels show with the time each took inside the graph); rank 0 prints the kernels by device time
     (CPU time off CUDA)."""
-    step = sharded_step(args, ctx, cards, batches, placement, bound, cuda_graph=args.profile == "graph")
-    step_at = stepper(step.step, batches, ahead=not args.no_ahead)
+    step = sharded_step(args, ctx, work, placement, bound, cuda_graph=args.profile == "graph")
+    step_at = stepper(step.step, work.batches, ahead=not args.no_ahead)
     warm = step.cfg.warmup_steps + 2
     for i in range(warm):
         step_at(i)
@@ -214,12 +266,12 @@ def profile_step(args, ctx, cards, batches, placement: Placement, bound: int) ->
             prof.export_chrome_trace(str(args.trace))
 
 
-def run_one_gpu(args, ctx, cards, batches) -> dict:
+def run_one_gpu(args, ctx, work: Workload) -> dict:
     reset_memory(ctx.device)
-    table = initial_rows(torch.arange(sum(cards)), EmbeddingConfig(sum(cards), args.dim), ctx.device)
-    fast = FastStep(model(args, cards).to(ctx.device), table, FastStepConfig(lr=LR, dense_lr=LR, amp=args.amp, compile=args.compile,
+    table = initial_rows(torch.arange(work.num_ids), EmbeddingConfig(work.num_ids, args.dim), ctx.device)
+    fast = FastStep(model(args, work).to(ctx.device), table, FastStepConfig(lr=LR, dense_lr=LR, amp=args.amp, compile=args.compile,
                                                                                      bf16_rows=args.amp == "bf16"))
-    return {"s": timed(fast.step, batches, args, ctx.device), "fetched": 0.0, "bytes": 0, "mem": peak_memory(ctx.device), "C": "-", "U": "-"}
+    return {"s": timed(fast.step, work.batches, args, ctx.device), "fetched": 0.0, "bytes": 0, "mem": peak_memory(ctx.device), "C": "-", "U": "-"}
 
 
 def without_exchange() -> None:
@@ -238,25 +290,24 @@ def run(args: argparse.Namespace) -> None:
     if args.no_exchange:
         without_exchange()
     torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
-    cards = fitting_cards(args.num_ids)
-    batches = shifted_batches(args, cards, ctx.rank, ctx.world_size, ctx.device)
-    plan = plan_placement(range_owners(cards, ctx.world_size), batches, args.store_rate, ctx.rank, ctx.world_size)
+    make = plan_workload if args.data else synthetic_workload
+    work = make(args, ctx.rank, ctx.world_size, ctx.device)
     if args.profile:
-        profile_step(args, ctx, cards, batches, plan, args.bound)
+        profile_step(args, ctx, work, work.plan, args.bound)
     cpu_start = time.process_time()
     modes = {
-        "plan+bound": (f"plan+{args.store_rate:g} mirrors, bound {args.bound}", plan, args.bound),
-        "plan": (f"plan+{args.store_rate:g} mirrors, bound 0", plan, 0),
-        "rows": ("row sharding", Placement.random(sum(cards), ctx.world_size, seed=0), 0),
+        "plan+bound": (f"plan+{args.store_rate:g} mirrors, bound {args.bound}", work.plan, args.bound),
+        "plan": (f"plan+{args.store_rate:g} mirrors, bound 0", work.plan, 0),
+        "rows": ("row sharding", Placement.random(work.num_ids, ctx.world_size, seed=0), 0),
     }
     results = {}
     for mode in args.modes.split(","):
         name, placement, bound = modes[mode]
-        results[name] = run_sharded(args, ctx, cards, batches, placement, bound)
+        results[name] = run_sharded(args, ctx, work, placement, bound)
     dist.barrier()
     if ctx.rank == 0:
-        results["one GPU (FastStep, rank 0 alone)"] = run_one_gpu(args, ctx, cards, batches)
-        report(args, ctx, cards, results, time.process_time() - cpu_start)
+        results["one GPU (FastStep, rank 0 alone)"] = run_one_gpu(args, ctx, work)
+        report(args, ctx, work, results, time.process_time() - cpu_start)
     if ctx.device.type == "cuda":
         # On an H100 pair the processes hung after the table, tearing down NCCL
         # communicators that CUDA graphs had captured: leave without the teardown.
@@ -266,10 +317,10 @@ def run(args: argparse.Namespace) -> None:
     shutdown()
 
 
-def report(args, ctx, cards, results: dict, cpu_s: float) -> None:
+def report(args, ctx, work: Workload, results: dict, cpu_s: float) -> None:
     card = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"
     print(f"\n{ctx.world_size} workers on {card}, torch {torch.__version__}, {datetime.date.today()}; "
-          f"{sum(cards):,} ids, batch {args.batch}/worker, d {args.dim}, wdl, amp {args.amp}{', compiled' if args.compile else ''}"
+          f"{work.what}; {work.num_ids:,} ids, batch {args.batch}/worker, d {args.dim}, wdl, amp {args.amp}{', compiled' if args.compile else ''}"
           f"{'' if args.no_ahead else ', located a step ahead'}; rank 0 CPU {cpu_s:.1f} s\n")
     print("| mode | C | U | samples/s per worker | ms/step | rows fetched/step | MB sent/step | peak GPU GiB |")
     print("|---|---|---|---|---|---|---|---|")
@@ -280,6 +331,8 @@ def report(args, ctx, cards, results: dict, cpu_s: float) -> None:
 
 def main() -> None:
     args = parse()
+    if (args.data is None) != (args.partition is None):
+        raise SystemExit("--data and --partition go together (a plan is made for one dataset)")
     launch(run, args, args.workers)
 
 
