@@ -19,3 +19,18 @@ def test_bench_sharded_fast_cpu_smoke():
                                                  "| one GPU (FastStep, rank 0 alone)"]
     fetched = {r.split(" | ")[0]: float(r.split(" | ")[fetched_col].replace(",", "")) for r in rows}
     assert 0 < fetched["| plan+0.05 mirrors, bound 0"] < fetched["| row sharding"], "the plan must fetch fewer rows"
+
+
+def test_bench_sharded_fast_on_synth_data_with_a_plan(tmp_path):
+    data, plan = tmp_path / "synth", tmp_path / "plan.npz"
+    for args in (["synth", "--rows", "6000", "--output", str(data), "--no-progress"],
+                 ["partition", str(data), "--parts", "2", "--output", str(plan), "--batch-size", "128"]):
+        made = subprocess.run([sys.executable, "-m", "hetgmp.cli", *args], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert made.returncode == 0, made.stderr[-3000:]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_sharded_fast.py"), "--device", "cpu", "--data", str(data), "--partition", str(plan),
+           "--batch", "128", "--dim", "8", "--batches", "2", "--warmup", "1", "--steps", "2", "--repeats", "1", "--modes", "plan+bound,rows"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "plan plan.npz" in out.stdout
+    rows = [line.split(" | ")[0] for line in out.stdout.splitlines() if line.startswith("| ") and "mode" not in line]
+    assert rows == ["| plan+0.01 mirrors, bound 100", "| row sharding", "| one GPU (FastStep, rank 0 alone)"]
