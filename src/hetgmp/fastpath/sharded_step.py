@@ -3,9 +3,13 @@
     C, U = find_capacities([ids_BF for _, ids_BF, _ in batches], owner_E, rank, P)
     step = ShardedFastStep(model, EmbeddingConfig(E, D, lr=0.01, bound=0), placement, ctx,
                            ShardedStepConfig(capacity=C, distinct_capacity=U))
-    for dense_BI, ids_BF, labels_B in batches:
-        loss = step.step(dense_BI, ids_BF, labels_B)   # a device tensor; no host sync
+    for t, (dense_BI, ids_BF, labels_B) in enumerate(batches):
+        loss = step.step(dense_BI, ids_BF, labels_B, next_ids_BF=batches[(t + 1) % len(batches)][1])
     step.check_overflow(); step.flush(); table_ED = step.gather_table()
+
+`loss` is a device tensor (no host sync). next_ids_BF is optional: given,
+each step locates the next batch beside its model (the last step may pass
+any ids of the batch's shape).
 
 One step on worker r (P workers, N = B x F ids, capacity C rows per peer):
 
@@ -27,7 +31,12 @@ One step on worker r (P workers, N = B x F ids, capacity C rows per peer):
 
 Pushes of step t travel with the requests of step t + 1 and owners apply them
 before serving, so step t's updates are in place before step t + 1 reads:
-bound 0 is exactly synchronous SGD on the global batch.
+bound 0 is exactly synchronous SGD on the global batch. That is also why the
+rounds are not overlapped with the model: requests for step t + 1 sent
+during step t would be answered before step t's pushes, and versions count
+updates (sample occurrences), so a hot row fetched a step early misses a
+whole step's updates, far more than a bound like 100 allows. What depends on
+the ids alone (the sort, owners, local rows, slots) does move a step ahead.
 
 Gradient convention (as hetgmp.train.loop's multi-worker path): each worker
 back-propagates its local mean loss divided by P, dense gradients are summed
@@ -35,8 +44,9 @@ over workers and the table applies the gradients unscaled: the gradient of
 the mean loss over the global batch of P x B samples. `step` returns this
 worker's local mean loss.
 
-Embedding optimizer: SGD folded into the table (delta = -lr x gradient summed
-over the id's occurrences in the worker's batch); dense optimizer: SGD.
+Embedding optimizer: SGD (the fused update: -lr x the gradient summed over
+the id's occurrences in the worker's batch); dense optimizer: SGD. With
+`compile`, the model and the bookkeeping around the rounds are compiled.
 
 Capacity: a step whose worker reads more than C distinct ids owned by one
 peer drops the excess rows; the step counts such steps on the device and
@@ -46,7 +56,8 @@ distinct ids in a batch, the length of every per-id pass) on the run's batches.
 
 On CUDA with cuda_graph=True, the first warmup_steps steps run eagerly on a
 side stream (NCCL communicators come up there), the next is captured, collectives
-included, and replayed from then on (captured.GraphReplay); elsewhere it runs eagerly.
+included, and replayed from then on (captured.GraphReplay; located a step ahead,
+one graph per parity of the located batch's slot); elsewhere it runs eagerly.
 """
 
 from __future__ import annotations
@@ -133,8 +144,8 @@ class ShardedStepConfig:
 
 def _high_priority(backend: str):
     """NCCL options for a high-priority stream: the dense all-reduce is launched before the
-    table's update, whose blocks otherwise fill the GPU and hold it back (seen on an H100 pair:
-    the all-reduce started as the update ended, and the step waited for it)."""
+    table's update, whose blocks otherwise fill the GPU and hold it back (on an H100 pair it
+    started as the update ended; on this stream it runs beside it)."""
     nccl = getattr(dist, "ProcessGroupNCCL", None)
     if backend != "nccl" or nccl is None:
         return None
