@@ -43,6 +43,7 @@ atomic adds on one row would queue behind each other.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Callable
 
 import torch
 
@@ -50,6 +51,9 @@ from hetgmp.embedding.exchange import MUST_FETCH
 from hetgmp.embedding.store import RowStore
 from hetgmp.fastpath.capacity import UniqueIds, peer_slots, unique_ids
 from hetgmp.fastpath.fixed_exchange import NOT_ANSWERED, FixedExchange
+
+
+Adder = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 @dataclass
@@ -144,20 +148,21 @@ def spread(n: int, store: RowStore) -> torch.Tensor:
     return torch.arange(n, device=store.rows.device) % len(store.rows)
 
 
-@torch.compiler.disable
-def add_at(target: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
-    """target.index_add_(0, index, values), always eager: compiled (the step compiles this module's
-    functions), an accumulating index_put sorts its indices first (three radix sorts a call)."""
+def index_add(target: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+    """target.index_add_(0, index, values): the functions below add through `add`, this by default.
+    A compiled step passes it wrapped in torch.compiler.disable: compiled, an accumulating index_put
+    sorts its indices first (three radix sorts a call). Wrapped there, not here: the wrapper imports
+    torch._dynamo, which in one process with Triton's interpreter (the CPU tests) breaks it."""
     target.index_add_(0, index, values)
 
 
-def apply_pushes(store: RowStore, exchange: FixedExchange) -> None:
+def apply_pushes(store: RowStore, exchange: FixedExchange, add: Adder = index_add) -> None:
     """Owner: add every received push (deltas add up; version += count)."""
     ids, counts, delta = exchange.received_pushes()
     pushed = ids >= 0
     slot = torch.where(pushed, store.slot[ids.clamp(min=0)].long(), spread(len(ids), store))
-    add_at(store.rows, slot, torch.where(pushed.unsqueeze(1), delta, 0.0))
-    add_at(store.version, slot, torch.where(pushed, counts, 0))
+    add(store.rows, slot, torch.where(pushed.unsqueeze(1), delta, 0.0))
+    add(store.version, slot, torch.where(pushed, counts, 0))
 
 
 def serve(store: RowStore, exchange: FixedExchange, bound: int, lag: torch.Tensor) -> None:
@@ -174,9 +179,9 @@ def serve(store: RowStore, exchange: FixedExchange, bound: int, lag: torch.Tenso
     lag[1] += (fresh_lag > 0).sum()
 
 
-def answer(store: RowStore, exchange: FixedExchange, bound: int, lag: torch.Tensor) -> None:
+def answer(store: RowStore, exchange: FixedExchange, bound: int, lag: torch.Tensor, add: Adder = index_add) -> None:
     """Owner, between the rounds: add the pushes, then answer the requests."""
-    apply_pushes(store, exchange)
+    apply_pushes(store, exchange, add)
     serve(store, exchange, bound, lag)
 
 
@@ -197,7 +202,7 @@ def receive(store: RowStore, at: Located, exchange: FixedExchange, base: torch.T
     return answered.sum()
 
 
-def write(store: RowStore, at: Located, bound: int, exchange: FixedExchange, base: torch.Tensor) -> torch.Tensor:
+def write(store: RowStore, at: Located, bound: int, exchange: FixedExchange, base: torch.Tensor, add: Adder = index_add) -> torch.Tensor:
     """After the table's update: versions, mirrors' counts, and the pushes for the next round A
     (the module docstring's table); returns the number of pushes (a device scalar)."""
     counts = at.ids.counts_N
@@ -207,11 +212,11 @@ def write(store: RowStore, at: Located, bound: int, exchange: FixedExchange, bas
     new_count_R = store.pending_count[at.slot_pend] + at.slot_counts
     due_R = at.slot_mirror & (new_count_R > bound)
     versioned = at.own | due
-    add_at(store.version, torch.where(versioned, at.local, spread(len(counts), store)),
-           torch.where(at.own, counts, torch.where(due, new_count, 0)))
+    add(store.version, torch.where(versioned, at.local, spread(len(counts), store)),
+        torch.where(at.own, counts, torch.where(due, new_count, 0)))
     # A due count goes back to 0; the others add zeros, spread (as above).
     pending_at = torch.where(at.mirror, at.pend, spread(len(counts), store) % len(store.pending_count))
-    add_at(store.pending_count, pending_at, torch.where(at.mirror, torch.where(due, counts - new_count, counts), 0))
+    add(store.pending_count, pending_at, torch.where(at.mirror, torch.where(due, counts - new_count, counts), 0))
     # Per slot: staging rows push this step's delta, due mirrors what they have not pushed.
     push = (at.slot_has & ~at.slot_mirror) | due_R
     _, answer_RD = exchange.answers()

@@ -81,7 +81,7 @@ from hetgmp.fastpath.captured import GraphReplay, beside, join
 from hetgmp.fastpath.config import AMP_MODES, autocast, matmul_precision
 from hetgmp.fastpath.fixed_exchange import FixedExchange
 from hetgmp.fastpath.inputs import Batch, IdBuffer, InputBuffers
-from hetgmp.fastpath.sharded_rows import Located, answer, flush_pending, locate, locate_into, receive, request, write
+from hetgmp.fastpath.sharded_rows import Located, answer, flush_pending, index_add, locate, locate_into, receive, request, write
 from hetgmp.kernels import resolve_backend, sparse_update
 from hetgmp.kernels.gather import gather_rows, id_dtype
 
@@ -182,6 +182,7 @@ class ShardedFastStep:
         self._forward = compiled(model)
         self._locate, self._locate_into = compiled(locate), compiled(locate_into)
         self._request, self._answer, self._receive, self._write = compiled(request), compiled(answer), compiled(receive), compiled(write)
+        self._add = torch.compiler.disable(index_add) if cfg.compile else index_add  # see sharded_rows.index_add
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.flat_grad = torch.zeros(sum(p.numel() for p in self.params), device=ctx.device)
         self.optimizer = torch.optim.SGD(self.params, lr=cfg.dense_lr, fused=True if ctx.device.type == "cuda" else None)
@@ -251,7 +252,7 @@ class ShardedFastStep:
         work = dist.all_reduce(self.flat_grad, group=self.group, async_op=True)
         grad_ND = emb_BFD.grad.reshape(B * nf, -1).contiguous()
         sparse_update(self.store.rows, at.local_N, grad_ND, self.table.lr, backend=self.kernel, order=at.order)
-        self.rows_pushed += self._write(self.store, at, self.table.bound, self.exchange, self.base)
+        self.rows_pushed += self._write(self.store, at, self.table.bound, self.exchange, self.base, self._add)
         join(self._ahead_stream, self.device)
         work.wait()
         self.optimizer.step()
@@ -265,7 +266,7 @@ class ShardedFastStep:
         s, ex = self.store, self.exchange
         self._request(s, at, ex, self._overflow, self.cfg.capacity, self.cfg.distinct_capacity or num_ids)
         ex.round_a()
-        self._answer(s, ex, self.table.bound, self._lag)
+        self._answer(s, ex, self.table.bound, self._lag, self._add)
         ex.round_b()
         self.rows_fetched += self._receive(s, at, ex, self.base)
         return at
