@@ -30,8 +30,8 @@ before it serves anything), so primary - mirror version is the number of
 other workers' updates the copy has not seen. At bound 0 a mirror pushes
 every step it is written, so row - base is zero after every step and a
 refresh is exactly the owner's row: bound 0 is synchronous SGD. The owner
-adds (row + delta) - row, which is the delta itself whenever |row| >= |delta|
-(the difference of two floats within a factor of two is exact).
+adds (row + delta) - row, which is exactly the rounded step the mirror took
+whenever |row| >= |delta| (Fast2Sum: fl(a + b) - a is exact for |a| >= |b|).
 
 Fixed shapes throughout: rows that must not change are pointed at rows nothing
 reads (staging rows of unused slots, rows after the mirrors in `base`), so no
