@@ -99,7 +99,7 @@ class ShardedStepConfig:
     dense_optimizer: "sgd" only.
     amp: "none" or "bf16" (autocast for the model's forward; the rows are then gathered
         as bf16, and their gradient arrives as bf16, summed in fp32 by the update).
-    compile: torch.compile the model (fixed shapes).
+    compile: torch.compile the model and the bookkeeping around the rounds (fixed shapes).
     tf32: let fp32 matmuls use TF32 tensor cores.
     cuda_graph: capture the step in a CUDA graph (CUDA only).
     warmup_steps: eager steps before the capture.
@@ -142,7 +142,7 @@ class ShardedStepConfig:
             raise HetGMPError("sharded fast step: " + "; ".join(bad))
 
 
-def _high_priority(backend: str):
+def _high_priority(backend: str) -> object | None:
     """NCCL options for a high-priority stream: the dense all-reduce is launched before the
     table's update, whose blocks otherwise fill the GPU and hold it back (on an H100 pair it
     started as the update ended; on this stream it runs beside it)."""
