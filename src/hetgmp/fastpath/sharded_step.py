@@ -80,7 +80,7 @@ from hetgmp.fastpath.capacity import round_up
 from hetgmp.fastpath.captured import GraphReplay, beside, join
 from hetgmp.fastpath.config import AMP_MODES, autocast, matmul_precision
 from hetgmp.fastpath.fixed_exchange import FixedExchange
-from hetgmp.fastpath.inputs import Batch, IdBuffer, InputBuffers
+from hetgmp.fastpath.inputs import Batch, InputBuffers
 from hetgmp.fastpath.sharded_rows import Located, answer, flush_pending, index_add, locate, locate_into, receive, request, write
 from hetgmp.kernels import resolve_backend, sparse_update
 from hetgmp.kernels.gather import gather_rows, id_dtype
@@ -195,8 +195,8 @@ class ShardedFastStep:
         self.bytes_per_step = self.exchange.bytes_to_others() + allreduce_bytes
         self.kernel = resolve_backend(cfg.kernel, ctx.device)
         self.use_graph = cfg.cuda_graph and ctx.device.type == "cuda"
-        self._inputs = InputBuffers(ctx.device, id_dtype(table.num_ids))
-        self._next_ids = IdBuffer(ctx.device, id_dtype(table.num_ids))
+        self._inputs = InputBuffers(ctx.device, None, id_dtype(table.num_ids), None)
+        self._next_ids = InputBuffers(ctx.device, id_dtype(table.num_ids))
         self._replay = GraphReplay(ctx.device, self.use_graph, cfg.warmup_steps)
         # Locating a step ahead (step's next_ids_BF): two slots, the current batch's and the next's,
         # and a stream beside.
@@ -223,7 +223,7 @@ class ShardedFastStep:
         if not self.use_graph:
             return self._train(dense_BI, ids_BF, labels_B, next_ids_BF, parity)
         inputs = self._inputs.load(dense_BI, ids_BF, labels_B)
-        next_ids = self._next_ids.load(next_ids_BF) if ahead else None
+        next_ids = self._next_ids.load(next_ids_BF)[0] if ahead else None
         return self._replay(("ahead", parity) if ahead else "step", lambda: self._train(*inputs, next_ids, parity))
 
     def input_buffers(self) -> Batch:
@@ -236,7 +236,8 @@ class ShardedFastStep:
         and this one locates the next batch into the other slot (one CUDA graph per parity)."""
         B, nf = ids_BF.shape
         ahead = next_ids_BF is not None
-        at = self._read(self._slots[parity] if ahead else self._locate_ids(ids_BF), ids_BF.numel())
+        at = self._slots[parity] if ahead else self._locate_ids(ids_BF)
+        self._read(at, ids_BF.numel())
         dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float32  # the dtype autocast would cast them to
         emb_BFD = gather_rows(self.store.rows, at.order, dtype, use_triton=self.kernel == "triton").view(B, nf, -1).requires_grad_()
         if ahead:
@@ -261,7 +262,7 @@ class ShardedFastStep:
     def _locate_ids(self, ids_BF: torch.Tensor) -> Located:
         return self._locate(self.store, self.exchange, ids_BF.reshape(-1), self.rank, self.table.num_ids, self.cfg.distinct_capacity)
 
-    def _read(self, at: Located, num_ids: int) -> Located:
+    def _read(self, at: Located, num_ids: int) -> None:
         """Both rounds for the located batch; afterwards all its rows are in the local table."""
         s, ex = self.store, self.exchange
         self._request(s, at, ex, self._overflow, self.cfg.capacity, self.cfg.distinct_capacity or num_ids)
@@ -269,7 +270,6 @@ class ShardedFastStep:
         self._answer(s, ex, self.table.bound, self._lag, self._add)
         ex.round_b()
         self.rows_fetched += self._receive(s, at, ex, self.base)
-        return at
 
     def _point_grads_at_flat(self) -> None:
         """Zero the flat buffer and make every .grad a view of it, so backward accumulates

@@ -124,7 +124,7 @@ class FastStep:
             raise HetGMPError("the 'reference' sparse update syncs with the host and cannot be captured: use kernel 'triton' or 'torch', or cuda_graph=False")
         self.optimizer = dense_optimizer(list(model.parameters()), cfg, self.device)
         self._scratch: torch.Tensor | None = None
-        self._inputs = InputBuffers(self.device, id_dtype(len(table_ED)))
+        self._inputs = InputBuffers(self.device, None, id_dtype(len(table_ED)), None)
         self._replay = GraphReplay(self.device, self.use_graph, cfg.warmup_steps,
                                    before_capture=lambda: self.optimizer.zero_grad(set_to_none=True))
         self._ahead: SortAhead | None = None
