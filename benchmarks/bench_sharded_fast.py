@@ -18,11 +18,12 @@ For each: --warmup steps (the graph is captured within them), then the median
 of --repeats runs of --steps steps (CUDA events; wall clock on CPU):
 samples/s per worker, ms/step, rows fetched per step (mean over workers),
 bytes a worker sends per step (both exchange rounds and the dense all-reduce:
-fixed by the capacity) and peak device memory.
+fixed by the capacity) and peak device memory, beside the documented formula's
+(hetgmp.fastpath.footprint for the sharded step, hetgmp.embedding.memory for one GPU).
 
 Data: Criteo-shaped ids (yardstick.criteo_batches: field f draws
 floor(card_f u^4), low ids hot) over --num-ids rows (fields capped so that
-their sizes sum to at most --num-ids), batch --batch per worker, d --dim, WDL.
+their sizes sum to at most --num-ids), batch --batch per worker, d --dim, --model (WDL).
 A plan co-locates each worker's samples with the rows it owns; batches drawn
 independently cannot show that, so the plan-like placement makes it:
 worker r's ids in field f are shifted by r * card_f / P (mod card_f), and
@@ -65,7 +66,8 @@ from hetgmp.fastpath import FastStep, FastStepConfig  # noqa: E402
 from hetgmp.fastpath.capacity import find_capacities  # noqa: E402
 from hetgmp.fastpath.fixed_exchange import PUSH_ID, REQ_ID, FixedExchange  # noqa: E402
 from hetgmp.fastpath.sharded_step import ShardedFastStep, ShardedStepConfig  # noqa: E402
-from hetgmp.models import build_model  # noqa: E402
+from hetgmp.embedding.memory import memory_bytes  # noqa: E402
+from hetgmp.models import MODEL_NAMES, build_model  # noqa: E402
 from hetgmp.partition.plan import PartitionPlan  # noqa: E402
 
 LR = 0.01
@@ -80,6 +82,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--partition", type=Path, help="... with this plan (`hetgmp partition DATA --parts P`): owners, mirrors, samples")
     p.add_argument("--batch", type=int, default=8192, help="samples per worker and step")
     p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--model", choices=MODEL_NAMES, default="wdl")
     p.add_argument("--store-rate", type=float, default=0.01)
     p.add_argument("--bound", type=int, default=100)
     p.add_argument("--batches", type=int, default=16, help="distinct batches per worker, cycled")
@@ -221,7 +224,7 @@ def peak_memory(device: torch.device) -> float:
 
 def model(args, work: Workload):
     torch.manual_seed(0)
-    return build_model("wdl", work.num_fields, work.num_dense, args.dim)
+    return build_model(args.model, work.num_fields, work.num_dense, args.dim)
 
 
 def sharded_step(args, ctx, work: Workload, placement: Placement, bound: int, cuda_graph: bool = True) -> ShardedFastStep:
@@ -241,8 +244,9 @@ def run_sharded(args, ctx, work: Workload, placement: Placement, bound: int) -> 
     step.check_overflow()
     fetched = step.rows_fetched.double() / step.steps  # every step's, warm-up included
     dist.all_reduce(fetched)
+    formula = sum(step.memory_bytes(args.batch, work.num_fields, work.num_dense).values())
     return {"s": seconds, "fetched": fetched.item() / ctx.world_size, "bytes": step.bytes_per_step,
-            "mem": peak_memory(ctx.device), "C": step.cfg.capacity, "U": step.cfg.distinct_capacity or "-"}
+            "mem": peak_memory(ctx.device), "formula": formula / 2**30, "C": step.cfg.capacity, "U": step.cfg.distinct_capacity or "-"}
 
 
 def profile_step(args, ctx, work: Workload, placement: Placement, bound: int) -> None:
@@ -268,10 +272,12 @@ def profile_step(args, ctx, work: Workload, placement: Placement, bound: int) ->
 
 def run_one_gpu(args, ctx, work: Workload) -> dict:
     reset_memory(ctx.device)
-    table = initial_rows(torch.arange(work.num_ids), EmbeddingConfig(work.num_ids, args.dim), ctx.device)
+    config = EmbeddingConfig(work.num_ids, args.dim, ids_per_batch=args.batch * work.num_fields)
+    table = initial_rows(torch.arange(work.num_ids), config, ctx.device)
     fast = FastStep(model(args, work).to(ctx.device), table, FastStepConfig(lr=LR, dense_lr=LR, amp=args.amp, compile=args.compile,
                                                                                      bf16_rows=args.amp == "bf16"))
-    return {"s": timed(fast.step, work.batches, args, ctx.device), "fetched": 0.0, "bytes": 0, "mem": peak_memory(ctx.device), "C": "-", "U": "-"}
+    return {"s": timed(fast.step, work.batches, args, ctx.device), "fetched": 0.0, "bytes": 0, "mem": peak_memory(ctx.device),
+            "formula": memory_bytes(config, 1, work.num_ids, 0) / 2**30, "C": "-", "U": "-"}
 
 
 def without_exchange() -> None:
@@ -320,13 +326,13 @@ def run(args: argparse.Namespace) -> None:
 def report(args, ctx, work: Workload, results: dict, cpu_s: float) -> None:
     card = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"
     print(f"\n{ctx.world_size} workers on {card}, torch {torch.__version__}, {datetime.date.today()}; "
-          f"{work.what}; {work.num_ids:,} ids, batch {args.batch}/worker, d {args.dim}, wdl, amp {args.amp}{', compiled' if args.compile else ''}"
+          f"{work.what}; {work.num_ids:,} ids, batch {args.batch}/worker, d {args.dim}, {args.model}, amp {args.amp}{', compiled' if args.compile else ''}"
           f"{'' if args.no_ahead else ', located a step ahead'}; rank 0 CPU {cpu_s:.1f} s\n")
-    print("| mode | C | U | samples/s per worker | ms/step | rows fetched/step | MB sent/step | peak GPU GiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| mode | C | U | samples/s per worker | ms/step | rows fetched/step | MB sent/step | peak GPU GiB | formula GiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['C']} | {r['U']} | {args.batch / r['s'] / 1e6:.2f} M | {r['s'] * 1e3:.3f} | {r['fetched']:,.0f} | "
-              f"{r['bytes'] / 1e6:.2f} | {r['mem']:.2f} |")
+              f"{r['bytes'] / 1e6:.2f} | {r['mem']:.2f} | {r['formula']:.2f} |")
 
 
 def main() -> None:

@@ -80,6 +80,7 @@ from hetgmp.fastpath.capacity import round_up
 from hetgmp.fastpath.captured import GraphReplay, beside, join
 from hetgmp.fastpath.config import AMP_MODES, autocast, matmul_precision
 from hetgmp.fastpath.fixed_exchange import FixedExchange
+from hetgmp.fastpath.footprint import sharded_step_bytes
 from hetgmp.fastpath.inputs import Batch, InputBuffers
 from hetgmp.fastpath.sharded_rows import Located, answer, flush_pending, index_add, locate, locate_into, receive, request, write
 from hetgmp.kernels import resolve_backend, sparse_update
@@ -310,6 +311,12 @@ class ShardedFastStep:
         """The primaries' versions, int64 [E], on every worker (flush() first)."""
         s, n = self.store, self.store.num_primaries
         return gather_primaries(s.ids[:n], s.version[:n], self.table.num_ids, self.group)
+
+    def memory_bytes(self, batch: int, num_fields: int, num_dense: int) -> dict[str, int]:
+        """This worker's device memory by the documented formula (fastpath/footprint.py), term by term."""
+        s = self.store
+        return sharded_step_bytes(self.table, self.world, s.num_primaries, s.num_mirrors, self.cfg.capacity, self.cfg.distinct_capacity,
+                                  batch, num_fields, num_dense, self.flat_grad.numel(), self.cfg.amp == "bf16")
 
     @property
     def max_lag_served(self) -> int:

@@ -1,0 +1,57 @@
+"""Device memory of one worker's sharded fast step (ShardedFastStep.memory_bytes).
+
+With E ids, D columns, P workers, Np primaries and M mirrors on this worker,
+capacity C, distinct capacity U, batch B of F fields and I dense features,
+N = B F ids, R = (P - 1)(C + 1) exchange slots, h the bytes of a row handed to
+the model (2 with amp bf16, else 4) and W = F D + I the model's input width, in bytes:
+
+    maps       E (o + 4)                        owner (o = 2 bytes, 4 from 32768 workers) + slot
+    table      (Np + M + 1 + R)(4D + 8)          rows and versions: stored rows, the sink, staging rows
+               + 8 (Np + M)                      stored ids
+    mirrors    (M + 1)(4D + 8) + 4D (M + R)      pending delta and count; the bases (a mirror's or a slot's)
+    rounds     8 R (even(5 + D) + even(2 + D))   send and receive buffers of rounds A and B (int32 words)
+    located    2 x 8 (6 U + 6 N + 7 R)           the batch located now and the next one (int64 columns)
+               + 16 P U                          the per-owner running count while locating
+    batch      2 x 8 N + 8 B (I + 1)             input buffers (ids, the next batch's ids; dense, labels)
+               + N D (2h + 4)                    the rows the model reads, their gradient, the fp32 sum
+    model      24 B (W + 768)                    activations and their gradients: six fp32 copies of the
+                                                 input and of the three 256-wide layers per sample
+               + 16 x parameters                 weights, the flat gradient, slack for the optimizer
+
+The model line is an allowance, not a count: WDL, DCN and DeepFM keep at most
+a few copies of their input per sample (the cross layer's x0 (x0^T w) and its
+gradient are DCN's largest). Everything above it is what the step allocates.
+Worked example (the benchmark's 2-part plan of `hetgmp synth --rows 2000000`,
+D = 128, C = 14,592, U = 84,224, B = 8192, F = 26, bf16): see BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+from hetgmp.embedding.config import EmbeddingConfig
+from hetgmp.fastpath.fixed_exchange import ANS_ROW, PUSH_DELTA
+
+HIDDEN = 3 * 256  # the deep part's widths (SPEC section 4), all three models
+
+
+def _even(words: int) -> int:
+    return words + words % 2
+
+
+def sharded_step_bytes(table: EmbeddingConfig, world: int, num_primaries: int, num_mirrors: int, capacity: int,
+                       distinct_capacity: int | None, batch: int, num_fields: int, num_dense: int, num_params: int,
+                       bf16: bool) -> dict[str, int]:
+    """The formula above, term by term (bytes); sum the values for the total."""
+    d, n = table.dim, batch * num_fields
+    u = distinct_capacity if distinct_capacity is not None else n
+    slots = (world - 1) * (capacity + 1)
+    stored = num_primaries + num_mirrors
+    h = 2 if bf16 else 4
+    return {
+        "maps": table.num_ids * ((2 if world <= 32767 else 4) + 4),
+        "table": (stored + 1 + slots) * (4 * d + 8) + 8 * stored,
+        "mirrors": (num_mirrors + 1) * (4 * d + 8) + 4 * d * (num_mirrors + slots),
+        "rounds": 8 * slots * (_even(PUSH_DELTA + d) + _even(ANS_ROW + d)),
+        "located": 2 * 8 * (6 * u + 6 * n + 7 * slots) + 16 * world * u,
+        "batch": 2 * 8 * n + 8 * batch * (num_dense + 1) + n * d * (2 * h + 4),
+        "model": 24 * batch * (num_fields * d + num_dense + HIDDEN) + 16 * num_params,
+    }
