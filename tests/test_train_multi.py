@@ -8,9 +8,15 @@ import pytest
 import torch
 
 from hetgmp.cli import main
+from hetgmp.errors import HetGMPError
+from hetgmp.train import sharded_fast
+from hetgmp.train.config import TrainConfig
+from hetgmp.train.loop import StepWindow, choose_steps
+from hetgmp.train.nonfinite import NonFiniteGuard
+from hetgmp.train.setup import build_run
 from test_train_checkpoint import _assert_same_state
 from tinydata import read_metrics, write_plan, write_planted
-from workers import free_port
+from workers import free_port, run_workers
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -73,6 +79,55 @@ def test_two_workers_and_two_nodes_train_log_and_resume_exactly(planned):
         full = torch.load(root / "full" / "step-000016" / f"rank-{rank}.pt", weights_only=True)
         resumed = torch.load(root / "cut" / "step-000016" / f"rank-{rank}.pt", weights_only=True)
         _assert_same_state(full, resumed)
+
+
+def test_sharded_fast_step_trains_as_the_general_step_and_resumes_its_checkpoint(planned):
+    """--sparse-optimizer sgd on 2 workers takes the sharded fast step. At bound 0 it trains as the general
+    step does: the general step's first 8 steps, resumed by the fast step for 8 more, end where 16 fast
+    steps do (whose evaluation at step 8 reads the rows through the general table between two steps)."""
+    root = planned
+    sgd = ("--nproc", "2", "--sparse-optimizer", "sgd", "--sparse-lr", "0.05", "--val", "--log-every", "4")
+    fast = _hetgmp(*_train_argv(root, "fast", *sgd, "--iter", "16", "--eval-every", "8", "--metrics", str(root / "fast.jsonl")))
+    assert "step fast (--step auto, 2 workers, sharded; sharded fast step, eager on cpu" in fast.stdout
+    _hetgmp(*_train_argv(root, "mixed", *sgd, "--iter", "8", "--step", "general", "--metrics", str(root / "general.jsonl")))
+    _hetgmp(*_train_argv(root, "mixed", *sgd, "--iter", "16", "--resume", "--metrics", str(root / "resumed.jsonl")))
+    fast_lines, general_lines = read_metrics(root / "fast.jsonl"), read_metrics(root / "general.jsonl")
+    for phase, step in (("train", 4), ("train", 8), ("eval", 8)):
+        a, b = ([r for r in lines if (r["phase"], r["step"]) == (phase, step)][0] for lines in (fast_lines, general_lines))
+        key = "loss" if phase == "train" else "auc"
+        assert a[key] == pytest.approx(b[key], abs=1e-6), (phase, step)
+    train_fast = [r for r in fast_lines if r["phase"] == "train"]
+    assert all(r["rows_fetched"] > 0 and r["rows_pushed"] > 0 and r["bytes_sent"] > 0 for r in train_fast)
+    assert read_metrics(root / "resumed.jsonl", "eval")[-1]["auc"] == pytest.approx(read_metrics(root / "fast.jsonl", "eval")[-1]["auc"], abs=1e-6)
+    for rank in (0, 1):
+        full = torch.load(root / "fast" / "step-000016" / f"rank-{rank}.pt", weights_only=True)
+        resumed = torch.load(root / "mixed" / "step-000016" / f"rank-{rank}.pt", weights_only=True)
+        _assert_same_state(full, resumed)
+
+
+def _train_with_capacities_too_small(ctx, root):
+    """Capacities measured at half what the batches need (no room, no rounding up): returns the error
+    the first log point raises, or None."""
+    sharded_fast.CAPACITY_ROOM = 0.5
+    sharded_fast.round_up = lambda count: max(1, count)
+    cfg = TrainConfig(data=str(root / "ds"), partition=str(root / "plan.npz"), batch_size=100, device="cpu", progress=False,
+                      sparse_optimizer="sgd", iter=8, log_every=4)
+    run = build_run(cfg, ctx)
+    window = StepWindow(cfg.log_every, ctx, 0)
+    steps = choose_steps(run, NonFiniteGuard(False, ctx.world_size), 0, window)
+    try:
+        for step in range(cfg.iter):
+            steps.train(step)
+            window.add(steps.counters())
+    except HetGMPError as e:
+        return step, str(e)
+    return None
+
+
+def test_sharded_fast_step_stops_at_a_log_point_when_a_batch_overflows_its_capacity(planned):
+    for step, error in run_workers(_train_with_capacities_too_small, 2, args=(planned,)):
+        assert step == 3, "the first log point (step 4) checks"
+        assert "dropped rows in 4 step(s)" in error and "resume from the last checkpoint with --step general" in error
 
 
 def test_plan_of_another_shape_or_dataset_is_refused(planned, tmp_path, capsys):

@@ -70,10 +70,11 @@ Writes = StepWrites | FlushWrites | NoWrites
 class ShardedEmbedding:
     """One worker's part of a table split over ctx.world_size workers."""
 
-    def __init__(self, config: EmbeddingConfig, placement: Placement, ctx: DistContext) -> None:
+    def __init__(self, config: EmbeddingConfig, placement: Placement, ctx: DistContext, spare: int = 0) -> None:
+        """spare: rows after the store's sink for another step over the same store (RowStore)."""
         placement.validate(config.num_ids, ctx.world_size)
         self.config, self.rank, self.world, self.device = config, ctx.rank, ctx.world_size, ctx.device
-        self.store = RowStore(config, placement, ctx.rank, ctx.device)
+        self.store = RowStore(config, placement, ctx.rank, ctx.device, spare=spare)
         # Its own process group: the trainer may run the dense all-reduce
         # (async_op=True) while step() exchanges rows, without the two
         # collectives' order mattering.

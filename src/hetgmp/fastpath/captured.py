@@ -50,6 +50,16 @@ class GraphReplay:
         graph.replay()
         return self._losses[key]
 
+    def release(self) -> None:
+        """Wait for the last replay and destroy the graphs (the next call warms up and captures
+        again). Graphs that captured NCCL collectives must go before their process group: with
+        them alive destroy_process_group can hang (pytorch/pytorch#115388)."""
+        if self._graphs:
+            torch.cuda.synchronize(self.device)
+        self._graphs.clear()
+        self._losses.clear()
+        self._warm = 0
+
     def _on_side_stream(self, train: Train) -> torch.Tensor:
         # Warm-up off the default stream, as capture will be (PyTorch's recipe).
         side = torch.cuda.Stream(self.device)

@@ -128,18 +128,19 @@ class FastStepConfig:
             raise HetGMPError("fast step config: " + "; ".join(bad))
 
 
-def dense_optimizer(params: list[nn.Parameter], cfg: FastStepConfig, device: torch.device) -> torch.optim.Optimizer:
+def dense_optimizer(params: list[nn.Parameter], name: str, lr: float, device: torch.device,
+                    skip_nonfinite: bool = False) -> torch.optim.Optimizer:
     """SGD, or Adam whose step counter lives on the GPU so a graph can replay it.
 
     On CUDA both are the fused (one-kernel) versions: the foreach SGD step took
     17 us of a 250 us step on an H100 (WDL, batch 8192, d = 16).
     """
     cuda = device.type == "cuda"
-    if cfg.dense_optimizer == "adam":
+    if name == "adam":
         # Skipping a non-finite step needs Adam's fused kernel (it reads found_inf) on any device.
-        fused = True if cuda or cfg.skip_nonfinite else None
-        return torch.optim.Adam(params, lr=cfg.dense_lr, capturable=cuda, fused=fused)
-    return torch.optim.SGD(params, lr=cfg.dense_lr, fused=True if cuda else None)
+        fused = True if cuda or skip_nonfinite else None
+        return torch.optim.Adam(params, lr=lr, capturable=cuda, fused=fused)
+    return torch.optim.SGD(params, lr=lr, fused=True if cuda else None)
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ class ReferenceStep:
         self.acc_E = None
         if cfg.sparse_optimizer == "rowwise_adagrad":
             self.acc_E = acc_E if acc_E is not None else torch.zeros(len(table_ED), device=self.device)
-        self.optimizer = dense_optimizer(list(model.parameters()), cfg, self.device)
+        self.optimizer = dense_optimizer(list(model.parameters()), cfg.dense_optimizer, cfg.dense_lr, self.device, cfg.skip_nonfinite)
 
     def step(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
         """Train on one batch; returns the mean loss."""

@@ -45,7 +45,7 @@ the mean loss over the global batch of P x B samples. `step` returns this
 worker's local mean loss.
 
 Embedding optimizer: SGD (the fused update: -lr x the gradient summed over
-the id's occurrences in the worker's batch); dense optimizer: SGD. With
+the id's occurrences in the worker's batch); dense optimizer: SGD or Adam. With
 `compile`, the model and the bookkeeping around the rounds are compiled.
 
 Capacity: a step whose worker reads more than C distinct ids owned by one
@@ -78,11 +78,12 @@ from hetgmp.embedding.store import RowStore
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath.capacity import round_up
 from hetgmp.fastpath.captured import GraphReplay, beside, join
-from hetgmp.fastpath.config import AMP_MODES, autocast, matmul_precision
+from hetgmp.fastpath.config import AMP_MODES, DENSE_OPTIMIZERS, autocast, dense_optimizer, matmul_precision
 from hetgmp.fastpath.fixed_exchange import FixedExchange
 from hetgmp.fastpath.footprint import sharded_step_bytes
 from hetgmp.fastpath.inputs import Batch, InputBuffers
 from hetgmp.fastpath.sharded_rows import Located, answer, flush_pending, index_add, locate, locate_into, receive, request, write
+from hetgmp.fastpath.step import nan_unless_finite
 from hetgmp.kernels import resolve_backend, sparse_update
 from hetgmp.kernels.gather import gather_rows, id_dtype
 
@@ -96,8 +97,8 @@ class ShardedStepConfig:
         batch's N ids). The step's per-id passes (owners, local rows, slots,
         versions and counts) cover U ids instead of N: a Criteo batch of
         8192 x 26 ids holds about 78,000 distinct ones.
-    dense_lr: learning rate of the dense weights (SGD).
-    dense_optimizer: "sgd" only.
+    dense_lr: learning rate of the dense weights.
+    dense_optimizer: "sgd" or "adam" (capturable on CUDA; fastpath.config.dense_optimizer).
     amp: "none" or "bf16" (autocast for the model's forward; the rows are then gathered
         as bf16, and their gradient arrives as bf16, summed in fp32 by the update).
     compile: torch.compile the model and the bookkeeping around the rounds (fixed shapes).
@@ -106,6 +107,8 @@ class ShardedStepConfig:
     warmup_steps: eager steps before the capture.
     kernel: the per-id gradient sum: auto (Triton where it runs), triton, torch
         (see hetgmp.kernels.sparse_update; 'reference' syncs, so it is refused).
+    flag_nonfinite: the step returns a NaN loss when the rows' or the dense
+        weights' gradient holds a NaN or inf (one fused norm), as FastStep does.
     """
 
     capacity: int
@@ -118,6 +121,7 @@ class ShardedStepConfig:
     cuda_graph: bool = True
     warmup_steps: int = 3
     kernel: str = "auto"
+    flag_nonfinite: bool = False
 
     def check(self, table: EmbeddingConfig, world: int) -> None:
         """Raise HetGMPError naming every setting this step cannot train with."""
@@ -125,8 +129,8 @@ class ShardedStepConfig:
         if table.optimizer != "sgd":
             bad.append(f"embedding optimizer {table.optimizer!r} (--sparse-optimizer): the sharded fast step folds SGD "
                        "into the table; use sgd, or the general sharded table for row-wise Adagrad")
-        if self.dense_optimizer != "sgd":
-            bad.append(f"dense_optimizer={self.dense_optimizer!r} (--optimizer): only sgd")
+        if self.dense_optimizer not in DENSE_OPTIMIZERS:
+            bad.append(f"dense_optimizer={self.dense_optimizer!r} (--optimizer): choose {' or '.join(DENSE_OPTIMIZERS)}")
         if self.amp not in AMP_MODES:
             bad.append(f"amp={self.amp!r} (choose {', '.join(AMP_MODES)})")
         if self.capacity < 1:
@@ -160,11 +164,18 @@ class ShardedFastStep:
 
     Counters, device tensors summed over steps (read them when you like):
     `rows_fetched` (rows answered to this worker), `rows_pushed` (pushes it
-    queued); `steps` counts calls on the host and `bytes_per_step` is what a
-    step sends other workers (fixed: both rounds and the dense all-reduce).
+    queued); `last_counts` holds the last step's (rows fetched, rows pushed)
+    and `correct` its batch's correct predictions; `steps` counts calls on
+    the host and `bytes_per_step` is what a step sends other workers (fixed:
+    both rounds and the dense all-reduce).
+
+    `store`: train the rows of an existing RowStore in place (built with
+    `spare` = the exchange's slots, (P - 1)(C + 1)), e.g. a ShardedEmbedding's,
+    which then evaluates and checkpoints them (see flush and resync).
     """
 
-    def __init__(self, model: nn.Module, table: EmbeddingConfig, placement: Placement, ctx: DistContext, cfg: ShardedStepConfig) -> None:
+    def __init__(self, model: nn.Module, table: EmbeddingConfig, placement: Placement, ctx: DistContext, cfg: ShardedStepConfig,
+                 store: RowStore | None = None) -> None:
         cfg.check(table, ctx.world_size)
         placement.validate(table.num_ids, ctx.world_size)
         self.table, self.cfg, self.ctx, self.device = table, cfg, ctx, ctx.device
@@ -173,9 +184,12 @@ class ShardedFastStep:
         self.group = dist.new_group(backend=ctx.backend, pg_options=_high_priority(ctx.backend))
         self.exchange = FixedExchange(self.world, self.rank, cfg.capacity, table.dim, ctx.device, self.group)
         # A staging row per exchange slot after the sink, and each mirror's base (sharded_rows).
-        self.store = RowStore(table, placement, ctx.rank, ctx.device, spare=self.exchange.slots)
-        first, m = self.store.num_primaries, self.store.num_mirrors
-        self.base = torch.cat([self.store.rows[first : first + m], self.store.rows.new_zeros(self.exchange.slots, table.dim)])
+        if store is not None and store.spare != self.exchange.slots:
+            raise HetGMPError(f"the store has {store.spare} spare rows; the sharded fast step needs one per exchange slot, "
+                              f"(P - 1)(C + 1) = {self.exchange.slots}: build it with spare={self.exchange.slots}")
+        self.store = store or RowStore(table, placement, ctx.rank, ctx.device, spare=self.exchange.slots)
+        self.base = self.store.rows.new_zeros(self.store.num_mirrors + self.exchange.slots, table.dim)
+        self.resync()
         self.model = model
         # Eagerly the bookkeeping around the rounds is a few hundred small kernels (1-3 us each on an
         # H100); compiled, inductor fuses them.
@@ -186,9 +200,9 @@ class ShardedFastStep:
         self._add = torch.compiler.disable(index_add) if cfg.compile else index_add  # see sharded_rows.index_add
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.flat_grad = torch.zeros(sum(p.numel() for p in self.params), device=ctx.device)
-        self.optimizer = torch.optim.SGD(self.params, lr=cfg.dense_lr, fused=True if ctx.device.type == "cuda" else None)
+        self.optimizer = dense_optimizer(self.params, cfg.dense_optimizer, cfg.dense_lr, ctx.device)
         zeros = lambda n: torch.zeros(n, dtype=torch.int64, device=ctx.device)  # noqa: E731
-        self.rows_fetched, self.rows_pushed = zeros(()), zeros(())
+        self.rows_fetched, self.rows_pushed, self.last_counts, self.correct = zeros(()), zeros(()), zeros(2), zeros(())
         self._lag = zeros(2)            # (max lag of a fresh read served, fresh reads served with lag > 0)
         self._overflow = zeros(3)       # (steps that dropped rows, most ids one peer was asked for, most distinct ids)
         self.steps = 0
@@ -249,16 +263,22 @@ class ShardedFastStep:
             with autocast(self.cfg, self.device):
                 logits_B = self._forward(dense_BI, emb_BFD)
             loss = F.binary_cross_entropy_with_logits(logits_B.float(), labels_B.float())
+            self.correct.copy_(((logits_B.detach() > 0) == (labels_B > 0.5)).sum())
             self._point_grads_at_flat()
             (loss / self.world).backward()
         work = dist.all_reduce(self.flat_grad, group=self.group, async_op=True)
         grad_ND = emb_BFD.grad.reshape(B * nf, -1).contiguous()
         sparse_update(self.store.rows, at.local_N, grad_ND, self.table.lr, backend=self.kernel, order=at.order)
-        self.rows_pushed += self._write(self.store, at, self.table.bound, self.exchange, self.base, self._add)
+        pushed = self._write(self.store, at, self.table.bound, self.exchange, self.base, self._add)
+        self.rows_pushed += pushed
+        self.last_counts[1] = pushed
         join(self._ahead_stream, self.device)
         work.wait()
+        loss = loss.detach()
+        if self.cfg.flag_nonfinite:  # after the wait: a worker's bad gradient reaches every worker's flat sum
+            loss = nan_unless_finite(loss, [grad_ND, self.flat_grad])
         self.optimizer.step()
-        return loss.detach()
+        return loss
 
     def _locate_ids(self, ids_BF: torch.Tensor) -> Located:
         return self._locate(self.store, self.exchange, ids_BF.reshape(-1), self.rank, self.table.num_ids, self.cfg.distinct_capacity)
@@ -270,7 +290,9 @@ class ShardedFastStep:
         ex.round_a()
         self._answer(s, ex, self.table.bound, self._lag, self._add)
         ex.round_b()
-        self.rows_fetched += self._receive(s, at, ex, self.base)
+        fetched = self._receive(s, at, ex, self.base)
+        self.rows_fetched += fetched
+        self.last_counts[0] = fetched
 
     def _point_grads_at_flat(self) -> None:
         """Zero the flat buffer and make every .grad a view of it, so backward accumulates
@@ -301,6 +323,21 @@ class ShardedFastStep:
     def flush(self) -> None:
         """Push every queued and pending mirror delta; afterwards the primaries hold all updates."""
         self.rows_pushed += flush_pending(self.store, self.exchange, self.base, self.rank, self.world)
+
+    def release(self) -> None:
+        """Destroy the step's CUDA graphs, which captured its collectives: call it before the
+        process group is destroyed (captured.GraphReplay.release). A later step captures anew."""
+        self._replay.release()
+
+    @torch.no_grad()
+    def resync(self) -> None:
+        """Take the store's mirrors as they are, with nothing unpushed and no push queued: after
+        flush() and whatever then wrote the store (loaded primaries, mirrors refreshed by another
+        reader such as the ShardedEmbedding over the same store), before the next step."""
+        first, m = self.store.num_primaries, self.store.num_mirrors
+        self.base[:m] = self.store.rows[first : first + m]
+        self.store.pending_count.zero_()
+        self.exchange.clear_pushes()
 
     def gather_table(self) -> torch.Tensor:
         """The full (E, D) table from every worker's primaries, on every worker (flush() first)."""

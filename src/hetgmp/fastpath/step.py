@@ -122,7 +122,7 @@ class FastStep:
         self._kept: tuple[torch.Tensor, torch.Tensor] | None = None  # implicit_row_grad: (dloss/dlogit, row weight)
         if self.use_graph and self.kernel == "reference":
             raise HetGMPError("the 'reference' sparse update syncs with the host and cannot be captured: use kernel 'triton' or 'torch', or cuda_graph=False")
-        self.optimizer = dense_optimizer(list(model.parameters()), cfg, self.device)
+        self.optimizer = dense_optimizer(list(model.parameters()), cfg.dense_optimizer, cfg.dense_lr, self.device, cfg.skip_nonfinite)
         self._scratch: torch.Tensor | None = None
         self._inputs = InputBuffers(self.device, None, id_dtype(len(table_ED)), None)
         self._replay = GraphReplay(self.device, self.use_graph, cfg.warmup_steps,

@@ -74,9 +74,10 @@ class TrainConfig:
     sparse_lr: float = _f(0.1, "learning rate of the embedding table")
     progress: bool = _f(True, "show a progress bar on rank 0 (stderr)")
     skip_nonfinite: bool = _f(False, "skip a worker's batch whose loss or gradients are NaN/inf (counted as skipped_batches) instead of stopping the run")
-    step: str = _f("auto", "training step: fast (one worker: the whole step with fixed shapes, one CUDA graph on a GPU, "
-                   "eager on CPU), general (the embedding runtime's step, as every multi-worker run takes) or auto "
-                   "(fast where it can run; the start-up line says which runs and why)", choices=STEPS)
+    step: str = _f("auto", "training step: fast (the whole step with fixed shapes, one CUDA graph on a GPU, eager on "
+                   "CPU; on several workers the sharded fast step, which needs --sparse-optimizer sgd), general (the "
+                   "embedding runtime's step: any optimizer, --skip-nonfinite on several workers) or auto (fast where "
+                   "it can run; the start-up line says which runs and why)", choices=STEPS)
     amp: str = _f("none", "bf16: the model's forward in bf16 autocast (fast step only; the table, the weights and "
                   "the optimizers stay fp32)", choices=AMP_MODES)
     compile: bool = _f(False, "torch.compile the model inside the fast step (compiled during its warm-up steps)")
@@ -102,10 +103,13 @@ class TrainConfig:
 
     def fast_step_obstacle(self, world_size: int) -> str | None:
         """Why the fast step cannot train this run on `world_size` workers, or None if it can."""
-        if world_size > 1:
-            return f"{world_size} workers: the fast step trains one worker's whole table"
         if self.optimizer not in FAST_DENSE_OPTIMIZERS:
             return f"--optimizer {self.optimizer}: the fast step's dense optimizers are {' and '.join(FAST_DENSE_OPTIMIZERS)}"
+        if world_size > 1 and self.sparse_optimizer != "sgd":
+            return (f"--sparse-optimizer {self.sparse_optimizer} on {world_size} workers: the sharded fast step folds SGD "
+                    "into the table (--sparse-optimizer sgd)")
+        if world_size > 1 and self.skip_nonfinite:
+            return f"--skip-nonfinite on {world_size} workers: the sharded fast step cannot skip a batch"
         return None
 
     def choose_step(self, world_size: int) -> tuple[str, str]:
@@ -121,7 +125,8 @@ class TrainConfig:
                 raise HetGMPError(f"only the fast step takes {' and '.join(fast_only)}, and this run takes the general step ({why}): "
                                   f"drop {'them' if len(fast_only) > 1 else 'it'}")
             return "general", why
-        return "fast", "--step fast" if self.step == "fast" else "--step auto, one worker"
+        workers = "one worker" if world_size == 1 else f"{world_size} workers, sharded"
+        return "fast", f"--step {self.step}, {workers}"
 
     def config_hash(self) -> str:
         """Short hash of every setting that changes what one step computes."""

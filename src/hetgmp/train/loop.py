@@ -1,8 +1,10 @@
 """The training loop: train -> train_loop -> train_step.
 
 With one worker `train_loop` steps through the fast step instead
-(`hetgmp.train.fast`: one CUDA graph per step on a GPU); everything around the
-step (logs, evaluation, checkpoints, the NaN/inf check) is the same for both.
+(`hetgmp.train.fast`: one CUDA graph per step on a GPU), with several and
+--sparse-optimizer sgd through the sharded fast step (`hetgmp.train.sharded_fast`);
+everything around the step (logs, evaluation, checkpoints, the NaN/inf check)
+is the same for all.
 
 Gradient convention: every worker back-propagates its local mean loss divided
 by the world size, dense gradients are all-reduced with SUM (one flattened
@@ -30,12 +32,14 @@ import torch.nn.functional as F
 
 from hetgmp.distributed import DistContext, init_distributed, shutdown
 from hetgmp.errors import HetGMPError
+from hetgmp.fastpath import ShardedFastStep
 from hetgmp.train import checkpoint as ckpt
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import Batch
 from hetgmp.train.agree import check_same_settings
 from hetgmp.train.evaluate import evaluate
 from hetgmp.train.fast import FastSteps
+from hetgmp.train.sharded_fast import ShardedFastSteps, ShardedFastTable
 from hetgmp.train.liveness import start_heartbeat
 from hetgmp.train.logs import RunLog
 from hetgmp.train.nonfinite import NonFiniteGuard
@@ -62,6 +66,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             raise
         finally:
             log.close()
+            if isinstance(run.fast, ShardedFastStep):
+                run.fast.release()
     except RuntimeError as e:  # a failed collective: name the lost worker, if one was lost
         error = heartbeat.explain(e, "while the job ran") if heartbeat else e
         if error is e:
@@ -99,7 +105,7 @@ def train_loop(run: Run, start: int, log: RunLog) -> dict[str, Any]:
     guard = NonFiniteGuard(cfg.skip_nonfinite, run.ctx.world_size)
     last: dict[str, Any] = {"step": start, "train": None, "eval": None, "checkpoint": None}
     clock = Clock()
-    steps = FastSteps(run.fast, run.stream, window) if run.fast else GeneralSteps(run, guard, start, window)
+    steps = choose_steps(run, guard, start, window)
     for step in range(start, run.total_steps):
         steps.train(step)
         window.add(steps.counters())
@@ -114,6 +120,15 @@ def train_loop(run: Run, start: int, log: RunLog) -> dict[str, Any]:
         if cfg.checkpoint_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
             last["checkpoint"] = save(run, window, done, clock, last)
     return finish(run, window, clock, log, last)
+
+
+def choose_steps(run: Run, guard: NonFiniteGuard, start: int, window: "StepWindow") -> Any:
+    """What trains each batch: the sharded fast step, the one-worker fast step or the general step."""
+    if isinstance(run.emb, ShardedFastTable):
+        return ShardedFastSteps(run.emb, run.stream, window, run.total_steps, run.cfg.log_every)
+    if run.fast:
+        return FastSteps(run.fast, run.stream, window)
+    return GeneralSteps(run, guard, start, window)
 
 
 class GeneralSteps:

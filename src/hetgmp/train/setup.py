@@ -20,12 +20,13 @@ from hetgmp.data.arrays import Dataset, load_dataset
 from hetgmp.distributed import DistContext
 from hetgmp.embedding import EmbeddingConfig, Placement, build_embedding
 from hetgmp.errors import HetGMPError
-from hetgmp.fastpath import FastStep
+from hetgmp.fastpath import FastStep, ShardedFastStep
 from hetgmp.models import build_model, table_width
 from hetgmp.train.checkpoint import fingerprint
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import BatchStream, EvalBatches, shard_sizes, steps_per_epoch, train_rows
 from hetgmp.train.fast import build_fast_step, describe_fast_step
+from hetgmp.train.sharded_fast import ShardedFastTable, build_sharded_fast_step, describe_sharded_fast_step
 from hetgmp.train.validate import check_rows
 
 
@@ -37,14 +38,15 @@ class Run:
     ctx: DistContext
     dataset: Dataset
     model: nn.Module
-    emb: Any  # LocalEmbedding or ShardedEmbedding (hetgmp.embedding)
+    emb: Any  # LocalEmbedding, ShardedEmbedding (hetgmp.embedding) or ShardedFastTable (train/sharded_fast.py)
     dense_opt: torch.optim.Optimizer
     stream: BatchStream
     eval_batches: EvalBatches | None
     steps_per_epoch: int
     total_steps: int
     plan_id: str
-    fast: FastStep | None  # the fast step (train/fast.py), which owns dense_opt; None: the general step
+    fast: FastStep | ShardedFastStep | None  # the fast step (train/fast.py, train/sharded_fast.py), which owns
+                                             # dense_opt; None: the general step
     step_note: str  # which step trains and why, for the start-up line
 
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -136,8 +138,13 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
         num_ids=meta.num_ids, dim=table_width(cfg.model, cfg.embed_dim), optimizer=cfg.sparse_optimizer,
         lr=cfg.sparse_lr, bound=cfg.bound, seed=cfg.seed,
     )
-    emb = build_embedding(emb_cfg, placement, ctx)
-    fast = build_fast_step(cfg, model, emb, stream) if step_kind == "fast" else None
+    if step_kind == "fast" and ctx.world_size > 1:
+        emb = build_sharded_fast_step(cfg, model, emb_cfg, placement, ctx, stream, total)
+        fast, how = emb.fast, describe_sharded_fast_step(emb.fast)
+    else:
+        emb = build_embedding(emb_cfg, placement, ctx)
+        fast = build_fast_step(cfg, model, emb, stream) if step_kind == "fast" else None
+        how = describe_fast_step(fast) if fast else None
     dense_opt = fast.optimizer if fast else build_dense_optimizer(cfg, list(model.parameters()))
-    note = f"step {step_kind} ({why}" + (f"; {describe_fast_step(fast)})" if fast else ")")
+    note = f"step {step_kind} ({why}" + (f"; {how})" if how else ")")
     return Run(cfg, ctx, dataset, model, emb, dense_opt, stream, eval_batches, per_epoch, total, plan_id, fast, note)

@@ -1,0 +1,155 @@
+"""Several workers' steps through the sharded fast step (`hetgmp.fastpath.ShardedFastStep`).
+
+With several workers, `--sparse-optimizer sgd` and `--step auto` or `fast`
+(see `TrainConfig.choose_step`) the trainer hands each step to
+ShardedFastStep: fixed-capacity exchanges and the whole step one CUDA graph
+on a GPU (eager over Gloo on CPUs). It trains the rows of the run's
+ShardedEmbedding in place (one RowStore, built with a staging row per
+exchange slot), and that embedding does what the fast step does not:
+
+    evaluation    ShardedEmbedding.read, after the fast step's flush (its queued pushes
+                  and mirrors' pending deltas reach the owners first)
+    checkpoints   ShardedEmbedding.state_dict / load_state_dict (the primaries), after
+                  the same flush; a checkpoint resumes in either step
+    afterwards    ShardedFastStep.resync: the mirrors as evaluation left them, nothing pending
+
+so the table's settings and its checkpoint format are the general step's. The
+dense optimizer (SGD, or Adam, capturable on CUDA) is the fast step's.
+
+Capacities: every round carries C rows per peer, and the per-id passes
+cover U distinct ids. Both are measured before the run on its own batches
+(the first SCAN_EPOCHS epochs of this worker's stream, maxed over workers)
+with CAPACITY_ROOM to spare. A batch that needs more drops rows; the step
+counts such steps on the device, and every log, evaluation and checkpoint
+point checks the count on all workers and stops the run with the numbers
+(before any checkpoint could save such a step) rather than train on.
+
+What the general step reports and this one does not: the per-step counts of
+distinct ids, local hits and mirror hits (they would cost reductions per step).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hetgmp.distributed import DistContext
+from hetgmp.embedding import EmbeddingConfig, Placement, ShardedEmbedding
+from hetgmp.errors import HetGMPError
+from hetgmp.fastpath import ShardedFastStep, ShardedStepConfig
+from hetgmp.fastpath.capacity import find_capacities, round_up
+from hetgmp.train.config import TrainConfig
+from hetgmp.train.data import BatchStream
+from hetgmp.train.fast import StepRecorder
+
+SCAN_EPOCHS = 10        # epochs of batches whose capacities are measured (all of a shorter run)
+CAPACITY_ROOM = 1.1     # measured capacities get 10% more, then round up (capacity.round_up)
+
+
+class ShardedFastTable:
+    """The run's table (`Run.emb`) when the sharded fast step trains: the ShardedEmbedding
+    for evaluation and checkpoints over the rows the fast step trains (module docstring)."""
+
+    def __init__(self, emb: ShardedEmbedding, fast: ShardedFastStep, scanned_steps: int) -> None:
+        self.emb, self.fast, self.scanned_steps = emb, fast, scanned_steps
+        self._flushed = False
+
+    def check_capacity(self) -> None:
+        """Raise HetGMPError on every worker if any step dropped rows (a collective)."""
+        try:
+            self.fast.check_overflow()
+        except HetGMPError as e:
+            raise HetGMPError(f"{e}. `hetgmp train` measured the capacities on the first {self.scanned_steps} batches of "
+                              f"each worker with {CAPACITY_ROOM - 1:.0%} to spare, and a later batch needed more: resume "
+                              "from the last checkpoint with --step general") from e
+
+    def read(self, ids_BF: torch.Tensor) -> torch.Tensor:
+        """Current rows without gradient (evaluation); a collective."""
+        self.flush()
+        return self.emb.read(ids_BF)
+
+    def flush(self) -> None:
+        """Every update at its owner (a collective, once until the next step); raises HetGMPError
+        if any step dropped rows (a capacity too small)."""
+        if not self._flushed:
+            self.check_capacity()
+            self.fast.flush()
+            self._flushed = True
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        self.flush()
+        return self.emb.state_dict()
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        self.emb.load_state_dict(sd)
+        self.fast.resync()
+
+    def before_step(self) -> None:
+        """Training goes on: take the store as evaluation and checkpoints left it."""
+        if self._flushed:
+            self.fast.resync()
+            self._flushed = False
+
+
+def measured_capacities(stream: BatchStream, placement: Placement, ctx: DistContext, steps: int) -> tuple[int, int]:
+    """(C, U) over this worker's first `steps` batches, maxed over workers, with CAPACITY_ROOM."""
+    owner_E = torch.as_tensor(placement.owner.astype(np.int64), device=ctx.device)
+    peer, distinct = find_capacities((stream.batch(s).ids for s in range(steps)), owner_E, ctx.rank, ctx.world_size, multiple=1)
+    ids_per_batch = stream.batch_size * stream.rows.ids.shape[1]
+    return round_up(math.ceil(CAPACITY_ROOM * peer)), min(ids_per_batch, round_up(math.ceil(CAPACITY_ROOM * distinct)))
+
+
+def build_sharded_fast_step(cfg: TrainConfig, model: nn.Module, table: EmbeddingConfig, placement: Placement, ctx: DistContext,
+                            stream: BatchStream, total_steps: int) -> ShardedFastTable:
+    """The ShardedEmbedding and the sharded fast step over its rows, with the run's optimizers."""
+    scanned = min(total_steps, SCAN_EPOCHS * stream.steps_per_epoch)
+    capacity, distinct = measured_capacities(stream, placement, ctx, scanned)
+    step_cfg = ShardedStepConfig(
+        capacity=capacity, distinct_capacity=distinct, dense_lr=cfg.lr, dense_optimizer=cfg.optimizer, amp=cfg.amp,
+        compile=cfg.compile, flag_nonfinite=True,
+        # Triton runs on a CPU only under its test interpreter: plain torch there.
+        kernel="auto" if ctx.device.type == "cuda" else "torch",
+    )
+    emb = ShardedEmbedding(table, placement, ctx, spare=(ctx.world_size - 1) * (capacity + 1))
+    return ShardedFastTable(emb, ShardedFastStep(model, table, placement, ctx, step_cfg, store=emb.store), scanned)
+
+
+def describe_sharded_fast_step(fast: ShardedFastStep) -> str:
+    """How the sharded fast step runs, for the start-up line."""
+    how = f"one CUDA graph per step after {fast.cfg.warmup_steps} warm-up steps" if fast.use_graph else f"eager on {fast.device.type}"
+    return (f"sharded fast step, {how}, {fast.cfg.capacity} rows per peer and round, "
+            f"{fast.cfg.distinct_capacity} distinct ids per batch, next batch located a step ahead")
+
+
+class ShardedFastSteps:
+    """Trains batch `step` of the stream through the sharded fast step (the loop's step for
+    several workers), handing it the next batch's ids to locate during this one."""
+
+    def __init__(self, table: ShardedFastTable, stream: BatchStream, window: StepRecorder, total_steps: int, check_every: int) -> None:
+        self.table, self.fast, self.stream, self.window = table, table.fast, stream, window
+        self.total_steps, self.check_every = total_steps, check_every
+        self._batch: tuple[int, Any] | None = None
+
+    def train(self, step: int) -> None:
+        """Train batch `step`; its loss (NaN if a gradient was not finite) and correct count go to the window."""
+        self.table.before_step()
+        batch = self._batch[1] if self._batch and self._batch[0] == step else self.stream.batch(step)
+        following = step + 1 if step + 1 < self.total_steps else step  # the last step locates any batch of the shape
+        upcoming = self.stream.batch(following)
+        loss = self.fast.step(batch.dense, batch.ids, batch.labels, next_ids_BF=upcoming.ids)
+        self.window.record(loss, self.fast.correct)
+        self._batch = (following, upcoming)
+        if (step + 1) % self.check_every == 0:
+            self.table.check_capacity()
+
+    def counters(self) -> dict[str, Any]:
+        fetched, pushed = self.fast.last_counts
+        sent = self.fast.bytes_per_step
+        return {"rows_fetched": fetched, "rows_pushed": pushed, "bytes_sent": sent, "bytes_received": sent}
+
+    def skipped(self) -> torch.Tensor:
+        raise HetGMPError("the sharded fast step cannot skip batches (--skip-nonfinite takes the general step)")
