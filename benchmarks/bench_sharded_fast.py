@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import os
 import statistics
 import sys
@@ -213,6 +214,9 @@ def timed(step_fn, batches: list, args, device: torch.device, ahead: bool = Fals
 
 
 def reset_memory(device: torch.device) -> None:
+    """Free what earlier modes left (their graphs' pools, tensors held in reference cycles), then
+    start counting the peak: each mode's peak is its own."""
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -245,8 +249,10 @@ def run_sharded(args, ctx, work: Workload, placement: Placement, bound: int) -> 
     fetched = step.rows_fetched.double() / step.steps  # every step's, warm-up included
     dist.all_reduce(fetched)
     formula = sum(step.memory_bytes(args.batch, work.num_fields, work.num_dense).values())
+    memory = peak_memory(ctx.device)
+    step.release()
     return {"s": seconds, "fetched": fetched.item() / ctx.world_size, "bytes": step.bytes_per_step,
-            "mem": peak_memory(ctx.device), "formula": formula / 2**30, "C": step.cfg.capacity, "U": step.cfg.distinct_capacity or "-"}
+            "mem": memory, "formula": formula / 2**30, "C": step.cfg.capacity, "U": step.cfg.distinct_capacity or "-"}
 
 
 def profile_step(args, ctx, work: Workload, placement: Placement, bound: int) -> None:
