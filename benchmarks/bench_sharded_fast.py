@@ -18,7 +18,8 @@ For each: --warmup steps (the graph is captured within them), then the median
 of --repeats runs of --steps steps (CUDA events; wall clock on CPU):
 samples/s per worker, ms/step, rows fetched per step (mean over workers),
 bytes a worker sends per step (both exchange rounds and the dense all-reduce:
-fixed by the capacity) and peak device memory, beside the documented formula's
+fixed by the capacity) and peak device memory (above what was allocated as the
+mode started: the data, and what earlier modes left), beside the documented formula's
 (hetgmp.fastpath.footprint for the sharded step, hetgmp.embedding.memory for one GPU).
 
 Data: Criteo-shaped ids (yardstick.criteo_batches: field f draws
@@ -68,7 +69,7 @@ from hetgmp.fastpath.capacity import find_capacities  # noqa: E402
 from hetgmp.fastpath.fixed_exchange import PUSH_ID, REQ_ID, FixedExchange  # noqa: E402
 from hetgmp.fastpath.sharded_step import ShardedFastStep, ShardedStepConfig  # noqa: E402
 from hetgmp.embedding.memory import memory_bytes  # noqa: E402
-from hetgmp.models import MODEL_NAMES, build_model  # noqa: E402
+from hetgmp.models import MODEL_NAMES, build_model, table_width  # noqa: E402
 from hetgmp.partition.plan import PartitionPlan  # noqa: E402
 
 LR = 0.01
@@ -213,17 +214,21 @@ def timed(step_fn, batches: list, args, device: torch.device, ahead: bool = Fals
     return statistics.median(times)
 
 
-def reset_memory(device: torch.device) -> None:
-    """Free what earlier modes left (their graphs' pools, tensors held in reference cycles), then
-    start counting the peak: each mode's peak is its own."""
+def reset_memory(device: torch.device) -> int:
+    """Free what earlier modes left (their graphs' pools, tensors held in reference cycles) and
+    start counting the peak; returns the bytes still allocated then, which peak_memory leaves out.
+    (On an H100 pair each mode left about 0.25 GiB allocated in the process after that.)"""
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    if device.type != "cuda":
+        return 0
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device)
 
 
-def peak_memory(device: torch.device) -> float:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+def peak_memory(device: torch.device, before: int) -> float:
+    """GiB: the peak allocated since reset_memory, less what was allocated then."""
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**30 if device.type == "cuda" else float("nan")
 
 
 def model(args, work: Workload):
@@ -235,21 +240,21 @@ def sharded_step(args, ctx, work: Workload, placement: Placement, bound: int, cu
     """The step with capacities measured on this run's batches (C; U unless --pad-to-batch)."""
     owner_E = torch.as_tensor(placement.owner.astype(np.int64), device=ctx.device)
     capacity, distinct = find_capacities([b[1] for b in work.batches], owner_E, ctx.rank, ctx.world_size)
-    table = EmbeddingConfig(work.num_ids, args.dim, lr=LR, bound=bound)
+    table = EmbeddingConfig(work.num_ids, table_width(args.model, args.dim), lr=LR, bound=bound)
     cfg = ShardedStepConfig(capacity=capacity, distinct_capacity=None if args.pad_to_batch else distinct,
                             dense_lr=LR, amp=args.amp, compile=args.compile, cuda_graph=cuda_graph)
     return ShardedFastStep(model(args, work).to(ctx.device), table, placement, ctx, cfg)
 
 
 def run_sharded(args, ctx, work: Workload, placement: Placement, bound: int) -> dict:
-    reset_memory(ctx.device)
+    before = reset_memory(ctx.device)
     step = sharded_step(args, ctx, work, placement, bound)
     seconds = timed(step.step, work.batches, args, ctx.device, ahead=not args.no_ahead)
     step.check_overflow()
     fetched = step.rows_fetched.double() / step.steps  # every step's, warm-up included
     dist.all_reduce(fetched)
     formula = sum(step.memory_bytes(args.batch, work.num_fields, work.num_dense).values())
-    memory = peak_memory(ctx.device)
+    memory = peak_memory(ctx.device, before)
     step.release()
     return {"s": seconds, "fetched": fetched.item() / ctx.world_size, "bytes": step.bytes_per_step,
             "mem": memory, "formula": formula / 2**30, "C": step.cfg.capacity, "U": step.cfg.distinct_capacity or "-"}
@@ -277,12 +282,12 @@ def profile_step(args, ctx, work: Workload, placement: Placement, bound: int) ->
 
 
 def run_one_gpu(args, ctx, work: Workload) -> dict:
-    reset_memory(ctx.device)
-    config = EmbeddingConfig(work.num_ids, args.dim, ids_per_batch=args.batch * work.num_fields)
+    before = reset_memory(ctx.device)
+    config = EmbeddingConfig(work.num_ids, table_width(args.model, args.dim), ids_per_batch=args.batch * work.num_fields)
     table = initial_rows(torch.arange(work.num_ids), config, ctx.device)
     fast = FastStep(model(args, work).to(ctx.device), table, FastStepConfig(lr=LR, dense_lr=LR, amp=args.amp, compile=args.compile,
                                                                                      bf16_rows=args.amp == "bf16"))
-    return {"s": timed(fast.step, work.batches, args, ctx.device), "fetched": 0.0, "bytes": 0, "mem": peak_memory(ctx.device),
+    return {"s": timed(fast.step, work.batches, args, ctx.device), "fetched": 0.0, "bytes": 0, "mem": peak_memory(ctx.device, before),
             "formula": memory_bytes(config, 1, work.num_ids, 0) / 2**30, "C": "-", "U": "-"}
 
 
