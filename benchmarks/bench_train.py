@@ -51,7 +51,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path | None]:
 def train(args: argparse.Namespace, model: str, step: str, data: Path, plan: Path | None) -> dict:
     placement = "random" if plan is None else "plan"
     fast_flags = ["--amp", args.amp] + (["--compile"] if args.compile else [])
-    tag = f"{step}-{args.amp}-{args.sparse_optimizer}" + ("-compile" if args.compile else "")
+    tag = f"{step}-{args.amp}-{args.optimizer}-{args.sparse_optimizer}" + ("-compile" if args.compile else "")
     out = args.work / f"run-{model}-{args.nproc}-{placement}-{args.bound}-{args.batch_size}-{args.embed_dim}-{tag}"
     out.mkdir(parents=True, exist_ok=True)
     metrics = out / "metrics.jsonl"
@@ -60,7 +60,8 @@ def train(args: argparse.Namespace, model: str, step: str, data: Path, plan: Pat
     flags = ["train", "--data", str(data), "--model", model, "--device", args.device, "--batch-size", str(args.batch_size),
              "--embed-dim", str(args.embed_dim), "--iter", str(args.iter), "--log-every", str(args.log_every), "--val",
              "--bound", str(args.bound), "--metrics", str(metrics), "--output", str(out / "train.log"), "--no-progress",
-             "--step", step, "--sparse-optimizer", args.sparse_optimizer, *(fast_flags if step != "general" else [])]
+             "--step", step, "--optimizer", args.optimizer, "--sparse-optimizer", args.sparse_optimizer,
+             *(fast_flags if step != "general" else [])]
     if plan is not None:
         flags += ["--partition", str(plan), "--store-rate", str(args.store_rate)]
     if args.nproc == 1:
@@ -101,6 +102,7 @@ def main() -> None:
                    help="training step(s) to measure, each model once per step")
     p.add_argument("--amp", default="none", choices=["none", "bf16"], help="--amp of the fast step")
     p.add_argument("--compile", action="store_true", help="--compile of the fast step")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"], help="the dense layers' optimizer")
     p.add_argument("--sparse-optimizer", default="rowwise_adagrad", choices=["rowwise_adagrad", "sgd"],
                    help="the table's optimizer (several workers take the fast step with sgd only)")
     p.add_argument("--no-plan", action="store_true", help="random owners and no mirrors (row sharding as TorchRec/HugeCTR do it)")
@@ -110,7 +112,7 @@ def main() -> None:
     results = [train(args, model, step, data, plan) for model in args.models for step in args.step]
     print(f"\n{args.nproc} worker(s) on {args.device}, batch {args.batch_size}/worker, d={args.embed_dim}, "
           f"{args.iter} steps, bound {args.bound}, {'plan, store rate ' + str(args.store_rate) if plan else 'random owners'}, "
-          f"{args.rows:,} synthetic rows, table {args.sparse_optimizer}, amp {args.amp}{', compiled' if args.compile else ''}\n")
+          f"{args.rows:,} synthetic rows, dense {args.optimizer}, table {args.sparse_optimizer}, amp {args.amp}{', compiled' if args.compile else ''}\n")
     print("| model | step | samples/s per worker | samples/s total | rows fetched/step | AUC | wall s |")
     print("|---|---|---|---|---|---|---|")
     for r in results:

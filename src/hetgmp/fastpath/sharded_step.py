@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -164,10 +165,11 @@ class ShardedFastStep:
 
     Counters, device tensors summed over steps (read them when you like):
     `rows_fetched` (rows answered to this worker), `rows_pushed` (pushes it
-    queued); `last_counts` holds the last step's (rows fetched, rows pushed)
-    and `correct` its batch's correct predictions; `steps` counts calls on
-    the host and `bytes_per_step` is what a step sends other workers (fixed:
-    both rounds and the dense all-reduce).
+    queued); `correct` holds the last batch's correct predictions; `steps`
+    counts calls on the host and `bytes_per_step` is what a step sends other
+    workers (fixed: both rounds and the dense all-reduce). `record`, if set,
+    is called with (loss, correct) at the end of every step, inside its graph
+    (the trainer's StepWindow.record: no kernel between two replays).
 
     `store`: train the rows of an existing RowStore in place (built with
     `spare` = the exchange's slots, (P - 1)(C + 1)), e.g. a ShardedEmbedding's,
@@ -202,7 +204,8 @@ class ShardedFastStep:
         self.flat_grad = torch.zeros(sum(p.numel() for p in self.params), device=ctx.device)
         self.optimizer = dense_optimizer(self.params, cfg.dense_optimizer, cfg.dense_lr, ctx.device)
         zeros = lambda n: torch.zeros(n, dtype=torch.int64, device=ctx.device)  # noqa: E731
-        self.rows_fetched, self.rows_pushed, self.last_counts, self.correct = zeros(()), zeros(()), zeros(2), zeros(())
+        self.rows_fetched, self.rows_pushed, self.correct = zeros(()), zeros(()), zeros(())
+        self.record: Callable[[torch.Tensor, torch.Tensor], None] | None = None
         self._lag = zeros(2)            # (max lag of a fresh read served, fresh reads served with lag > 0)
         self._overflow = zeros(3)       # (steps that dropped rows, most ids one peer was asked for, most distinct ids)
         self.steps = 0
@@ -245,6 +248,10 @@ class ShardedFastStep:
         """The graph's (dense_BI, ids_BF, labels_B) buffers (CUDA graph only, after the first step)."""
         return self._inputs.get()
 
+    def next_ids_buffer(self) -> torch.Tensor:
+        """The graph's next_ids_BF buffer (CUDA graph only, after the first step given next ids)."""
+        return self._next_ids.get()[0]
+
     def _train(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor,
                next_ids_BF: torch.Tensor | None = None, parity: int = 0) -> torch.Tensor:
         """One step; with next_ids_BF, the batch was located in slot `parity` by the step before,
@@ -269,15 +276,15 @@ class ShardedFastStep:
         work = dist.all_reduce(self.flat_grad, group=self.group, async_op=True)
         grad_ND = emb_BFD.grad.reshape(B * nf, -1).contiguous()
         sparse_update(self.store.rows, at.local_N, grad_ND, self.table.lr, backend=self.kernel, order=at.order)
-        pushed = self._write(self.store, at, self.table.bound, self.exchange, self.base, self._add)
-        self.rows_pushed += pushed
-        self.last_counts[1] = pushed
+        self.rows_pushed += self._write(self.store, at, self.table.bound, self.exchange, self.base, self._add)
         join(self._ahead_stream, self.device)
         work.wait()
         loss = loss.detach()
         if self.cfg.flag_nonfinite:  # after the wait: a worker's bad gradient reaches every worker's flat sum
             loss = nan_unless_finite(loss, [grad_ND, self.flat_grad])
         self.optimizer.step()
+        if self.record is not None:
+            self.record(loss, self.correct)
         return loss
 
     def _locate_ids(self, ids_BF: torch.Tensor) -> Located:
@@ -290,9 +297,7 @@ class ShardedFastStep:
         ex.round_a()
         self._answer(s, ex, self.table.bound, self._lag, self._add)
         ex.round_b()
-        fetched = self._receive(s, at, ex, self.base)
-        self.rows_fetched += fetched
-        self.last_counts[0] = fetched
+        self.rows_fetched += self._receive(s, at, ex, self.base)
 
     def _point_grads_at_flat(self) -> None:
         """Zero the flat buffer and make every .grad a view of it, so backward accumulates

@@ -90,13 +90,22 @@ class Rows:
         training device and matching dtypes, three index_selects and no new tensor."""
         idx = idx.to(self.labels.device)
         for src, dst in zip((self.dense, self.ids, self.labels), out):
-            if src.device == dst.device and src.dtype == dst.dtype:
-                torch.index_select(src, 0, idx, out=dst)
-                continue
-            rows = src.index_select(0, idx)
-            if rows.device.type == "cpu" and dst.device.type == "cuda":
-                rows = rows.pin_memory()  # from pageable memory the copy would wait for the device
-            dst.copy_(rows, non_blocking=True)
+            _select_into(src, idx, dst)
+
+    def ids_into(self, idx: torch.Tensor, out: torch.Tensor) -> None:
+        """The ids of rows `idx` written into an existing tensor (as take_into)."""
+        _select_into(self.ids, idx.to(self.labels.device), out)
+
+
+def _select_into(src: torch.Tensor, idx: torch.Tensor, dst: torch.Tensor) -> None:
+    """dst = src[idx]: one index_select where devices and dtypes match, else a copy."""
+    if src.device == dst.device and src.dtype == dst.dtype:
+        torch.index_select(src, 0, idx, out=dst)
+        return
+    rows = src.index_select(0, idx)
+    if rows.device.type == "cpu" and dst.device.type == "cuda":
+        rows = rows.pin_memory()  # from pageable memory the copy would wait for the device
+    dst.copy_(rows, non_blocking=True)
 
 
 def train_rows(split: Split, data_partition: np.ndarray | None, rank: int, world_size: int, device: torch.device) -> Rows:
@@ -177,6 +186,10 @@ class BatchStream:
     def batch_into(self, step: int, out: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
         """Batch `step` written into existing (dense, ids, labels) tensors (a captured step's inputs)."""
         self.rows.take_into(self.indices(step), out)
+
+    def ids_into(self, step: int, out: torch.Tensor) -> None:
+        """Batch `step`'s ids written into an existing tensor (a captured step's next ids)."""
+        self.rows.ids_into(self.indices(step), out)
 
     @property
     def epochs(self) -> int | None:

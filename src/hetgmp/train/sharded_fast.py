@@ -127,29 +127,48 @@ def describe_sharded_fast_step(fast: ShardedFastStep) -> str:
 
 class ShardedFastSteps:
     """Trains batch `step` of the stream through the sharded fast step (the loop's step for
-    several workers), handing it the next batch's ids to locate during this one."""
+    several workers), handing it the next batch's ids to locate during this one.
 
-    def __init__(self, table: ShardedFastTable, stream: BatchStream, window: StepRecorder, total_steps: int, check_every: int) -> None:
-        self.table, self.fast, self.stream, self.window = table, table.fast, stream, window
-        self.total_steps, self.check_every = total_steps, check_every
-        self._batch: tuple[int, Any] | None = None
+    Between two graph replays the host launches four gathers (the batch straight into
+    the graph's input buffers, the next batch's ids into its buffer) and nothing else:
+    the step records its loss in the window itself, inside its graph, and the rows
+    counters are read from the step's running totals once a window (every log_every
+    steps and at the last), not added up every step."""
+
+    def __init__(self, table: ShardedFastTable, stream: BatchStream, window: StepRecorder, total_steps: int, log_every: int) -> None:
+        self.table, self.fast, self.stream = table, table.fast, stream
+        self.total_steps, self.log_every = total_steps, log_every
+        self.fast.record = window.record
+        self._window_ends = False
+        self._totals_then = torch.zeros(2, dtype=torch.int64, device=self.fast.device)
 
     def train(self, step: int) -> None:
         """Train batch `step`; its loss (NaN if a gradient was not finite) and correct count go to the window."""
         self.table.before_step()
-        batch = self._batch[1] if self._batch and self._batch[0] == step else self.stream.batch(step)
         following = step + 1 if step + 1 < self.total_steps else step  # the last step locates any batch of the shape
-        upcoming = self.stream.batch(following)
-        loss = self.fast.step(batch.dense, batch.ids, batch.labels, next_ids_BF=upcoming.ids)
-        self.window.record(loss, self.fast.correct)
-        self._batch = (following, upcoming)
-        if (step + 1) % self.check_every == 0:
+        if self.fast.use_graph and self.fast.steps:
+            inputs, next_ids = self.fast.input_buffers(), self.fast.next_ids_buffer()
+            self.stream.batch_into(step, inputs)
+            self.stream.ids_into(following, next_ids)
+        else:  # the first call makes the graph's buffers (or no graph: the batch as it is)
+            batch = self.stream.batch(step)
+            inputs, next_ids = (batch.dense, batch.ids, batch.labels), self.stream.batch(following).ids
+        self.fast.step(*inputs, next_ids_BF=next_ids)
+        self._window_ends = (step + 1) % self.log_every == 0 or step + 1 == self.total_steps
+        if (step + 1) % self.log_every == 0:
             self.table.check_capacity()
 
     def counters(self) -> dict[str, Any]:
-        fetched, pushed = self.fast.last_counts
+        """The last step's counters for the window: bytes every step; rows fetched and pushed
+        since the window began, added once as it ends (the window averages per step)."""
         sent = self.fast.bytes_per_step
-        return {"rows_fetched": fetched, "rows_pushed": pushed, "bytes_sent": sent, "bytes_received": sent}
+        counters: dict[str, Any] = {"bytes_sent": sent, "bytes_received": sent}
+        if self._window_ends:
+            totals = torch.stack([self.fast.rows_fetched, self.fast.rows_pushed])
+            fetched, pushed = totals - self._totals_then
+            self._totals_then = totals
+            counters.update(rows_fetched=fetched, rows_pushed=pushed)
+        return counters
 
     def skipped(self) -> torch.Tensor:
         raise HetGMPError("the sharded fast step cannot skip batches (--skip-nonfinite takes the general step)")
