@@ -85,6 +85,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8192, help="samples per worker and step")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--model", choices=MODEL_NAMES, default="wdl")
+    p.add_argument("--sparse-optimizer", choices=["sgd", "rowwise_adagrad"], default="sgd", help="the table's optimizer (all modes)")
     p.add_argument("--store-rate", type=float, default=0.01)
     p.add_argument("--bound", type=int, default=100)
     p.add_argument("--batches", type=int, default=16, help="distinct batches per worker, cycled")
@@ -240,7 +241,7 @@ def sharded_step(args, ctx, work: Workload, placement: Placement, bound: int, cu
     """The step with capacities measured on this run's batches (C; U unless --pad-to-batch)."""
     owner_E = torch.as_tensor(placement.owner.astype(np.int64), device=ctx.device)
     capacity, distinct = find_capacities([b[1] for b in work.batches], owner_E, ctx.rank, ctx.world_size)
-    table = EmbeddingConfig(work.num_ids, table_width(args.model, args.dim), lr=LR, bound=bound)
+    table = EmbeddingConfig(work.num_ids, table_width(args.model, args.dim), optimizer=args.sparse_optimizer, lr=LR, bound=bound)
     cfg = ShardedStepConfig(capacity=capacity, distinct_capacity=None if args.pad_to_batch else distinct,
                             dense_lr=LR, amp=args.amp, compile=args.compile, cuda_graph=cuda_graph)
     return ShardedFastStep(model(args, work).to(ctx.device), table, placement, ctx, cfg)
@@ -283,10 +284,12 @@ def profile_step(args, ctx, work: Workload, placement: Placement, bound: int) ->
 
 def run_one_gpu(args, ctx, work: Workload) -> dict:
     before = reset_memory(ctx.device)
-    config = EmbeddingConfig(work.num_ids, table_width(args.model, args.dim), ids_per_batch=args.batch * work.num_fields)
+    config = EmbeddingConfig(work.num_ids, table_width(args.model, args.dim), optimizer=args.sparse_optimizer,
+                             ids_per_batch=args.batch * work.num_fields)
     table = initial_rows(torch.arange(work.num_ids), config, ctx.device)
-    fast = FastStep(model(args, work).to(ctx.device), table, FastStepConfig(lr=LR, dense_lr=LR, amp=args.amp, compile=args.compile,
-                                                                                     bf16_rows=args.amp == "bf16"))
+    fast_cfg = FastStepConfig(lr=LR, dense_lr=LR, sparse_optimizer=args.sparse_optimizer, amp=args.amp, compile=args.compile,
+                              bf16_rows=args.amp == "bf16")
+    fast = FastStep(model(args, work).to(ctx.device), table, fast_cfg)
     return {"s": timed(fast.step, work.batches, args, ctx.device), "fetched": 0.0, "bytes": 0, "mem": peak_memory(ctx.device, before),
             "formula": memory_bytes(config, 1, work.num_ids, 0) / 2**30, "C": "-", "U": "-"}
 
@@ -337,7 +340,7 @@ def run(args: argparse.Namespace) -> None:
 def report(args, ctx, work: Workload, results: dict, cpu_s: float) -> None:
     card = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"
     print(f"\n{ctx.world_size} workers on {card}, torch {torch.__version__}, {datetime.date.today()}; "
-          f"{work.what}; {work.num_ids:,} ids, batch {args.batch}/worker, d {args.dim}, {args.model}, amp {args.amp}{', compiled' if args.compile else ''}"
+          f"{work.what}; {work.num_ids:,} ids, batch {args.batch}/worker, d {args.dim}, {args.model}, table {args.sparse_optimizer}, amp {args.amp}{', compiled' if args.compile else ''}"
           f"{'' if args.no_ahead else ', located a step ahead'}; rank 0 CPU {cpu_s:.1f} s\n")
     print("| mode | C | U | samples/s per worker | ms/step | rows fetched/step | MB sent/step | peak GPU GiB | formula GiB |")
     print("|---|---|---|---|---|---|---|---|---|")

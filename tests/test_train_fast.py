@@ -173,18 +173,17 @@ def test_resuming_restores_the_fast_steps_table_bit_exactly(data, tmp_path):
     assert torch.equal(fast.versions_E, saved["versions"])
 
 
-def test_step_fast_on_two_workers_needs_sgd_on_the_table(data, capsys):
-    argv = ["train", "--data", str(data), "--iter", "1", "--device", "cpu", "--no-progress", "--nproc", "2", "--step", "fast"]
+def test_step_fast_on_two_workers_cannot_skip_batches(data, capsys):
+    argv = ["train", "--data", str(data), "--iter", "1", "--device", "cpu", "--no-progress", "--nproc", "2", "--step", "fast",
+            "--skip-nonfinite"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "--step fast cannot run with --sparse-optimizer rowwise_adagrad on 2 workers" in err and "use --step auto" in err
+    assert "--step fast cannot run with --skip-nonfinite on 2 workers" in err and "use --step auto" in err
     # Under torchrun/mpirun --nproc stays 1: the worker count seen at start-up is checked too.
-    with pytest.raises(HetGMPError, match="--step fast cannot run with --sparse-optimizer rowwise_adagrad on 4 workers"):
-        TrainConfig(data=str(data), step="fast").choose_step(4)
     with pytest.raises(HetGMPError, match="--step fast cannot run with --skip-nonfinite on 4 workers"):
-        TrainConfig(data=str(data), step="fast", sparse_optimizer="sgd", skip_nonfinite=True).choose_step(4)
-    assert TrainConfig(data=str(data)).choose_step(4)[0] == "general"
-    assert TrainConfig(data=str(data), sparse_optimizer="sgd").choose_step(4) == ("fast", "--step auto, 4 workers, sharded")
+        TrainConfig(data=str(data), step="fast", skip_nonfinite=True).choose_step(4)
+    assert TrainConfig(data=str(data), skip_nonfinite=True).choose_step(4)[0] == "general"
+    assert TrainConfig(data=str(data)).choose_step(4) == ("fast", "--step auto, 4 workers, sharded")
     with pytest.raises(HetGMPError, match="only the fast step takes --amp bf16 and --compile.*--step general.*drop them"):
         TrainConfig(data=str(data), step="general", amp="bf16", compile=True).validate()
 

@@ -82,15 +82,15 @@ def test_two_workers_and_two_nodes_train_log_and_resume_exactly(planned):
 
 
 def test_sharded_fast_step_trains_as_the_general_step_and_resumes_its_checkpoint(planned):
-    """--sparse-optimizer sgd on 2 workers takes the sharded fast step. At bound 0 it trains as the general
-    step does: the general step's first 8 steps, resumed by the fast step for 8 more, end where 16 fast
-    steps do (whose evaluation at step 8 reads the rows through the general table between two steps)."""
+    """2 workers take the sharded fast step (defaults: Adam, row-wise Adagrad). At bound 0 it trains as the
+    general step does: the general step's first 8 steps, resumed by the fast step for 8 more, end where 16
+    fast steps do (whose evaluation at step 8 reads the rows through the general table between two steps)."""
     root = planned
-    sgd = ("--nproc", "2", "--sparse-optimizer", "sgd", "--sparse-lr", "0.05", "--val", "--log-every", "4")
-    fast = _hetgmp(*_train_argv(root, "fast", *sgd, "--iter", "16", "--eval-every", "8", "--metrics", str(root / "fast.jsonl")))
+    flags = ("--nproc", "2", "--val", "--log-every", "4")
+    fast = _hetgmp(*_train_argv(root, "fast", *flags, "--iter", "16", "--eval-every", "8", "--metrics", str(root / "fast.jsonl")))
     assert "step fast (--step auto, 2 workers, sharded; sharded fast step, eager on cpu" in fast.stdout
-    _hetgmp(*_train_argv(root, "mixed", *sgd, "--iter", "8", "--step", "general", "--metrics", str(root / "general.jsonl")))
-    _hetgmp(*_train_argv(root, "mixed", *sgd, "--iter", "16", "--resume", "--metrics", str(root / "resumed.jsonl")))
+    _hetgmp(*_train_argv(root, "mixed", *flags, "--iter", "8", "--step", "general", "--metrics", str(root / "general.jsonl")))
+    _hetgmp(*_train_argv(root, "mixed", *flags, "--iter", "16", "--resume", "--metrics", str(root / "resumed.jsonl")))
     fast_lines, general_lines = read_metrics(root / "fast.jsonl"), read_metrics(root / "general.jsonl")
     for phase, step in (("train", 4), ("train", 8), ("eval", 8)):
         a, b = ([r for r in lines if (r["phase"], r["step"]) == (phase, step)][0] for lines in (fast_lines, general_lines))

@@ -73,6 +73,7 @@ class Located:
     slot_pend: torch.Tensor    # int64 [R]: its pending index (M if not a mirror, or none)
     slot_mirror: torch.Tensor  # bool [R]: it is a mirror here
     slot_counts: torch.Tensor  # int64 [R]: its occurrences in the batch, 0 if none
+    slot_u: torch.Tensor       # int64 [R]: its index among the distinct ids, 0 if none
     order: tuple[torch.Tensor, torch.Tensor]  # [N] (local rows in the ids' sorted order, the sort's
                                               # permutation): the gather's and the update's order
                                               # (equal ids side by side, all the SGD update needs)
@@ -117,12 +118,13 @@ def locate(store: RowStore, exchange: FixedExchange, ids_N: torch.Tensor, rank: 
     local = torch.where(own | mirror, slot, torch.where(sent, staged, store.sink))
     pend = torch.where(mirror, slot - store.num_primaries, store.num_mirrors)
     # Per slot, in one gather: the distinct id's columns, or a row meaning none.
-    columns = torch.stack([u.uids_N, local, pend, mirror.long(), u.counts_N], 1)
-    none = torch.cat([torch.full((1, 1), v, device=columns.device) for v in (-1, store.sink, store.num_mirrors, 0, 0)], 1)
+    index = torch.arange(len(local), device=local.device)
+    columns = torch.stack([u.uids_N, local, pend, mirror.long(), u.counts_N, index], 1)
+    none = torch.cat([torch.full((1, 1), v, device=columns.device) for v in (-1, store.sink, store.num_mirrors, 0, 0, 0)], 1)
     source = exchange.sources(owner, peer_slot)
-    uid, local_r, pend_r, mirror_r, counts_r = torch.cat([columns, none])[source].unbind(1)
+    uid, local_r, pend_r, mirror_r, counts_r, u_r = torch.cat([columns, none])[source].unbind(1)
     sorted_run_N, perm_N = u.order
-    return Located(u, own, mirror, local, pend, per_peer, source < len(local), uid, local_r, pend_r, mirror_r.bool(), counts_r,
+    return Located(u, own, mirror, local, pend, per_peer, source < len(local), uid, local_r, pend_r, mirror_r.bool(), counts_r, u_r,
                    (local[sorted_run_N], perm_N), local[u.inverse_N])
 
 

@@ -45,7 +45,9 @@ the mean loss over the global batch of P x B samples. `step` returns this
 worker's local mean loss.
 
 Embedding optimizer: SGD (the fused update: -lr x the gradient summed over
-the id's occurrences in the worker's batch); dense optimizer: SGD or Adam. With
+the id's occurrences in the worker's batch), or row-wise Adagrad (each row's
+step at its owner, one round late, on every worker's gradient summed:
+sharded_adagrad.py); dense optimizer: SGD or Adam. With
 `compile`, the model and the bookkeeping around the rounds are compiled.
 
 Capacity: a step whose worker reads more than C distinct ids owned by one
@@ -83,7 +85,8 @@ from hetgmp.fastpath.config import AMP_MODES, DENSE_OPTIMIZERS, autocast, dense_
 from hetgmp.fastpath.fixed_exchange import FixedExchange
 from hetgmp.fastpath.footprint import sharded_step_bytes
 from hetgmp.fastpath.inputs import Batch, InputBuffers
-from hetgmp.fastpath.sharded_rows import Located, answer, flush_pending, index_add, locate, locate_into, receive, request, write
+from hetgmp.fastpath.sharded_adagrad import OwnGradients, apply_gradients, flush_gradients, gradient_sums, new_own_gradients, queue_gradients
+from hetgmp.fastpath.sharded_rows import Located, answer, flush_pending, index_add, locate, locate_into, receive, request, serve, write
 from hetgmp.fastpath.step import nan_unless_finite
 from hetgmp.kernels import resolve_backend, sparse_update
 from hetgmp.kernels.gather import gather_rows, id_dtype
@@ -127,9 +130,6 @@ class ShardedStepConfig:
     def check(self, table: EmbeddingConfig, world: int) -> None:
         """Raise HetGMPError naming every setting this step cannot train with."""
         bad = []
-        if table.optimizer != "sgd":
-            bad.append(f"embedding optimizer {table.optimizer!r} (--sparse-optimizer): the sharded fast step folds SGD "
-                       "into the table; use sgd, or the general sharded table for row-wise Adagrad")
         if self.dense_optimizer not in DENSE_OPTIMIZERS:
             bad.append(f"dense_optimizer={self.dense_optimizer!r} (--optimizer): choose {' or '.join(DENSE_OPTIMIZERS)}")
         if self.amp not in AMP_MODES:
@@ -199,6 +199,9 @@ class ShardedFastStep:
         self._forward = compiled(model)
         self._locate, self._locate_into = compiled(locate), compiled(locate_into)
         self._request, self._answer, self._receive, self._write = compiled(request), compiled(answer), compiled(receive), compiled(write)
+        self._serve, self._queue = compiled(serve), compiled(queue_gradients)
+        # Row-wise Adagrad (sharded_adagrad.py): the per-id gradient sums, made at the first step (U known then).
+        self.own: OwnGradients | None = None
         self._add = torch.compiler.disable(index_add) if cfg.compile else index_add  # see sharded_rows.index_add
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.flat_grad = torch.zeros(sum(p.numel() for p in self.params), device=ctx.device)
@@ -259,6 +262,8 @@ class ShardedFastStep:
         B, nf = ids_BF.shape
         ahead = next_ids_BF is not None
         at = self._slots[parity] if ahead else self._locate_ids(ids_BF)
+        if self.table.adagrad and self.own is None:  # the first step is eager: allocated before any capture
+            self.own = new_own_gradients(len(at.ids.uids_N), self.table.dim, self.device)
         self._read(at, ids_BF.numel())
         dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float32  # the dtype autocast would cast them to
         emb_BFD = gather_rows(self.store.rows, at.order, dtype, use_triton=self.kernel == "triton").view(B, nf, -1).requires_grad_()
@@ -275,8 +280,12 @@ class ShardedFastStep:
             (loss / self.world).backward()
         work = dist.all_reduce(self.flat_grad, group=self.group, async_op=True)
         grad_ND = emb_BFD.grad.reshape(B * nf, -1).contiguous()
-        sparse_update(self.store.rows, at.local_N, grad_ND, self.table.lr, backend=self.kernel, order=at.order)
-        self.rows_pushed += self._write(self.store, at, self.table.bound, self.exchange, self.base, self._add)
+        if self.table.adagrad:
+            gradient_sums(self.own, at, grad_ND, self.kernel)
+            self.rows_pushed += self._queue(self.store, at, self.exchange, self.own)
+        else:
+            sparse_update(self.store.rows, at.local_N, grad_ND, self.table.lr, backend=self.kernel, order=at.order)
+            self.rows_pushed += self._write(self.store, at, self.table.bound, self.exchange, self.base, self._add)
         join(self._ahead_stream, self.device)
         work.wait()
         loss = loss.detach()
@@ -295,7 +304,11 @@ class ShardedFastStep:
         s, ex = self.store, self.exchange
         self._request(s, at, ex, self._overflow, self.cfg.capacity, self.cfg.distinct_capacity or num_ids)
         ex.round_a()
-        self._answer(s, ex, self.table.bound, self._lag, self._add)
+        if self.table.adagrad:  # one optimizer step per row on everyone's gradient, then the answers
+            apply_gradients(s, ex, self.own, self.table, self._add)
+            self._serve(s, ex, self.table.bound, self._lag)
+        else:
+            self._answer(s, ex, self.table.bound, self._lag, self._add)
         ex.round_b()
         self.rows_fetched += self._receive(s, at, ex, self.base)
 
@@ -326,8 +339,12 @@ class ShardedFastStep:
 
     @torch.no_grad()
     def flush(self) -> None:
-        """Push every queued and pending mirror delta; afterwards the primaries hold all updates."""
-        self.rows_pushed += flush_pending(self.store, self.exchange, self.base, self.rank, self.world)
+        """Push every queued and pending mirror delta (row-wise Adagrad: send the queued gradients
+        and take the owners' steps); afterwards the primaries hold all updates."""
+        if self.table.adagrad:
+            flush_gradients(self.store, self.exchange, self.own, self.table)
+        else:
+            self.rows_pushed += flush_pending(self.store, self.exchange, self.base, self.rank, self.world)
 
     def release(self) -> None:
         """Destroy the step's CUDA graphs, which captured its collectives: call it before the

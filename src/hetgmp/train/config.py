@@ -75,8 +75,8 @@ class TrainConfig:
     progress: bool = _f(True, "show a progress bar on rank 0 (stderr)")
     skip_nonfinite: bool = _f(False, "skip a worker's batch whose loss or gradients are NaN/inf (counted as skipped_batches) instead of stopping the run")
     step: str = _f("auto", "training step: fast (the whole step with fixed shapes, one CUDA graph on a GPU, eager on "
-                   "CPU; on several workers the sharded fast step, which needs --sparse-optimizer sgd), general (the "
-                   "embedding runtime's step: any optimizer, --skip-nonfinite on several workers) or auto (fast where "
+                   "CPU; on several workers the sharded fast step), general (the embedding runtime's step, which also "
+                   "takes --optimizer adagrad, and --skip-nonfinite on several workers) or auto (fast where "
                    "it can run; the start-up line says which runs and why)", choices=STEPS)
     amp: str = _f("none", "bf16: the model's forward in bf16 autocast (fast step only; the table, the weights and "
                   "the optimizers stay fp32)", choices=AMP_MODES)
@@ -105,9 +105,6 @@ class TrainConfig:
         """Why the fast step cannot train this run on `world_size` workers, or None if it can."""
         if self.optimizer not in FAST_DENSE_OPTIMIZERS:
             return f"--optimizer {self.optimizer}: the fast step's dense optimizers are {' and '.join(FAST_DENSE_OPTIMIZERS)}"
-        if world_size > 1 and self.sparse_optimizer != "sgd":
-            return (f"--sparse-optimizer {self.sparse_optimizer} on {world_size} workers: the sharded fast step folds SGD "
-                    "into the table (--sparse-optimizer sgd)")
         if world_size > 1 and self.skip_nonfinite:
             return f"--skip-nonfinite on {world_size} workers: the sharded fast step cannot skip a batch"
         return None

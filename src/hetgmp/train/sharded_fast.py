@@ -1,7 +1,8 @@
 """Several workers' steps through the sharded fast step (`hetgmp.fastpath.ShardedFastStep`).
 
-With several workers, `--sparse-optimizer sgd` and `--step auto` or `fast`
-(see `TrainConfig.choose_step`) the trainer hands each step to
+With several workers and `--step auto` or `fast` (see
+`TrainConfig.choose_step`: not with --optimizer adagrad or --skip-nonfinite)
+the trainer hands each step to
 ShardedFastStep: fixed-capacity exchanges and the whole step one CUDA graph
 on a GPU (eager over Gloo on CPUs). It trains the rows of the run's
 ShardedEmbedding in place (one RowStore, built with a staging row per
@@ -14,7 +15,10 @@ exchange slot), and that embedding does what the fast step does not:
     afterwards    ShardedFastStep.resync: the mirrors as evaluation left them, nothing pending
 
 so the table's settings and its checkpoint format are the general step's. The
-dense optimizer (SGD, or Adam, capturable on CUDA) is the fast step's.
+dense optimizer (SGD, or Adam, capturable on CUDA) is the fast step's. The
+table's: SGD, or row-wise Adagrad with each row's step at its owner
+(fastpath/sharded_adagrad.py; at bound > 0 a mirror is then read under the
+bound but sends its gradient every step instead of updating itself).
 
 Capacities: every round carries C rows per peer, and the per-id passes
 cover U distinct ids. Both are measured before the run on its own batches
