@@ -68,18 +68,18 @@ def queue_gradients(store: RowStore, at: Located, exchange: FixedExchange, own: 
     return push.sum()
 
 
-def apply_gradients(store: RowStore, exchange: FixedExchange, own: OwnGradients, table: EmbeddingConfig, add: Adder = index_add) -> None:
+def apply_gradients(store: RowStore, exchange: FixedExchange, own: OwnGradients, table: EmbeddingConfig, add: Adder = index_add,
+                    backend: str = "torch", scratch: torch.Tensor | None = None) -> None:
     """Owner: one row-wise Adagrad step per row on its kept gradient plus every received push;
-    versions += the counts. The kept sums are then spent (counts zeroed)."""
+    versions += the counts. The kept sums are then spent (counts zeroed). `backend` and
+    `scratch` as for kernels.sparse_update (which sorts the rows and sums duplicates first)."""
     ids, counts, grads = exchange.received_pushes()
     pushed = ids >= 0
     slot = torch.where(pushed, store.slot[ids.clamp(min=0)].long(), spread(len(ids), store))
     mine = own.counts > 0
     rows = torch.cat([own.rows, slot])
     grad = torch.cat([torch.where(mine.unsqueeze(1), own.grads, 0.0), torch.where(pushed.unsqueeze(1), grads, 0.0)])
-    # The torch path sorts the rows and sums duplicates before the step (a row appears at most
-    # once per worker here, so its index_add_ atomics do not pile up).
-    sparse_update(store.rows, rows, grad, table.lr, store.acc, table.adagrad_eps, backend="torch")
+    sparse_update(store.rows, rows, grad, table.lr, store.acc, table.adagrad_eps, backend=backend, scratch_TD=scratch)
     add(store.version, rows, torch.cat([own.counts, torch.where(pushed, counts, 0)]))
     own.counts.zero_()
 

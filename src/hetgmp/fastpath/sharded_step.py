@@ -88,7 +88,7 @@ from hetgmp.fastpath.inputs import Batch, InputBuffers
 from hetgmp.fastpath.sharded_adagrad import OwnGradients, apply_gradients, flush_gradients, gradient_sums, new_own_gradients, queue_gradients
 from hetgmp.fastpath.sharded_rows import Located, answer, flush_pending, index_add, locate, locate_into, receive, request, serve, write
 from hetgmp.fastpath.step import nan_unless_finite
-from hetgmp.kernels import resolve_backend, sparse_update
+from hetgmp.kernels import new_scratch, resolve_backend, sparse_update
 from hetgmp.kernels.gather import gather_rows, id_dtype
 
 
@@ -202,6 +202,7 @@ class ShardedFastStep:
         self._serve, self._queue = compiled(serve), compiled(queue_gradients)
         # Row-wise Adagrad (sharded_adagrad.py): the per-id gradient sums, made at the first step (U known then).
         self.own: OwnGradients | None = None
+        self._scratch: torch.Tensor | None = None  # the Triton Adagrad kernel's, for the owner's step
         self._add = torch.compiler.disable(index_add) if cfg.compile else index_add  # see sharded_rows.index_add
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.flat_grad = torch.zeros(sum(p.numel() for p in self.params), device=ctx.device)
@@ -264,6 +265,8 @@ class ShardedFastStep:
         at = self._slots[parity] if ahead else self._locate_ids(ids_BF)
         if self.table.adagrad and self.own is None:  # the first step is eager: allocated before any capture
             self.own = new_own_gradients(len(at.ids.uids_N), self.table.dim, self.device)
+            if self.kernel == "triton":  # the owner's step sorts U kept and R pushed gradients
+                self._scratch = new_scratch(len(at.ids.uids_N) + self.exchange.slots, self.table.dim, self.device)
         self._read(at, ids_BF.numel())
         dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float32  # the dtype autocast would cast them to
         emb_BFD = gather_rows(self.store.rows, at.order, dtype, use_triton=self.kernel == "triton").view(B, nf, -1).requires_grad_()
@@ -305,7 +308,7 @@ class ShardedFastStep:
         self._request(s, at, ex, self._overflow, self.cfg.capacity, self.cfg.distinct_capacity or num_ids)
         ex.round_a()
         if self.table.adagrad:  # one optimizer step per row on everyone's gradient, then the answers
-            apply_gradients(s, ex, self.own, self.table, self._add)
+            apply_gradients(s, ex, self.own, self.table, self._add, self.kernel, self._scratch)
             self._serve(s, ex, self.table.bound, self._lag)
         else:
             self._answer(s, ex, self.table.bound, self._lag, self._add)
