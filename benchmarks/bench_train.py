@@ -104,7 +104,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="--compile of the fast step")
     p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"], help="the dense layers' optimizer")
     p.add_argument("--sparse-optimizer", default="rowwise_adagrad", choices=["rowwise_adagrad", "sgd"],
-                   help="the table's optimizer (several workers take the fast step with sgd only)")
+                   help="the table's optimizer")
     p.add_argument("--no-plan", action="store_true", help="random owners and no mirrors (row sharding as TorchRec/HugeCTR do it)")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
