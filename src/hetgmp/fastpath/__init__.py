@@ -4,7 +4,8 @@
     loss = fast.step(dense_BI, ids_BF, labels_B)
 
 `FastStep` trains one worker's whole table; `ShardedFastStep` a table split
-over workers (fixed-capacity exchanges, the whole step one graph, SGD).
+over workers (fixed-capacity exchanges, the whole step one graph, SGD or
+row-wise Adagrad).
 `ReferenceStep` trains the same way with plain autograd; tests and the GPU
 benchmark hold `FastStep` to it.
 """
