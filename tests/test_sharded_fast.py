@@ -82,7 +82,7 @@ def _bound0_worker(ctx, placement, arrays, compile, ahead, optimizer):
 # Row-wise Adagrad: each row's one step at its owner, on every worker's gradient (sharded_adagrad.py).
 @pytest.mark.parametrize("world, compile, ahead, optimizer", [
     (WORLD, False, False, "sgd"), (3, False, True, "sgd"), (WORLD, True, True, "sgd"),
-    (WORLD, False, False, "rowwise_adagrad"), (3, False, True, "rowwise_adagrad"), (WORLD, True, True, "rowwise_adagrad"),
+    (WORLD, False, False, "rowwise_adagrad"), (WORLD, True, True, "rowwise_adagrad"),
 ])
 def test_bound0_with_mirrors_matches_single_process(world, compile, ahead, optimizer):
     arrays = _data(world=world)
