@@ -46,8 +46,9 @@ ANS_VERSION, ANS_ROW = 0, 2
 __all__ = ["MUST_FETCH", "NOT_ANSWERED", "FixedExchange"]
 
 
-def _even(words: int) -> int:
-    return words + words % 2
+def record_words(dim: int) -> tuple[int, int]:
+    """(W_A, W_B): int32 words of a round A and a round B record, each rounded up to even."""
+    return tuple(words + words % 2 for words in (PUSH_DELTA + dim, ANS_ROW + dim))
 
 
 # An int64 travels as two int32 words, low word first. By arithmetic, not a dtype view: under
@@ -69,8 +70,8 @@ class FixedExchange:
 
     def __init__(self, world: int, rank: int, capacity: int, dim: int, device: torch.device, group: dist.ProcessGroup | None) -> None:
         self.world, self.rank, self.capacity, self.dim, self.group = world, rank, capacity, dim, group
-        shape_a = (world - 1, capacity + 1, _even(PUSH_DELTA + dim))
-        shape_b = (world - 1, capacity + 1, _even(ANS_ROW + dim))
+        words_a, words_b = record_words(dim)
+        shape_a, shape_b = (world - 1, capacity + 1, words_a), (world - 1, capacity + 1, words_b)
         self.send_a = torch.zeros(shape_a, dtype=WORD, device=device)
         self.recv_a = torch.zeros_like(self.send_a)
         self.send_b = torch.zeros(shape_b, dtype=WORD, device=device)

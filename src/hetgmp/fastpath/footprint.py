@@ -30,13 +30,9 @@ BENCHMARKS.md sets it against measured peaks (`bench_sharded_fast.py`).
 from __future__ import annotations
 
 from hetgmp.embedding.config import EmbeddingConfig
-from hetgmp.fastpath.fixed_exchange import ANS_ROW, PUSH_DELTA
+from hetgmp.fastpath.fixed_exchange import record_words
 
 HIDDEN = 3 * 256  # the deep part's widths (SPEC section 4), all three models
-
-
-def _even(words: int) -> int:
-    return words + words % 2
 
 
 def sharded_step_bytes(table: EmbeddingConfig, world: int, num_primaries: int, num_mirrors: int, capacity: int,
@@ -52,7 +48,7 @@ def sharded_step_bytes(table: EmbeddingConfig, world: int, num_primaries: int, n
         "maps": table.num_ids * ((2 if world <= 32767 else 4) + 4),
         "table": (stored + 1 + slots) * (4 * d + 8 + 4 * a) + 8 * stored,
         "mirrors": (num_mirrors + 1) * (4 * d + 8 + 4 * a) + 4 * d * (num_mirrors + slots),
-        "rounds": 8 * slots * (_even(PUSH_DELTA + d) + _even(ANS_ROW + d)),
+        "rounds": 8 * slots * sum(record_words(d)),
         "located": 2 * 8 * (6 * u + 6 * n + 8 * slots) + 16 * world * u,
         "adagrad": a * ((4 * u * d + 16 * u) + 8 * (u + slots) * (d + 4)),
         "batch": 2 * 8 * n + 8 * batch * (num_dense + 1) + n * d * (2 * h + 4),

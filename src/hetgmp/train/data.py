@@ -187,6 +187,10 @@ class BatchStream:
         """Batch `step` written into existing (dense, ids, labels) tensors (a captured step's inputs)."""
         self.rows.take_into(self.indices(step), out)
 
+    def ids(self, step: int) -> torch.Tensor:
+        """Batch `step`'s ids as stored, on the rows' device (no dense features or labels gathered)."""
+        return self.rows.ids[self.indices(step)]
+
     def ids_into(self, step: int, out: torch.Tensor) -> None:
         """Batch `step`'s ids written into an existing tensor (a captured step's next ids)."""
         self.rows.ids_into(self.indices(step), out)

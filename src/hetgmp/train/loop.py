@@ -1,8 +1,9 @@
 """The training loop: train -> train_loop -> train_step.
 
 With one worker `train_loop` steps through the fast step instead
-(`hetgmp.train.fast`: one CUDA graph per step on a GPU), with several and
---sparse-optimizer sgd through the sharded fast step (`hetgmp.train.sharded_fast`);
+(`hetgmp.train.fast`: one CUDA graph per step on a GPU), with several through
+the sharded fast step (`hetgmp.train.sharded_fast`; unless --optimizer adagrad
+or --skip-nonfinite);
 everything around the step (logs, evaluation, checkpoints, the NaN/inf check)
 is the same for all.
 

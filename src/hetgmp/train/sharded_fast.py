@@ -102,7 +102,7 @@ class ShardedFastTable:
 def measured_capacities(stream: BatchStream, placement: Placement, ctx: DistContext, steps: int) -> tuple[int, int]:
     """(C, U) over this worker's first `steps` batches, maxed over workers, with CAPACITY_ROOM."""
     owner_E = torch.as_tensor(placement.owner.astype(np.int64), device=ctx.device)
-    peer, distinct = find_capacities((stream.batch(s).ids for s in range(steps)), owner_E, ctx.rank, ctx.world_size, multiple=1)
+    peer, distinct = find_capacities((stream.ids(s) for s in range(steps)), owner_E, ctx.rank, ctx.world_size, multiple=1)
     ids_per_batch = stream.batch_size * stream.rows.ids.shape[1]
     return round_up(math.ceil(CAPACITY_ROOM * peer)), min(ids_per_batch, round_up(math.ceil(CAPACITY_ROOM * distinct)))
 
@@ -156,7 +156,7 @@ class ShardedFastSteps:
             self.stream.ids_into(following, next_ids)
         else:  # the first call makes the graph's buffers (or no graph: the batch as it is)
             batch = self.stream.batch(step)
-            inputs, next_ids = (batch.dense, batch.ids, batch.labels), self.stream.batch(following).ids
+            inputs, next_ids = (batch.dense, batch.ids, batch.labels), self.stream.ids(following).to(batch.ids)
         self.fast.step(*inputs, next_ids_BF=next_ids)
         self._window_ends = (step + 1) % self.log_every == 0 or step + 1 == self.total_steps
         if (step + 1) % self.log_every == 0:
