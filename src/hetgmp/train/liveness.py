@@ -11,14 +11,17 @@ daemon thread. When a collective fails, the worker
   1. adds 1 to `hetgmp/failed/R` (it is alive and saw the failure),
   2. reads every counter twice, STILL_S apart,
   3. names the ranks whose counter stood still and that reported nothing:
-     they were killed or crashed (their own output says why, if anything).
+     they were killed or crashed (their own output says why, if anything),
+  4. adds 1 to `hetgmp/checked/R` (it has read what it needs from the store).
 
 Example, 4 workers, rank 2 SIGKILLed: ranks 0, 1 and 3 fail in the
 all-to-all, report, see alive counters 0: 31 -> 34, 1: 30 -> 33,
 2: 29 -> 29, 3: 30 -> 33, and each raises "worker rank 2 of 4 was lost".
 If the store itself is gone, rank 0, which hosts it under `--nproc` and
-mpirun, was the lost one. Rank 0 waits for the others' reports (at most
-LINGER_S) before it exits, so that its store outlives their questions.
+mpirun, was the lost one. Rank 0 waits until every live worker has checked
+(at most LINGER_S) before it exits, so that its store outlives their
+questions: waiting only for their failure reports (step 1) let rank 0 leave
+while a peer was still between its two reads.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class Heartbeat:
             before = self._read("alive")
             time.sleep(STILL_S)
             after, failed = self._read("alive"), self._read("failed")
+            self.store.add(self._key("checked", self.rank), 1)
         except Exception:  # DistStoreError / RuntimeError: the store's host is gone
             return None
         lost = [r for r in range(self.world) if after[r] == before[r] and not failed[r]]
@@ -91,10 +95,10 @@ class Heartbeat:
         return [self.store.add(self._key(kind, r), 0) for r in range(self.world)]
 
     def _linger(self, lost: int) -> None:
-        """Keep rank 0's store up until every live worker has reported (or LINGER_S passed)."""
+        """Keep rank 0's store up until every live worker has checked (or LINGER_S passed)."""
         deadline = time.monotonic() + LINGER_S
         while time.monotonic() < deadline:
-            if sum(1 for n in self._read("failed") if n) >= self.world - lost:
+            if sum(1 for n in self._read("checked") if n) >= self.world - lost:
                 return
             time.sleep(HEARTBEAT_S)
 
