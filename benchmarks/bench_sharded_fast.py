@@ -13,7 +13,13 @@ Measured in the same processes, one after the other, each on its own table:
   one GPU      rank 0 alone: FastStep (the whole table, no exchange), same model, batches
                and options (--amp with bf16 rows, --compile)
 Each sharded step locates the next batch (sorts its ids, finds owners and
-slots) beside its model, unless --no-ahead.
+slots) beside its model and reads its rows beside the dense update, unless
+--no-ahead. Variants of a mode, for comparisons in one run
+(e.g. --modes plan+bound,plan+bound:torch,plan+bound:late):
+  MODE:torch   the per-slot stages around the rounds in torch, not Triton
+               (ShardedStepConfig.fused_stages)
+  MODE:late    each batch's rows read at the start of its own step
+               (ShardedStepConfig.read_ahead)
 For each: --warmup steps (the graph is captured within them), then the median
 of --repeats runs of --steps steps (CUDA events; wall clock on CPU):
 samples/s per worker, ms/step, rows fetched per step (mean over workers),
@@ -97,7 +103,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--profile", choices=["eager", "graph"],
                    help="rank 0 prints the kernels of 3 plan+bound steps first (eager, or replays of the captured graph)")
     p.add_argument("--no-ahead", action="store_true", help="sharded steps locate each batch in its own step, not a step ahead")
-    p.add_argument("--modes", default="plan+bound,plan,rows", help="sharded modes to time, in order (see above)")
+    p.add_argument("--modes", default="plan+bound,plan,rows",
+                   help="sharded modes to time, in order (see above), each optionally with :torch and/or :late")
     p.add_argument("--trace", type=Path, help="with --profile: rank 0 also writes the steps' Chrome trace here")
     p.add_argument("--no-exchange", action="store_true",
                    help="replace both rounds by local copies (wrong rows: what the step's compute alone costs)")
@@ -237,22 +244,23 @@ def model(args, work: Workload):
     return build_model(args.model, work.num_fields, work.num_dense, args.dim)
 
 
-def sharded_step(args, ctx, work: Workload, placement: Placement, bound: int, cuda_graph: bool = True) -> ShardedFastStep:
+def sharded_step(args, ctx, work: Workload, placement: Placement, bound: int, cuda_graph: bool = True,
+                 **variant) -> ShardedFastStep:
     """The step with capacities measured on this run's batches (C; U unless --pad-to-batch)."""
     owner_E = torch.as_tensor(placement.owner.astype(np.int64), device=ctx.device)
     capacity, distinct = find_capacities([b[1] for b in work.batches], owner_E, ctx.rank, ctx.world_size)
     table = EmbeddingConfig(work.num_ids, table_width(args.model, args.dim), optimizer=args.sparse_optimizer, lr=LR, bound=bound)
     cfg = ShardedStepConfig(capacity=capacity, distinct_capacity=None if args.pad_to_batch else distinct,
-                            dense_lr=LR, amp=args.amp, compile=args.compile, cuda_graph=cuda_graph)
+                            dense_lr=LR, amp=args.amp, compile=args.compile, cuda_graph=cuda_graph, **variant)
     return ShardedFastStep(model(args, work).to(ctx.device), table, placement, ctx, cfg)
 
 
-def run_sharded(args, ctx, work: Workload, placement: Placement, bound: int) -> dict:
+def run_sharded(args, ctx, work: Workload, placement: Placement, bound: int, **variant) -> dict:
     before = reset_memory(ctx.device)
-    step = sharded_step(args, ctx, work, placement, bound)
+    step = sharded_step(args, ctx, work, placement, bound, **variant)
     seconds = timed(step.step, work.batches, args, ctx.device, ahead=not args.no_ahead)
     step.check_overflow()
-    fetched = step.rows_fetched.double() / step.steps  # every step's, warm-up included
+    fetched = step.rows_fetched.double() / step.reads  # every read, warm-up included
     dist.all_reduce(fetched)
     formula = sum(step.memory_bytes(args.batch, work.num_fields, work.num_dense).values())
     memory = peak_memory(ctx.device, before)
@@ -322,8 +330,11 @@ def run(args: argparse.Namespace) -> None:
     }
     results = {}
     for mode in args.modes.split(","):
+        mode, *options = mode.split(":")
         name, placement, bound = modes[mode]
-        results[name] = run_sharded(args, ctx, work, placement, bound)
+        variant = {"fused_stages": "torch" not in options, "read_ahead": "late" not in options}
+        label = name + (", torch stages" if "torch" in options else "") + (", read in its own step" if "late" in options else "")
+        results[label] = run_sharded(args, ctx, work, placement, bound, **variant)
     dist.barrier()
     if ctx.rank == 0:
         results["one GPU (FastStep, rank 0 alone)"] = run_one_gpu(args, ctx, work)

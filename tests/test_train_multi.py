@@ -127,7 +127,8 @@ def _train_with_capacities_too_small(ctx, root):
 def test_sharded_fast_step_stops_at_a_log_point_when_a_batch_overflows_its_capacity(planned):
     for step, error in run_workers(_train_with_capacities_too_small, 2, args=(planned,)):
         assert step == 3, "the first log point (step 4) checks"
-        assert "dropped rows in 4 step(s)" in error and "resume from the last checkpoint with --step general" in error
+        # Read a step ahead: batches 0-3, and batch 4 by the fourth step.
+        assert "dropped rows reading 5 batch(es)" in error and "resume from the last checkpoint with --step general" in error
 
 
 def test_plan_of_another_shape_or_dataset_is_refused(planned, tmp_path, capsys):

@@ -122,7 +122,8 @@ def locate(store: RowStore, exchange: FixedExchange, ids_N: torch.Tensor, rank: 
     columns = torch.stack([u.uids_N, local, pend, mirror.long(), u.counts_N, index], 1)
     none = torch.cat([torch.full((1, 1), v, device=columns.device) for v in (-1, store.sink, store.num_mirrors, 0, 0, 0)], 1)
     source = exchange.sources(owner, peer_slot)
-    uid, local_r, pend_r, mirror_r, counts_r, u_r = torch.cat([columns, none])[source].unbind(1)
+    # Contiguous: the Triton stages (triton_rows.py) index them as flat arrays.
+    uid, local_r, pend_r, mirror_r, counts_r, u_r = (c.contiguous() for c in torch.cat([columns, none])[source].unbind(1))
     sorted_run_N, perm_N = u.order
     return Located(u, own, mirror, local, pend, per_peer, source < len(local), uid, local_r, pend_r, mirror_r.bool(), counts_r, u_r,
                    (local[sorted_run_N], perm_N), local[u.inverse_N])
@@ -136,7 +137,7 @@ def locate_into(dst: Located, store: RowStore, exchange: FixedExchange, ids_N: t
 
 def request(store: RowStore, at: Located, exchange: FixedExchange, overflow: torch.Tensor, capacity: int, distinct_capacity: int) -> None:
     """This step's requests: (id, local version or MUST_FETCH) in each slot; `overflow` [3] gets
-    (steps that dropped rows, most ids asked of one peer, most distinct ids) tallied on the device."""
+    (batch reads that dropped rows, most ids asked of one peer, most distinct ids) tallied on the device."""
     exchange.write_requests(at.slot_uid, torch.where(at.slot_mirror, store.version[at.slot_local], MUST_FETCH))
     dropped = (at.per_peer > capacity).any() | (at.ids.distinct > distinct_capacity).any()
     overflow[0] += dropped.long()
@@ -187,9 +188,9 @@ def answer(store: RowStore, exchange: FixedExchange, bound: int, lag: torch.Tens
     serve(store, exchange, bound, lag)
 
 
-def receive(store: RowStore, at: Located, exchange: FixedExchange, base: torch.Tensor) -> torch.Tensor:
-    """Reader: put round B's answers in place (staging rows, refreshed mirrors); returns the rows
-    fetched (a device scalar). One scatter over the R slots: slot r writes its mirror's row if it
+def receive(store: RowStore, at: Located, exchange: FixedExchange, base: torch.Tensor, fetched: torch.Tensor) -> None:
+    """Reader: put round B's answers in place (staging rows, refreshed mirrors); `fetched` (a device
+    scalar) counts the rows answered. One scatter over the R slots: slot r writes its mirror's row if it
     refreshes one, else its own staging row (the answer: garbage if none came, and unread)."""
     version_R, answer_RD = exchange.answers()
     r_R = torch.arange(exchange.slots, device=version_R.device)
@@ -201,12 +202,13 @@ def receive(store: RowStore, at: Located, exchange: FixedExchange, base: torch.T
     store.rows[target] = torch.where(refresh.unsqueeze(1), answer_RD + unpushed_RD, answer_RD)
     base[base_at] = answer_RD
     store.version[target] = version_R
-    return answered.sum()
+    fetched += answered.sum()
 
 
-def write(store: RowStore, at: Located, bound: int, exchange: FixedExchange, base: torch.Tensor, add: Adder = index_add) -> torch.Tensor:
+def write(store: RowStore, at: Located, bound: int, exchange: FixedExchange, base: torch.Tensor, pushed: torch.Tensor,
+          add: Adder = index_add) -> None:
     """After the table's update: versions, mirrors' counts, and the pushes for the next round A
-    (the module docstring's table); returns the number of pushes (a device scalar)."""
+    (the module docstring's table); `pushed` (a device scalar) counts the pushes."""
     counts = at.ids.counts_N
     new_count = store.pending_count[at.pend] + counts
     due = at.mirror & (new_count > bound)
@@ -228,7 +230,7 @@ def write(store: RowStore, at: Located, bound: int, exchange: FixedExchange, bas
     delta_RD = row_RD - torch.where(due_R.unsqueeze(1), base[base_at], answer_RD)
     base[base_at] = row_RD
     exchange.write_pushes(torch.where(push, at.slot_uid, -1), torch.where(push, torch.where(due_R, new_count_R, at.slot_counts), 0), delta_RD)
-    return push.sum()
+    pushed += push.sum()
 
 
 def flush_pending(store: RowStore, exchange: FixedExchange, base: torch.Tensor, rank: int, world: int) -> int:

@@ -11,32 +11,39 @@
 each step locates the next batch beside its model (the last step may pass
 any ids of the batch's shape).
 
-One step on worker r (P workers, N = B x F ids, capacity C rows per peer):
+One step on worker r (P workers, N = B x F ids, capacity C rows per peer), its
+batch located and its rows read by the step before (given next_ids_BF):
 
-    locate        sort the ids once: distinct ids (at most U), their owners, local rows and
-                  slots in the owners' blocks (sharded_rows.locate, capacity.py)
-    round A       one all_to_all_single, fixed splits: to every peer C + 1 records of
-                  (this step's request, last step's push) (fixed_exchange.py)
-    owner         add the received pushes, THEN answer outdated requests
-    round B       one all_to_all_single: the answers, at the requests' slots; each is
-                  copied to its slot's staging row or refreshes its mirror
     gather        emb_BFD = local rows of the batch's ids, read in sorted order (a leaf)
+    locate next   beside the model, on a second stream: sort the next batch's ids once:
+                  distinct ids (at most U), their owners, local rows and slots in the
+                  owners' blocks (sharded_rows.locate, capacity.py)
     model         forward (bf16 autocast if asked), loss, backward
     update        the fused sparse update of the local table: own rows, mirrors and
                   staging rows alike (the one-GPU step's kernels)
-    dense         one flat gradient buffer (the parameters' .grad are views of it),
-                  all-reduced (SUM) while the table is written, then fused SGD
     write         versions and mirror counts; pushes (staging row - answer, or a due
-                  mirror's unpushed delta) queued for the next round A
+                  mirror's unpushed delta) into round A's records
+    then, on a third stream beside the dense weights' update, the next batch's reads:
+      round A     one all_to_all_single, fixed splits: to every peer C + 1 records of
+                  (the next batch's request, this step's push) (fixed_exchange.py)
+      owner       add the received pushes, THEN answer outdated requests
+      round B     one all_to_all_single: the answers, at the requests' slots; each is
+                  copied to its slot's staging row or refreshes its mirror
+    dense         one flat gradient buffer (the parameters' .grad are views of it),
+                  all-reduced (SUM) while the table is written, then fused SGD or Adam
 
-Pushes of step t travel with the requests of step t + 1 and owners apply them
-before serving, so step t's updates are in place before step t + 1 reads:
-bound 0 is exactly synchronous SGD on the global batch. That is also why the
-rounds are not overlapped with the model: requests for step t + 1 sent
-during step t would be answered before step t's pushes, and versions count
-updates (sample occurrences), so a hot row fetched a step early misses a
-whole step's updates, far more than a bound like 100 allows. What depends on
-the ids alone (the sort, owners, local rows, slots) does move a step ahead.
+The per-slot stages (requests, the owner's, the receive, the write) are one
+Triton kernel each where Triton runs (triton_rows.py). Without next_ids_BF a
+step locates and reads its own batch first, and its pushes wait for the next
+step's round A.
+
+Owners apply step t's pushes before they serve step t + 1's reads, so step
+t's updates are in place before step t + 1 reads: bound 0 is exactly
+synchronous SGD on the global batch. That is also why the rounds overlap only
+the dense update, not the model: requests for step t + 1 answered during step
+t would be answered before step t's pushes, and versions count updates
+(sample occurrences), so a hot row fetched a step early misses a whole step's
+updates, far more than a bound like 100 allows (benchmarks/staleness_floor.py).
 
 Gradient convention (as hetgmp.train.loop's multi-worker path): each worker
 back-propagates its local mean loss divided by P, dense gradients are summed
@@ -65,6 +72,7 @@ one graph per parity of the located batch's slot); elsewhere it runs eagerly.
 from __future__ import annotations
 
 import copy
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -109,8 +117,14 @@ class ShardedStepConfig:
     tf32: let fp32 matmuls use TF32 tensor cores.
     cuda_graph: capture the step in a CUDA graph (CUDA only).
     warmup_steps: eager steps before the capture.
-    kernel: the per-id gradient sum: auto (Triton where it runs), triton, torch
-        (see hetgmp.kernels.sparse_update; 'reference' syncs, so it is refused).
+    kernel: the per-id gradient sum and the per-slot stages around the rounds: auto
+        (Triton where it runs), triton, torch (see hetgmp.kernels.sparse_update and
+        triton_rows.py; 'reference' syncs, so it is refused).
+    fused_stages: with the Triton kernel, the per-slot stages too run as one Triton
+        kernel each (triton_rows.py); False keeps them in torch (compiled with `compile`).
+    read_ahead: given the next batch's ids, read its rows at the end of the step, beside
+        the dense update; False: at the start of its own step (both rounds on the
+        critical path).
     flag_nonfinite: the step returns a NaN loss when the rows' or the dense
         weights' gradient holds a NaN or inf (one fused norm), as FastStep does.
     """
@@ -125,6 +139,8 @@ class ShardedStepConfig:
     cuda_graph: bool = True
     warmup_steps: int = 3
     kernel: str = "auto"
+    fused_stages: bool = True
+    read_ahead: bool = True
     flag_nonfinite: bool = False
 
     def check(self, table: EmbeddingConfig, world: int) -> None:
@@ -198,8 +214,14 @@ class ShardedFastStep:
         compiled = (lambda fn: torch.compile(fn, dynamic=False)) if cfg.compile else (lambda fn: fn)
         self._forward = compiled(model)
         self._locate, self._locate_into = compiled(locate), compiled(locate_into)
-        self._request, self._answer, self._receive, self._write = compiled(request), compiled(answer), compiled(receive), compiled(write)
-        self._serve, self._queue = compiled(serve), compiled(queue_gradients)
+        self.kernel = resolve_backend(cfg.kernel, ctx.device)
+        # The per-slot stages: one Triton kernel each where Triton runs (triton_rows.py), else torch.
+        fused = self.kernel == "triton" and cfg.fused_stages
+        stages = importlib.import_module("hetgmp.fastpath.triton_rows") if fused else None
+        pick = (lambda name, fn: getattr(stages, name)) if stages else (lambda name, fn: compiled(fn))
+        self._request, self._answer, self._serve = pick("request", request), pick("answer", answer), pick("serve", serve)
+        self._receive, self._write = pick("receive", receive), pick("write", write)
+        self._queue = compiled(queue_gradients)
         # Row-wise Adagrad (sharded_adagrad.py): the per-id gradient sums, made at the first step (U known then).
         self.own: OwnGradients | None = None
         self._scratch: torch.Tensor | None = None  # the Triton Adagrad kernel's, for the owner's step
@@ -211,11 +233,11 @@ class ShardedFastStep:
         self.rows_fetched, self.rows_pushed, self.correct = zeros(()), zeros(()), zeros(())
         self.record: Callable[[torch.Tensor, torch.Tensor], None] | None = None
         self._lag = zeros(2)            # (max lag of a fresh read served, fresh reads served with lag > 0)
-        self._overflow = zeros(3)       # (steps that dropped rows, most ids one peer was asked for, most distinct ids)
+        self._overflow = zeros(3)       # (batch reads that dropped rows, most ids one peer was asked for, most distinct ids)
         self.steps = 0
+        self.reads = 0  # both rounds for a batch: one a step, and one more before the first step read ahead
         allreduce_bytes = 2 * (self.world - 1) * self.flat_grad.numel() * 4 // self.world
         self.bytes_per_step = self.exchange.bytes_to_others() + allreduce_bytes
-        self.kernel = resolve_backend(cfg.kernel, ctx.device)
         self.use_graph = cfg.cuda_graph and ctx.device.type == "cuda"
         self._inputs = InputBuffers(ctx.device, None, id_dtype(table.num_ids), None)
         self._next_ids = InputBuffers(ctx.device, id_dtype(table.num_ids))
@@ -225,6 +247,10 @@ class ShardedFastStep:
         self._slots: tuple[Located, Located] | None = None
         self._parity = 0
         self._ahead_stream = torch.cuda.Stream(ctx.device) if ctx.device.type == "cuda" else None
+        # Reading a step ahead: the rounds on a third stream, beside the dense update; whether the
+        # current batch's rows were read by the step before (not after flush or resync).
+        self._exchange_stream = torch.cuda.Stream(ctx.device) if ctx.device.type == "cuda" else None
+        self._read_ahead = False
 
     # ---- training ----
 
@@ -233,8 +259,9 @@ class ShardedFastStep:
         """Train on this worker's batch; returns its mean loss as a device tensor (no sync). A collective.
 
         next_ids_BF: the ids of the batch the next call trains on. This step then locates them
-        (sorts them, finds their owners and slots) beside its model, off the critical path, and
-        the next call trusts that its batch has them. Pass them on every call or on none."""
+        (sorts them, finds their owners and slots) beside its model, and reads their rows
+        (both rounds, carrying this step's pushes) beside its dense weights' update; the next
+        call trusts that its batch has them. Pass them on every call or on none."""
         self.steps += 1
         ahead = next_ids_BF is not None
         if ahead and self._slots is None:
@@ -242,6 +269,13 @@ class ShardedFastStep:
             first = self._locate_ids(ids_BF)
             self._slots = (first, copy.deepcopy(first))
         parity, self._parity = self._parity, self._parity ^ ahead
+        if ahead and self.cfg.read_ahead:
+            self._allocate_owner_state(self._slots[parity])
+            if not self._read_ahead:  # the first step, or the first after flush/resync: read the batch first
+                self._read(self._slots[parity], ids_BF.numel())
+                self.reads += 1
+            self._read_ahead = True
+        self.reads += 1
         if not self.use_graph:
             return self._train(dense_BI, ids_BF, labels_B, next_ids_BF, parity)
         inputs = self._inputs.load(dense_BI, ids_BF, labels_B)
@@ -258,16 +292,16 @@ class ShardedFastStep:
 
     def _train(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor,
                next_ids_BF: torch.Tensor | None = None, parity: int = 0) -> torch.Tensor:
-        """One step; with next_ids_BF, the batch was located in slot `parity` by the step before,
-        and this one locates the next batch into the other slot (one CUDA graph per parity)."""
+        """One step; with next_ids_BF, the batch was located in slot `parity` and its rows read
+        by the step before, and this one does both for the next batch into the other slot
+        (one CUDA graph per parity)."""
         B, nf = ids_BF.shape
         ahead = next_ids_BF is not None
+        read_next = ahead and self.cfg.read_ahead
         at = self._slots[parity] if ahead else self._locate_ids(ids_BF)
-        if self.table.adagrad and self.own is None:  # the first step is eager: allocated before any capture
-            self.own = new_own_gradients(len(at.ids.uids_N), self.table.dim, self.device)
-            if self.kernel == "triton":  # the owner's step sorts U kept and R pushed gradients
-                self._scratch = new_scratch(len(at.ids.uids_N) + self.exchange.slots, self.table.dim, self.device)
-        self._read(at, ids_BF.numel())
+        if not read_next:
+            self._allocate_owner_state(at)
+            self._read(at, ids_BF.numel())
         dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float32  # the dtype autocast would cast them to
         emb_BFD = gather_rows(self.store.rows, at.order, dtype, use_triton=self.kernel == "triton").view(B, nf, -1).requires_grad_()
         if ahead:
@@ -288,8 +322,12 @@ class ShardedFastStep:
             self.rows_pushed += self._queue(self.store, at, self.exchange, self.own)
         else:
             sparse_update(self.store.rows, at.local_N, grad_ND, self.table.lr, backend=self.kernel, order=at.order)
-            self.rows_pushed += self._write(self.store, at, self.table.bound, self.exchange, self.base, self._add)
-        join(self._ahead_stream, self.device)
+            self._write(self.store, at, self.table.bound, self.exchange, self.base, self.rows_pushed, self._add)
+        if ahead:  # (a capture may wait only on streams it forked)
+            join(self._ahead_stream, self.device)
+        if read_next:  # the next batch's rounds (this step's pushes in round A) beside the dense weights' update
+            with beside(self._exchange_stream, self.device):
+                self._read(self._slots[1 - parity], ids_BF.numel())
         work.wait()
         loss = loss.detach()
         if self.cfg.flag_nonfinite:  # after the wait: a worker's bad gradient reaches every worker's flat sum
@@ -297,7 +335,16 @@ class ShardedFastStep:
         self.optimizer.step()
         if self.record is not None:
             self.record(loss, self.correct)
+        if read_next:
+            join(self._exchange_stream, self.device)
         return loss
+
+    def _allocate_owner_state(self, at: Located) -> None:
+        """Row-wise Adagrad's per-id sums and the owner's scratch, at the first step (eager: before any capture)."""
+        if self.table.adagrad and self.own is None:
+            self.own = new_own_gradients(len(at.ids.uids_N), self.table.dim, self.device)
+            if self.kernel == "triton":  # the owner's step sorts U kept and R pushed gradients
+                self._scratch = new_scratch(len(at.ids.uids_N) + self.exchange.slots, self.table.dim, self.device)
 
     def _locate_ids(self, ids_BF: torch.Tensor) -> Located:
         return self._locate(self.store, self.exchange, ids_BF.reshape(-1), self.rank, self.table.num_ids, self.cfg.distinct_capacity)
@@ -313,7 +360,7 @@ class ShardedFastStep:
         else:
             self._answer(s, ex, self.table.bound, self._lag, self._add)
         ex.round_b()
-        self.rows_fetched += self._receive(s, at, ex, self.base)
+        self._receive(s, at, ex, self.base, self.rows_fetched)
 
     def _point_grads_at_flat(self) -> None:
         """Zero the flat buffer and make every .grad a view of it, so backward accumulates
@@ -327,13 +374,14 @@ class ShardedFastStep:
     # ---- between steps (collectives, eager, may sync) ----
 
     def check_overflow(self) -> None:
-        """Raise HetGMPError on every worker if any worker's step dropped rows (a capacity too small)."""
+        """Raise HetGMPError on every worker if any worker's read of a batch dropped rows (a capacity
+        too small). Reading a step ahead, the last step's read is the next batch's, not yet trained."""
         seen = self._overflow.clone()
         dist.all_reduce(seen, op=dist.ReduceOp.MAX, group=self.group)
-        steps, most_per_peer, most_distinct = seen.tolist()
-        if steps:
+        reads, most_per_peer, most_distinct = seen.tolist()
+        if reads:
             raise HetGMPError(
-                f"the sharded fast step dropped rows in {steps} step(s), which trained on wrong rows: a worker read "
+                f"the sharded fast step dropped rows reading {reads} batch(es), which train on wrong rows: a worker read "
                 f"{most_per_peer} distinct ids owned by one peer in one step (capacity C={self.cfg.capacity} rows per peer) "
                 f"and {most_distinct} distinct ids in one batch (distinct_capacity={self.cfg.distinct_capacity}). "
                 f"Build ShardedStepConfig with capacity >= {round_up(most_per_peer)} and distinct_capacity >= "
@@ -343,7 +391,11 @@ class ShardedFastStep:
     @torch.no_grad()
     def flush(self) -> None:
         """Push every queued and pending mirror delta (row-wise Adagrad: send the queued gradients
-        and take the owners' steps); afterwards the primaries hold all updates."""
+        and take the owners' steps); afterwards the primaries hold all updates. The next step
+        reads its batch anew (rows read ahead may miss the mirrors' deltas pushed here)."""
+        if self._read_ahead:  # the last step's pushes went out with the next batch's reads
+            self.exchange.clear_pushes()
+            self._read_ahead = False
         if self.table.adagrad:
             flush_gradients(self.store, self.exchange, self.own, self.table)
         else:
@@ -363,6 +415,7 @@ class ShardedFastStep:
         self.base[:m] = self.store.rows[first : first + m]
         self.store.pending_count.zero_()
         self.exchange.clear_pushes()
+        self._read_ahead = False
 
     def gather_table(self) -> torch.Tensor:
         """The full (E, D) table from every worker's primaries, on every worker (flush() first)."""
