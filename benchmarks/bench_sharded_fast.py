@@ -77,6 +77,7 @@ from hetgmp.fastpath.sharded_step import ShardedFastStep, ShardedStepConfig  # n
 from hetgmp.embedding.memory import memory_bytes  # noqa: E402
 from hetgmp.models import MODEL_NAMES, build_model, table_width  # noqa: E402
 from hetgmp.partition.plan import PartitionPlan  # noqa: E402
+from hetgmp.train.fast import has_row_weights  # noqa: E402
 
 LR = 0.01
 
@@ -91,6 +92,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8192, help="samples per worker and step")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--model", choices=MODEL_NAMES, default="wdl")
+    p.add_argument("--explicit-row-grad", action="store_true",
+                   help="WDL: backward writes the rows' gradient and the update reads it (default: the update makes it "
+                        "from dloss/dlogit, both steps, as hetgmp train does)")
     p.add_argument("--sparse-optimizer", choices=["sgd", "rowwise_adagrad"], default="sgd", help="the table's optimizer (all modes)")
     p.add_argument("--store-rate", type=float, default=0.01)
     p.add_argument("--bound", type=int, default=100)
@@ -244,15 +248,23 @@ def model(args, work: Workload):
     return build_model(args.model, work.num_fields, work.num_dense, args.dim)
 
 
+def implicit_row_grad(args, net) -> bool:
+    """The update makes the rows' gradient from dloss/dlogit where the model allows it (WDL), as
+    `hetgmp train` does, unless --explicit-row-grad."""
+    return has_row_weights(net) and not args.explicit_row_grad
+
+
 def sharded_step(args, ctx, work: Workload, placement: Placement, bound: int, cuda_graph: bool = True,
                  **variant) -> ShardedFastStep:
     """The step with capacities measured on this run's batches (C; U unless --pad-to-batch)."""
     owner_E = torch.as_tensor(placement.owner.astype(np.int64), device=ctx.device)
     capacity, distinct = find_capacities([b[1] for b in work.batches], owner_E, ctx.rank, ctx.world_size)
     table = EmbeddingConfig(work.num_ids, table_width(args.model, args.dim), optimizer=args.sparse_optimizer, lr=LR, bound=bound)
+    net = model(args, work).to(ctx.device)
     cfg = ShardedStepConfig(capacity=capacity, distinct_capacity=None if args.pad_to_batch else distinct,
-                            dense_lr=LR, amp=args.amp, compile=args.compile, cuda_graph=cuda_graph, **variant)
-    return ShardedFastStep(model(args, work).to(ctx.device), table, placement, ctx, cfg)
+                            dense_lr=LR, amp=args.amp, compile=args.compile, cuda_graph=cuda_graph,
+                            implicit_row_grad=implicit_row_grad(args, net), **variant)
+    return ShardedFastStep(net, table, placement, ctx, cfg)
 
 
 def run_sharded(args, ctx, work: Workload, placement: Placement, bound: int, **variant) -> dict:
@@ -295,9 +307,10 @@ def run_one_gpu(args, ctx, work: Workload) -> dict:
     config = EmbeddingConfig(work.num_ids, table_width(args.model, args.dim), optimizer=args.sparse_optimizer,
                              ids_per_batch=args.batch * work.num_fields)
     table = initial_rows(torch.arange(work.num_ids), config, ctx.device)
+    net = model(args, work).to(ctx.device)
     fast_cfg = FastStepConfig(lr=LR, dense_lr=LR, sparse_optimizer=args.sparse_optimizer, amp=args.amp, compile=args.compile,
-                              bf16_rows=args.amp == "bf16")
-    fast = FastStep(model(args, work).to(ctx.device), table, fast_cfg)
+                              bf16_rows=args.amp == "bf16", implicit_row_grad=implicit_row_grad(args, net))
+    fast = FastStep(net, table, fast_cfg)
     return {"s": timed(fast.step, work.batches, args, ctx.device), "fetched": 0.0, "bytes": 0, "mem": peak_memory(ctx.device, before),
             "formula": memory_bytes(config, 1, work.num_ids, 0) / 2**30, "C": "-", "U": "-"}
 
@@ -352,7 +365,8 @@ def report(args, ctx, work: Workload, results: dict, cpu_s: float) -> None:
     card = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"
     print(f"\n{ctx.world_size} workers on {card}, torch {torch.__version__}, {datetime.date.today()}; "
           f"{work.what}; {work.num_ids:,} ids, batch {args.batch}/worker, d {args.dim}, {args.model}, table {args.sparse_optimizer}, amp {args.amp}{', compiled' if args.compile else ''}"
-          f"{'' if args.no_ahead else ', located a step ahead'}; rank 0 CPU {cpu_s:.1f} s\n")
+          f"{'' if args.no_ahead else ', located a step ahead'}"
+          f"{', rows gradient made by the update' if implicit_row_grad(args, model(args, work)) else ''}; rank 0 CPU {cpu_s:.1f} s\n")
     print("| mode | C | U | samples/s per worker | ms/step | rows fetched/step | MB sent/step | peak GPU GiB | formula GiB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():

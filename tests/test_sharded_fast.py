@@ -47,19 +47,19 @@ def _local(arrays, rank):
     return [(torch.as_tensor(dense[t, rows]), torch.as_tensor(ids[t, rows]), torch.as_tensor(labels[t, rows])) for t in range(len(ids))]
 
 
-def _build(ctx, placement, bound, capacity=None, arrays=None, optimizer="sgd", distinct=None, compile=False):
+def _build(ctx, placement, bound, capacity=None, arrays=None, optimizer="sgd", distinct=None, compile=False, implicit=False):
     """The step with C and U measured on the worker's batches (rounded to 4: U < the batch's 64 ids)."""
     table = EmbeddingConfig(IDS, DIM, optimizer=optimizer, lr=LR, bound=bound, init_std=0.3)
     if capacity is None:
         owner = torch.as_tensor(placement.owner.astype(np.int64))
         capacity, distinct = find_capacities([b[1] for b in _local(arrays, ctx.rank)], owner, ctx.rank, ctx.world_size, multiple=4)
         assert distinct < BATCH * FIELDS, "the per-id passes must be cut below the batch's ids, or U is not tested"
-    cfg = ShardedStepConfig(capacity=capacity, distinct_capacity=distinct, dense_lr=DENSE_LR, compile=compile)
+    cfg = ShardedStepConfig(capacity=capacity, distinct_capacity=distinct, dense_lr=DENSE_LR, compile=compile, implicit_row_grad=implicit)
     return ShardedFastStep(_model(), table, placement, ctx, cfg)
 
 
-def _train_sharded(ctx, placement, bound, arrays, compile=False, ahead=False, optimizer="sgd"):
-    step = _build(ctx, placement, bound, arrays=arrays, compile=compile, optimizer=optimizer)
+def _train_sharded(ctx, placement, bound, arrays, compile=False, ahead=False, optimizer="sgd", implicit=False):
+    step = _build(ctx, placement, bound, arrays=arrays, compile=compile, optimizer=optimizer, implicit=implicit)
     batches = _local(arrays, ctx.rank)
     losses = []
     for t, b in enumerate(batches):
@@ -77,8 +77,8 @@ def _train_sharded(ctx, placement, bound, arrays, compile=False, ahead=False, op
     return step.gather_table().numpy(), step.gather_versions().numpy(), weights, losses, step
 
 
-def _bound0_worker(ctx, placement, arrays, compile, ahead, optimizer):
-    table, _, weights, losses, step = _train_sharded(ctx, placement, 0, arrays, compile, ahead, optimizer)
+def _bound0_worker(ctx, placement, arrays, compile, ahead, optimizer, implicit):
+    table, _, weights, losses, step = _train_sharded(ctx, placement, 0, arrays, compile, ahead, optimizer, implicit)
     return table, weights, losses, step.max_lag_served
 
 
@@ -86,14 +86,15 @@ def _bound0_worker(ctx, placement, arrays, compile, ahead, optimizer):
 # around the rounds compiled. ahead: each batch located and read a step ahead (as the benchmarks and
 # the trainer run it), with a flush and resync after the third step.
 # Row-wise Adagrad: each row's one step at its owner, on every worker's gradient (sharded_adagrad.py).
-@pytest.mark.parametrize("world, compile, ahead, optimizer", [
-    (WORLD, False, False, "sgd"), (3, False, True, "sgd"), (WORLD, True, True, "sgd"),
-    (WORLD, False, False, "rowwise_adagrad"), (WORLD, True, True, "rowwise_adagrad"),
+# implicit: the rows' gradient made by the update from dloss/dlogit and WDL's row weights.
+@pytest.mark.parametrize("world, compile, ahead, optimizer, implicit", [
+    (WORLD, False, False, "sgd", False), (3, False, True, "sgd", True), (WORLD, True, True, "sgd", False),
+    (WORLD, False, False, "rowwise_adagrad", False), (WORLD, True, True, "rowwise_adagrad", True),
 ])
-def test_bound0_with_mirrors_matches_single_process(world, compile, ahead, optimizer):
+def test_bound0_with_mirrors_matches_single_process(world, compile, ahead, optimizer, implicit):
     arrays = _data(world=world)
     placement = plan_like(arrays[0], IDS, world, store_rate=0.2)
-    results = run_workers(_bound0_worker, world, args=(placement, arrays, compile, ahead, optimizer), timeout_s=600)
+    results = run_workers(_bound0_worker, world, args=(placement, arrays, compile, ahead, optimizer, implicit), timeout_s=600)
     cfg = EmbeddingConfig(IDS, DIM, lr=LR, init_std=0.3)
     start = initial_rows(torch.arange(IDS), cfg, torch.device("cpu"))
     model = _model()

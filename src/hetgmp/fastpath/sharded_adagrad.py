@@ -33,7 +33,7 @@ from hetgmp.embedding.config import EmbeddingConfig
 from hetgmp.embedding.store import RowStore
 from hetgmp.fastpath.fixed_exchange import FixedExchange
 from hetgmp.fastpath.sharded_rows import Adder, Located, index_add, spread
-from hetgmp.kernels import sparse_update
+from hetgmp.kernels import Rank1Grad, sparse_update
 
 
 @dataclass
@@ -50,7 +50,7 @@ def new_own_gradients(distinct: int, dim: int, device: torch.device) -> OwnGradi
     return OwnGradients(torch.zeros(distinct, dim, device=device), zeros.clone(), zeros)
 
 
-def gradient_sums(own: OwnGradients, at: Located, grad_ND: torch.Tensor, backend: str) -> None:
+def gradient_sums(own: OwnGradients, at: Located, grad_ND: torch.Tensor | Rank1Grad, backend: str) -> None:
     """own.grads := the batch's gradient summed per distinct id. The SGD update with lr = -1 on a
     zeroed [U, D] table keyed by the ids' run numbers is exactly that sum (fp32, runs reduced in
     registers on the Triton path)."""

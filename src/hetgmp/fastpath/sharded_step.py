@@ -96,7 +96,7 @@ from hetgmp.fastpath.inputs import Batch, InputBuffers
 from hetgmp.fastpath.sharded_adagrad import OwnGradients, apply_gradients, flush_gradients, gradient_sums, new_own_gradients, queue_gradients
 from hetgmp.fastpath.sharded_rows import Located, answer, flush_pending, index_add, locate, locate_into, receive, request, serve, write
 from hetgmp.fastpath.step import nan_unless_finite
-from hetgmp.kernels import new_scratch, resolve_backend, sparse_update
+from hetgmp.kernels import Rank1Grad, new_scratch, resolve_backend, sparse_update
 from hetgmp.kernels.gather import gather_rows, id_dtype
 
 
@@ -125,6 +125,10 @@ class ShardedStepConfig:
     read_ahead: given the next batch's ids, read its rows at the end of the step, beside
         the dense update; False: at the start of its own step (both rounds on the
         critical path).
+    implicit_row_grad: for a model whose rows reach the logit through one linear layer
+        (one with `row_weights()`, as WDL), the table's update computes each occurrence's
+        gradient as dloss/dlogit_b x w_f (kernels.Rank1Grad): backward never writes the
+        rows' [B F, D] gradient and the update does not read it (as FastStepConfig's).
     flag_nonfinite: the step returns a NaN loss when the rows' or the dense
         weights' gradient holds a NaN or inf (one fused norm), as FastStep does.
     """
@@ -141,6 +145,7 @@ class ShardedStepConfig:
     kernel: str = "auto"
     fused_stages: bool = True
     read_ahead: bool = True
+    implicit_row_grad: bool = False
     flag_nonfinite: bool = False
 
     def check(self, table: EmbeddingConfig, world: int) -> None:
@@ -209,6 +214,10 @@ class ShardedFastStep:
         self.base = self.store.rows.new_zeros(self.store.num_mirrors + self.exchange.slots, table.dim)
         self.resync()
         self.model = model
+        if cfg.implicit_row_grad and not hasattr(model, "row_weights"):
+            raise HetGMPError(f"implicit_row_grad needs a model whose rows reach the logit through one linear layer "
+                              f"(with row_weights(), as WDL); {type(model).__name__} has none: leave implicit_row_grad off")
+        self._logit_grad: torch.Tensor | None = None  # implicit_row_grad: dloss/dlogit of the step
         # Eagerly the bookkeeping around the rounds is a few hundred small kernels (1-3 us each on an
         # H100); compiled, inductor fuses them.
         compiled = (lambda fn: torch.compile(fn, dynamic=False)) if cfg.compile else (lambda fn: fn)
@@ -303,7 +312,10 @@ class ShardedFastStep:
             self._allocate_owner_state(at)
             self._read(at, ids_BF.numel())
         dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float32  # the dtype autocast would cast them to
-        emb_BFD = gather_rows(self.store.rows, at.order, dtype, use_triton=self.kernel == "triton").view(B, nf, -1).requires_grad_()
+        emb_BFD = gather_rows(self.store.rows, at.order, dtype, use_triton=self.kernel == "triton").view(B, nf, -1)
+        implicit = self.cfg.implicit_row_grad
+        if not implicit:
+            emb_BFD.requires_grad_()
         if ahead:
             with beside(self._ahead_stream, self.device):
                 self._locate_into(self._slots[1 - parity], self.store, self.exchange, next_ids_BF.reshape(-1), self.rank,
@@ -311,12 +323,17 @@ class ShardedFastStep:
         with matmul_precision(self.cfg, self.device):
             with autocast(self.cfg, self.device):
                 logits_B = self._forward(dense_BI, emb_BFD)
+            if implicit:
+                logits_B.register_hook(self._keep_logit_grad)
             loss = F.binary_cross_entropy_with_logits(logits_B.float(), labels_B.float())
             self.correct.copy_(((logits_B.detach() > 0) == (labels_B > 0.5)).sum())
             self._point_grads_at_flat()
             (loss / self.world).backward()
         work = dist.all_reduce(self.flat_grad, group=self.group, async_op=True)
-        grad_ND = emb_BFD.grad.reshape(B * nf, -1).contiguous()
+        # The rows' gradient, or what it is made of: dloss/dlogit and the row weights as this
+        # forward used them (the dense optimizer changes them only after the update below).
+        grad_ND = (Rank1Grad(self._logit_grad, self.model.row_weights().detach()) if implicit
+                   else emb_BFD.grad.reshape(B * nf, -1).contiguous())
         if self.table.adagrad:
             gradient_sums(self.own, at, grad_ND, self.kernel)
             self.rows_pushed += self._queue(self.store, at, self.exchange, self.own)
@@ -331,13 +348,18 @@ class ShardedFastStep:
         work.wait()
         loss = loss.detach()
         if self.cfg.flag_nonfinite:  # after the wait: a worker's bad gradient reaches every worker's flat sum
-            loss = nan_unless_finite(loss, [grad_ND, self.flat_grad])
+            # (dloss/dlogit finite with the dense weights' gradients makes the rows' finite)
+            loss = nan_unless_finite(loss, [self._logit_grad if implicit else grad_ND, self.flat_grad])
         self.optimizer.step()
         if self.record is not None:
             self.record(loss, self.correct)
         if read_next:
             join(self._exchange_stream, self.device)
         return loss
+
+    def _keep_logit_grad(self, grad_B: torch.Tensor) -> None:
+        """The logits' gradient hook (implicit_row_grad)."""
+        self._logit_grad = grad_B
 
     def _allocate_owner_state(self, at: Located) -> None:
         """Row-wise Adagrad's per-id sums and the owner's scratch, at the first step (eager: before any capture)."""

@@ -100,6 +100,12 @@ class EpochCursor:
         return batch.dense, batch.ids, batch.labels
 
 
+def has_row_weights(model: nn.Module) -> bool:
+    """Whether the model's rows reach its logit through one linear layer (`row_weights()`, as WDL),
+    so the fast steps can make the rows' gradient in the update (implicit_row_grad)."""
+    return hasattr(model, "row_weights")
+
+
 def build_fast_step(cfg: TrainConfig, model: nn.Module, emb: LocalEmbedding, stream: BatchStream) -> FastStep:
     """FastStep over `emb`'s tensors and `model`, with the run's optimizers and learning rates;
     it draws its batches itself (an EpochCursor) when the rows are on its device."""
@@ -112,6 +118,8 @@ def build_fast_step(cfg: TrainConfig, model: nn.Module, emb: LocalEmbedding, str
         # Both reorder the step's work, not its arithmetic (see FastStepConfig); drawing and
         # sorting one batch ahead needs the batches drawn on the device.
         overlap=True, sort_ahead=source is not None,
+        # WDL's rows enter the logit linearly: the update makes their gradient from dloss/dlogit.
+        implicit_row_grad=has_row_weights(model) and not cfg.skip_nonfinite,
         # Triton runs on a CPU only under its test interpreter: plain torch there.
         kernel="auto" if device.type == "cuda" else "torch",
     )

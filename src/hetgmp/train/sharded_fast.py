@@ -48,7 +48,7 @@ from hetgmp.fastpath import ShardedFastStep, ShardedStepConfig
 from hetgmp.fastpath.capacity import find_capacities, round_up
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import BatchStream
-from hetgmp.train.fast import StepRecorder
+from hetgmp.train.fast import StepRecorder, has_row_weights
 
 SCAN_EPOCHS = 10        # epochs of batches whose capacities are measured (all of a shorter run)
 CAPACITY_ROOM = 1.1     # measured capacities get 10% more, then round up (capacity.round_up)
@@ -114,7 +114,7 @@ def build_sharded_fast_step(cfg: TrainConfig, model: nn.Module, table: Embedding
     capacity, distinct = measured_capacities(stream, placement, ctx, scanned)
     step_cfg = ShardedStepConfig(
         capacity=capacity, distinct_capacity=distinct, dense_lr=cfg.lr, dense_optimizer=cfg.optimizer, amp=cfg.amp,
-        compile=cfg.compile, flag_nonfinite=True,
+        compile=cfg.compile, flag_nonfinite=True, implicit_row_grad=has_row_weights(model),
         # Triton runs on a CPU only under its test interpreter: plain torch there.
         kernel="auto" if ctx.device.type == "cuda" else "torch",
     )
