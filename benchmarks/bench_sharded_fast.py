@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import os
 import statistics
 import sys
 import time
@@ -295,6 +294,7 @@ def profile_step(args, ctx, work: Workload, placement: Placement, bound: int) ->
             step_at(i)
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
+    step.release()
     if ctx.rank == 0:
         key = "self_device_time_total" if ctx.device.type == "cuda" else "self_cpu_time_total"
         print(f"{args.profile} sharded step, 3 steps:\n" + prof.key_averages().table(sort_by=key, row_limit=40), flush=True)
@@ -352,13 +352,8 @@ def run(args: argparse.Namespace) -> None:
     if ctx.rank == 0:
         results["one GPU (FastStep, rank 0 alone)"] = run_one_gpu(args, ctx, work)
         report(args, ctx, work, results, time.process_time() - cpu_start)
-    if ctx.device.type == "cuda":
-        # On an H100 pair the processes hung after the table, tearing down NCCL
-        # communicators that CUDA graphs had captured: leave without the teardown.
-        sys.stdout.flush()
-        os._exit(0)
     dist.barrier()
-    shutdown()
+    shutdown()  # every step released its graphs first (pytorch/pytorch#115388)
 
 
 def report(args, ctx, work: Workload, results: dict, cpu_s: float) -> None:
