@@ -32,9 +32,9 @@ def test_bench_sharded_fast_on_synth_data_with_a_plan(tmp_path):
         made = subprocess.run([sys.executable, "-m", "hetgmp.cli", *args], capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
         assert made.returncode == 0, made.stderr[-3000:]
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_sharded_fast.py"), "--device", "cpu", "--data", str(data), "--partition", str(plan),
-           "--batch", "128", "--dim", "8", "--batches", "2", "--warmup", "1", "--steps", "2", "--repeats", "1", "--modes", "plan+bound,rows", "--model", "dfm"]
+           "--batch", "128", "--dim", "8", "--batches", "2", "--warmup", "1", "--steps", "2", "--repeats", "1", "--modes", "plan+bound,rows:torch:late", "--model", "dfm"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT, env=ENV)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "plan plan.npz" in out.stdout and ", dfm," in out.stdout
     rows = [line.split(" | ")[0] for line in out.stdout.splitlines() if line.startswith("| ") and "mode" not in line]
-    assert rows == ["| plan+0.01 mirrors, bound 100", "| row sharding", "| one GPU (FastStep, rank 0 alone)"]
+    assert rows == ["| plan+0.01 mirrors, bound 100", "| row sharding, torch stages, read in its own step", "| one GPU (FastStep, rank 0 alone)"]
