@@ -97,7 +97,7 @@ STAGES = {
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("stage", STAGES)
 def test_kernel_matches_the_torch_stage(stage, seed):
-    want, got = State(seed), None
+    want = State(seed)
     got = copy.deepcopy(want)
     before = {k: v.clone() for k, v in want.tensors().items()}
     STAGES[stage](sharded_rows, want)

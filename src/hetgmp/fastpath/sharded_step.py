@@ -212,6 +212,7 @@ class ShardedFastStep:
                               f"(P - 1)(C + 1) = {self.exchange.slots}: build it with spare={self.exchange.slots}")
         self.store = store or RowStore(table, placement, ctx.rank, ctx.device, spare=self.exchange.slots)
         self.base = self.store.rows.new_zeros(self.store.num_mirrors + self.exchange.slots, table.dim)
+        self._batch_read = False  # whether the step before read the current batch's rows (read ahead)
         self.resync()
         self.model = model
         if cfg.implicit_row_grad and not hasattr(model, "row_weights"):
@@ -227,9 +228,8 @@ class ShardedFastStep:
         # The per-slot stages: one Triton kernel each where Triton runs (triton_rows.py), else torch.
         fused = self.kernel == "triton" and cfg.fused_stages
         stages = importlib.import_module("hetgmp.fastpath.triton_rows") if fused else None
-        pick = (lambda name, fn: getattr(stages, name)) if stages else (lambda name, fn: compiled(fn))
-        self._request, self._answer, self._serve = pick("request", request), pick("answer", answer), pick("serve", serve)
-        self._receive, self._write = pick("receive", receive), pick("write", write)
+        pick = (lambda fn: getattr(stages, fn.__name__)) if stages else compiled
+        self._request, self._answer, self._serve, self._receive, self._write = map(pick, (request, answer, serve, receive, write))
         self._queue = compiled(queue_gradients)
         # Row-wise Adagrad (sharded_adagrad.py): the per-id gradient sums, made at the first step (U known then).
         self.own: OwnGradients | None = None
@@ -256,10 +256,8 @@ class ShardedFastStep:
         self._slots: tuple[Located, Located] | None = None
         self._parity = 0
         self._ahead_stream = torch.cuda.Stream(ctx.device) if ctx.device.type == "cuda" else None
-        # Reading a step ahead: the rounds on a third stream, beside the dense update; whether the
-        # current batch's rows were read by the step before (not after flush or resync).
+        # Reading a step ahead: the rounds on a third stream, beside the dense update.
         self._exchange_stream = torch.cuda.Stream(ctx.device) if ctx.device.type == "cuda" else None
-        self._read_ahead = False
 
     # ---- training ----
 
@@ -280,10 +278,10 @@ class ShardedFastStep:
         parity, self._parity = self._parity, self._parity ^ ahead
         if ahead and self.cfg.read_ahead:
             self._allocate_owner_state(self._slots[parity])
-            if not self._read_ahead:  # the first step, or the first after flush/resync: read the batch first
+            if not self._batch_read:  # the first step, or the first after flush/resync: read the batch first
                 self._read(self._slots[parity], ids_BF.numel())
                 self.reads += 1
-            self._read_ahead = True
+            self._batch_read = True
         self.reads += 1
         if not self.use_graph:
             return self._train(dense_BI, ids_BF, labels_B, next_ids_BF, parity)
@@ -415,9 +413,9 @@ class ShardedFastStep:
         """Push every queued and pending mirror delta (row-wise Adagrad: send the queued gradients
         and take the owners' steps); afterwards the primaries hold all updates. The next step
         reads its batch anew (rows read ahead may miss the mirrors' deltas pushed here)."""
-        if self._read_ahead:  # the last step's pushes went out with the next batch's reads
+        if self._batch_read:  # the last step's pushes went out with the next batch's reads
             self.exchange.clear_pushes()
-            self._read_ahead = False
+            self._batch_read = False
         if self.table.adagrad:
             flush_gradients(self.store, self.exchange, self.own, self.table)
         else:
@@ -437,7 +435,7 @@ class ShardedFastStep:
         self.base[:m] = self.store.rows[first : first + m]
         self.store.pending_count.zero_()
         self.exchange.clear_pushes()
-        self._read_ahead = False
+        self._batch_read = False
 
     def gather_table(self) -> torch.Tensor:
         """The full (E, D) table from every worker's primaries, on every worker (flush() first)."""

@@ -37,18 +37,16 @@ from hetgmp.embedding.exchange import MUST_FETCH
 from hetgmp.embedding.store import RowStore
 from hetgmp.fastpath.fixed_exchange import ANS_ROW, ANS_VERSION, NOT_ANSWERED, PUSH_COUNT, PUSH_DELTA, PUSH_ID, REQ_ID, REQ_VERSION, FixedExchange
 from hetgmp.fastpath.sharded_rows import Adder, Located, staging
+from hetgmp.kernels.triton_gather import tile_shape
 
-# Elements a program moves: as the gather's and the update's tiles. Stages without rows
-# take SMALL_BLOCK slots or ids a program (at 2048 the request stage ran on 8 programs, 12 us).
-TILE_ELEMS = 2048
-MAX_BLOCK_D = 128
+# Stages without rows take SMALL_BLOCK slots or ids a program (at 2048 the request stage ran
+# on 8 programs, 12 us).
 SMALL_BLOCK = 256
 
 
 def _tiles(slots: int, dim: int) -> tuple[tuple[int, int], int, int]:
-    """(grid, BLOCK_R, BLOCK_D) for `slots` records of `dim` columns."""
-    block_d = min(triton.next_power_of_2(dim), MAX_BLOCK_D)
-    block_r = max(16, TILE_ELEMS // block_d)
+    """(grid, BLOCK_R, BLOCK_D) for `slots` records of `dim` columns: the sorted gather's tiles."""
+    block_r, block_d = tile_shape(dim)
     return (triton.cdiv(slots, block_r), triton.cdiv(dim, block_d)), block_r, block_d
 
 
