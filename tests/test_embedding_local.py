@@ -80,3 +80,27 @@ def test_placement_from_plan_takes_the_top_of_each_list():
         Placement(owner, [np.array([0]), np.array([])]).validate(6, 2)
     rand = Placement.random(1000, 4, seed=0)
     assert set(np.unique(rand.owner)) == {0, 1, 2, 3} and all(len(m) == 0 for m in rand.mirrors)
+
+
+@pytest.mark.parametrize("store_rate", [0.0, 0.01, 1.0])
+def test_memory_check_counts_the_mirrors_a_plan_gives(monkeypatch, store_rate):
+    from hetgmp.embedding import memory
+    from hetgmp.embedding.store import RowStore
+    from hetgmp.partition.plan import PartitionPlan
+
+    num_ids, world = 4000, 2
+    owner = (np.arange(num_ids) % world).astype(np.int32)
+    lists = [np.flatnonzero(owner != p).astype(np.int32) for p in range(world)]  # every id p does not own
+    plan = PartitionPlan(owner, np.zeros(10, np.int32), lists, {"parts": world})
+    placement = Placement.from_partition(plan, store_rate)
+    mirrors = int(np.floor(store_rate * 2000 + 1e-9))
+    assert [len(m) for m in placement.mirrors] == [mirrors, mirrors]
+    config = EmbeddingConfig(num_ids=num_ids, dim=8, ids_per_batch=64)
+    need = memory.memory_bytes(config, world, 2000, mirrors)
+    assert need - memory.memory_bytes(config, world, 2000, 0) == mirrors * (2 * 4 * 8 + 24)  # rows + pending per mirror
+    monkeypatch.setattr(memory, "available_bytes", lambda device: need)
+    store = RowStore(config, placement, 0, CPU)
+    assert store.num_mirrors == mirrors and len(store.ids) == 2000 + mirrors
+    monkeypatch.setattr(memory, "available_bytes", lambda device: need - 1)
+    with pytest.raises(HetGMPError, match=f"2000 primaries \\+ {mirrors} mirrors"):
+        RowStore(config, placement, 0, CPU)

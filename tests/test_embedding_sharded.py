@@ -246,7 +246,7 @@ def _brute_force_counters(ids, placement, bound, world_size):
     pending = [dict.fromkeys(m, 0) for m in mirrors]
 
     def one_round(writes, reads):
-        c = [dict(distinct_ids=0, local_hits=0, mirror_hits=0, rows_fetched=0, rows_pushed=0,
+        c = [dict(distinct_ids=0, local_hits=0, mirror_hits=0, mirror_refreshes=0, rows_fetched=0, rows_pushed=0,
                   bytes_sent=(world_size - 1) * 32, bytes_received=(world_size - 1) * 32) for _ in range(world_size)]
 
         def send(src, dst, words):
@@ -280,6 +280,7 @@ def _brute_force_counters(ids, placement, bound, world_size):
                 c[r]["rows_fetched"] += 1
                 send(owner[e], r, record)
                 if e in mirrors[r]:
+                    c[r]["mirror_refreshes"] += 1
                     mirror_version[r][e] = primary_version[e]
         return c
 
@@ -301,6 +302,7 @@ def test_counters_agree_with_brute_force(two_workers):
     for rank, r in enumerate(two_workers):
         assert r[1]["counters"] == expected[rank]
     assert sum(d["mirror_hits"] for d in expected[0]) > 0 and sum(d["rows_pushed"] for d in expected[0]) > 0
+    assert sum(d["mirror_refreshes"] for d in expected[0]) > 0
 
 
 def test_setup_errors_say_what_to_change(two_workers):

@@ -6,7 +6,7 @@ from partition_graphs import community_graph
 
 from hetgmp.partition import cost
 from hetgmp.partition.graph import count_matrix
-from hetgmp.partition.priority import candidate_lists
+from hetgmp.partition.priority import Ranking, candidate_lists
 from hetgmp.partition.state import random_state
 
 
@@ -91,22 +91,52 @@ def test_remote_rows_formula_matches_monte_carlo():
     assert count == pytest.approx(np.mean([comm[p].sum() - comm[p, p] for p in range(parts)]))
 
 
-def test_priority_lists_match_brute_force():
+def _brute_priority(kind, w, s, c, deg, rate, bound):
+    if kind == "original":
+        return w * s * s * (1 / deg + 1 / c)
+    pi, others = s * rate, (deg - c) * rate
+    if others == 0:
+        return w * pi
+    fresh = (bound + 1) / others  # steps a refreshed mirror stays within the bound
+    return w * (pi - pi / (pi * fresh + 1))
+
+
+@pytest.mark.parametrize("kind,bound", [("original", 100), ("staleness", 0), ("staleness", 3)])
+def test_priority_lists_match_brute_force(kind, bound):
     rng = np.random.default_rng(5)
     ids = rng.integers(0, 40, size=(200, 3)).astype(np.int32)
-    parts = 4
-    st = random_state(ids, 45, parts, 16, 2, 1)
-    lists, prios = candidate_lists(st.counts, st.owner, st.deg, st.soft, st.weights)
+    parts, num_ids = 4, 45  # ids 40..44 are read by nobody
+    st = random_state(ids, num_ids, parts, 16, 2, 1)
+    lists, prios = candidate_lists(st.counts, st.owner, st.deg, st.soft, st.weights, Ranking(kind, bound, 16 / st.m))
     for p in range(parts):
-        expected = []
-        for e in range(45):
+        read, never = [], []
+        for e in range(num_ids):
             c = int(st.counts[e, p])
-            if c > 0 and st.owner[e] != p:
-                s = (st.m / 16) * (1 - (1 - c / st.m) ** 16)
-                expected.append((-st.weights[p, st.owner[e]] * s * s * (1 / st.deg[e] + 1 / c), e))
-        expected.sort()
-        assert lists[p].tolist() == [e for _, e in expected]
-        np.testing.assert_allclose(prios[p], [-v for v, _ in expected], rtol=1e-12)
+            if st.owner[e] == p:
+                continue
+            if c == 0:
+                never.append(e)
+                continue
+            s = (st.m / 16) * (1 - (1 - c / st.m) ** 16)
+            read.append((-_brute_priority(kind, st.weights[p, st.owner[e]], s, c, st.deg[e], 16 / st.m, bound), e))
+        read.sort()
+        # every id p does not own: read ids by descending priority (ties by id), then the never-read ids by id
+        assert lists[p].tolist() == [e for _, e in read] + never
+        assert len(lists[p]) == num_ids - int((st.owner == p).sum())
+        np.testing.assert_allclose(prios[p], [-v for v, _ in read], rtol=1e-12)
+
+
+def test_staleness_ranking_puts_rows_others_update_often_last():
+    # part 0 reads id 1 more often than id 0, but part 1 updates id 1 four times a step (40 of its
+    # 1000 samples, batch 100): at bound 1 a mirror of id 1 is refreshed at almost every read
+    counts = np.array([[3, 0, 0], [10, 40, 0], [0, 0, 1], [0, 0, 1]], np.int32)
+    owner = np.array([2, 2, 0, 1], np.int32)
+    deg = counts.sum(1).astype(np.int64)
+    soft, w = cost.soft_table(int(deg.max()), 1000.0, 100), cost.link_weights(3, 8)
+    original, _ = candidate_lists(counts, owner, deg, soft, w, Ranking("original"))
+    stale, _ = candidate_lists(counts, owner, deg, soft, w, Ranking("staleness", 1, 100 / 1000.0))
+    assert original[0].tolist() == [1, 0, 3]
+    assert stale[0].tolist() == [0, 1, 3]
 
 
 def test_priority_ties_break_by_id():

@@ -37,8 +37,12 @@ def test_cli_end_to_end(dataset, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "round 2/2: cost" in printed and "traffic matrix" in printed
     assert "remote rows per batch: random" in printed and "-> with 5% mirrors" in printed
+    mirrors = [int(0.05 * (300 * 6 + 40 - rows)) for rows in json.loads(out.with_suffix(".json").read_text())["rows_per_part"]]
+    assert f"mirrors per part {min(mirrors):,}..{max(mirrors):,} of 1,840 ids (original ranking)" in printed
+    assert "plan: " in printed and "candidate lists" in printed
     summary = json.loads(out.with_suffix(".json").read_text())
     assert SUMMARY_KEYS <= summary.keys()
+    assert summary["mirrors_per_part"] == mirrors and summary["list_lengths"] == [1840 - r for r in summary["rows_per_part"]]
     assert summary["parts"] == 4 and summary["rounds"] == 2 and summary["batch_size"] == 128 and summary["gpus_per_node"] == 2
     rr = summary["remote_rows_per_batch"]
     assert rr["partitioned"]["fraction"] < rr["random"]["fraction"] and rr["partitioned"]["count"] < rr["random"]["count"]
@@ -68,16 +72,68 @@ def test_plan_round_trip_and_lists(dataset, tmp_path):
     np.testing.assert_array_equal(plan.data_partition, result.plan.data_partition)
     assert plan.meta == json.loads(json.dumps(result.plan.meta))
     ids = np.load(dataset / "train_sparse_feats.npy")
+    num_ids = len(plan.embed_partition)
     for p in range(3):
         lst = plan.candidates(p)
         read = np.unique(ids[plan.data_partition == p])
-        assert set(lst.tolist()) == set(read[plan.embed_partition[read] != p].tolist())
-        assert len(plan.mirror_ids(p, 0.1)) == int(0.1 * len(lst))
-        np.testing.assert_array_equal(plan.mirror_ids(p, 0.1), lst[: len(plan.mirror_ids(p, 0.1))])
-    unseen = np.setdiff1d(np.arange(len(plan.embed_partition)), np.unique(ids))
+        read_remote = read[plan.embed_partition[read] != p]
+        # every id p does not own, the ids it reads first, then the rest by id
+        assert sorted(lst.tolist()) == np.flatnonzero(plan.embed_partition != p).tolist()
+        assert set(lst[: len(read_remote)].tolist()) == set(read_remote.tolist())
+        assert lst[len(read_remote):].tolist() == sorted(set(range(num_ids)) - set(read.tolist()) - set(np.flatnonzero(plan.embed_partition == p).tolist()))
+        assert plan.meta["read_candidates"][p] == len(read_remote) and plan.meta["list_lengths"][p] == len(lst)
+        for rate, expected in ((0.0, 0), (0.01, int(0.01 * len(lst))), (0.1, int(0.1 * len(lst))), (1.0, len(lst))):
+            np.testing.assert_array_equal(plan.mirror_ids(p, rate), lst[:expected])
+    unseen = np.setdiff1d(np.arange(num_ids), np.unique(ids))
     assert len(unseen) >= 40 and set(np.unique(plan.embed_partition[unseen])) <= {0, 1, 2}
     with pytest.raises(HetGMPError, match="outside"):
         plan.mirror_ids(0, 1.5)
+
+
+def _original_script_plan(path, owner: np.ndarray, data_partition: np.ndarray, priority: np.ndarray) -> list[np.ndarray]:
+    """What HET-GMP's partition.py writes: per part, argsort of the whole priority row with the owned
+    ids set to -1, the owned ones dropped, reversed (int64 lists); no metadata."""
+    arrays = {"embed_partition": owner, "data_partition": data_partition}
+    for i in range(priority.shape[0]):
+        row = priority[i].copy()
+        owned = np.where(owner == i)[0]
+        row[owned] = -1
+        arrays[str(i)] = np.argsort(row)[len(owned):][::-1]
+    np.savez(path, **arrays)
+    return [arrays[str(i)] for i in range(priority.shape[0])]
+
+
+def test_an_original_format_plan_loads_with_the_same_mirror_count(tmp_path):
+    rng = np.random.default_rng(3)
+    parts, num_ids = 3, 500
+    owner = rng.integers(0, parts, num_ids).astype(np.int32)
+    priority = np.where(rng.random((parts, num_ids)) < 0.3, rng.random((parts, num_ids)), 0.0)  # 70% never read
+    lists = _original_script_plan(tmp_path / "orig.npz", owner, rng.integers(0, parts, 100).astype(np.int32), priority)
+    plan = PartitionPlan.load(tmp_path / "orig.npz")
+    from hetgmp.embedding.placement import Placement
+
+    for rate in (0.0, 0.01, 0.05, 1.0):
+        placement = Placement.from_partition(plan, rate)
+        for p in range(parts):
+            expected = int(np.floor(rate * (num_ids - (owner == p).sum()) + 1e-9))
+            assert len(placement.mirrors[p]) == len(plan.mirror_ids(p, rate)) == expected
+            np.testing.assert_array_equal(placement.mirrors[p], lists[p][:expected])
+        placement.validate(num_ids, parts)
+    assert plan.candidates(0).dtype == np.int64 and len(plan.candidates(0)) == num_ids - (owner == 0).sum()
+
+
+def test_compact_lists_rebuild_the_whole_list(dataset, tmp_path):
+    full = partition_dataset(dataset, PartitionConfig(parts=3, rounds=1, batch_size=64, seed=7), out=quiet).plan
+    compact = partition_dataset(dataset, PartitionConfig(parts=3, rounds=1, batch_size=64, seed=7, compact_lists=True), out=quiet).plan
+    full.save(tmp_path / "full.npz")
+    compact.save(tmp_path / "compact.npz")
+    assert (tmp_path / "compact.npz").stat().st_size < (tmp_path / "full.npz").stat().st_size
+    loaded = PartitionPlan.load(tmp_path / "compact.npz")
+    for p in range(3):
+        assert len(loaded.lists[p]) == loaded.meta["read_candidates"][p] < loaded.list_length(p)
+        np.testing.assert_array_equal(loaded.candidates(p), full.lists[p])
+        for rate in (0.01, 0.5, 1.0):
+            np.testing.assert_array_equal(loaded.mirror_ids(p, rate), full.mirror_ids(p, rate))
 
 
 def test_same_seed_same_plan(dataset):

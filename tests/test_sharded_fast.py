@@ -136,17 +136,19 @@ def _fetch_worker(ctx, modes, arrays):
     out = {}
     for name, (placement, bound) in modes.items():
         step = _build(ctx, placement, bound, arrays=arrays)
-        fetched = []
+        counts = []
         for batch in _local(arrays, ctx.rank):
-            before = step.rows_fetched.item()
+            before = torch.stack([step.rows_fetched, step.mirror_refreshes, step.mirror_reads]).tolist()
             step.step(*batch)
-            fetched.append(step.rows_fetched.item() - before)
-        out[name] = fetched
+            after = torch.stack([step.rows_fetched, step.mirror_refreshes, step.mirror_reads]).tolist()
+            counts.append(tuple(a - b for a, b in zip(after, before)))
+        out[name] = counts
     return out
 
 
 def recount_fetches(ids, placement, bound, world):
-    """Rows each worker fetches per step, by replaying versions on the host: [world][steps]."""
+    """Per worker and step, by replaying versions on the host: (rows fetched, mirrors refreshed,
+    mirrors read): [world][steps]."""
     primary = np.zeros(IDS, dtype=np.int64)
     mirror = [dict.fromkeys(m.tolist(), 0) for m in placement.mirrors]
     pending = [dict.fromkeys(m.tolist(), 0) for m in placement.mirrors]
@@ -156,10 +158,10 @@ def recount_fetches(ids, placement, bound, world):
         for r, (uids, _) in enumerate(batches):
             remote = [e for e in uids.tolist() if placement.owner[e] != r]
             stale = [e for e in remote if e not in mirror[r] or mirror[r][e] + bound < primary[e]]
-            for e in stale:
-                if e in mirror[r]:
-                    mirror[r][e] = primary[e]
-            out[r].append(len(stale))
+            refreshed = [e for e in stale if e in mirror[r]]
+            for e in refreshed:
+                mirror[r][e] = primary[e]
+            out[r].append((len(stale), len(refreshed), sum(e in mirror[r] for e in remote)))
         for r, (uids, counts) in enumerate(batches):
             for e, c in zip(uids.tolist(), counts.tolist()):
                 if e in pending[r]:
@@ -173,7 +175,7 @@ def recount_fetches(ids, placement, bound, world):
     return out
 
 
-def test_rows_fetched_match_a_host_recount():
+def test_rows_fetched_and_mirror_refreshes_match_a_host_recount():
     """Row sharding, the plan at bound 0 and above it, in one pair of workers."""
     arrays = _data(seed=3)
     plan = plan_like(arrays[0], IDS, WORLD, store_rate=0.3)
@@ -182,7 +184,10 @@ def test_rows_fetched_match_a_host_recount():
     for name, (placement, bound) in modes.items():
         want = recount_fetches(arrays[0], placement, bound, WORLD)
         assert [g[name] for g in got] == want, name
-    assert sum(map(sum, want)) < sum(sum(g["rows"]) for g in got), "mirrors must save fetches"
+    fetched = lambda counts: sum(c[0] for per_rank in counts for c in per_rank)  # noqa: E731
+    assert fetched(want) < fetched([g["rows"] for g in got]), "mirrors must save fetches"
+    fresh = sum(c[2] - c[1] for per_rank in want for c in per_rank)
+    assert 0 < fresh < sum(c[2] for per_rank in want for c in per_rank), "some mirror reads fresh, some refreshed"
 
 
 def _bad_setup_worker(ctx, arrays):

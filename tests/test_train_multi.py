@@ -53,7 +53,7 @@ def test_two_workers_and_two_nodes_train_log_and_resume_exactly(planned):
     for r in train_lines:
         assert r["world_size"] == 2 and r["samples"] == r["step"] * 200
         assert r["samples_per_s"] == pytest.approx(2 * r["samples_per_s_per_worker"])
-        assert {"rows_fetched", "rows_pushed", "bytes_sent", "bytes_received"} <= r.keys()  # the sharded fast step's
+        assert {"rows_fetched", "rows_pushed", "bytes_sent", "bytes_received", "mirror_hits", "mirror_refreshes"} <= r.keys()  # the sharded fast step's
     assert train_lines[-1]["rows_fetched"] > 0 and train_lines[-1]["rows_pushed"] > 0
     assert evals[-1]["test_rows"] == 1000 and evals[-1]["auc"] > 0.75
 
@@ -89,6 +89,8 @@ def test_sharded_fast_step_trains_as_the_general_step_and_resumes_its_checkpoint
     flags = ("--nproc", "2", "--val", "--log-every", "4")
     fast = _hetgmp(*_train_argv(root, "fast", *flags, "--iter", "16", "--eval-every", "8", "--metrics", str(root / "fast.jsonl")))
     assert "step fast (--step auto, 2 workers, sharded; sharded fast step, eager on cpu" in fast.stdout
+    # 100 ids, 50 owned by each worker: 5% of a 50-id list
+    assert "mirrors 2 / 2 rows per worker (0.05 of each candidate list)" in fast.stdout
     _hetgmp(*_train_argv(root, "mixed", *flags, "--iter", "8", "--step", "general", "--metrics", str(root / "general.jsonl")))
     _hetgmp(*_train_argv(root, "mixed", *flags, "--iter", "16", "--resume", "--metrics", str(root / "resumed.jsonl")))
     fast_lines, general_lines = read_metrics(root / "fast.jsonl"), read_metrics(root / "general.jsonl")

@@ -53,6 +53,7 @@ class State:
         self.overflow = torch.tensor([1, 3, 5], device=DEVICE)
         self.lag = torch.tensor([1, 2], device=DEVICE)
         self.counter = torch.tensor(7, device=DEVICE)
+        self.fetch_counts = torch.tensor([7, 2, 4], device=DEVICE)  # receive's (answered, refreshed, mirrors read)
 
     def _receive_records(self, gen: torch.Generator, owner) -> None:
         """Round A's records from the peers and round B's answers, written through a scratch
@@ -82,14 +83,15 @@ class State:
         return {"rows": s.rows, "version": s.version, "pending_count": s.pending_count, "base": self.base,
                 "send_a words": ex.send_a[..., :PUSH_DELTA], "send_a deltas": ex.send_a[..., PUSH_DELTA:].view(torch.float32),
                 "send_b words": ex.send_b[..., :ANS_ROW], "send_b rows": ex.send_b[..., ANS_ROW:].view(torch.float32),
-                "overflow": self.overflow, "lag": self.lag, "counter": self.counter}
+                "overflow": self.overflow, "lag": self.lag, "counter": self.counter,
+                "fetch_counts": self.fetch_counts}
 
 
 STAGES = {
     "request": lambda m, st: m.request(st.store, st.at, st.exchange, st.overflow, CAPACITY, 14),
     "answer": lambda m, st: m.answer(st.store, st.exchange, BOUND, st.lag),
     "serve": lambda m, st: m.serve(st.store, st.exchange, BOUND, st.lag),
-    "receive": lambda m, st: m.receive(st.store, st.at, st.exchange, st.base, st.counter),
+    "receive": lambda m, st: m.receive(st.store, st.at, st.exchange, st.base, st.fetch_counts),
     "write": lambda m, st: m.write(st.store, st.at, BOUND, st.exchange, st.base, st.counter),
 }
 
@@ -125,10 +127,13 @@ def test_wide_rows_split_into_column_blocks():
 def test_counters_and_overflow_tallies():
     """The kernels' counters are the torch stages' (not just equal to each other: the values)."""
     st = State(3)
-    start = int(st.counter)
-    triton_rows.receive(st.store, st.at, st.exchange, st.base, st.counter)
+    start = st.fetch_counts.clone()
+    triton_rows.receive(st.store, st.at, st.exchange, st.base, st.fetch_counts)
     version, _ = st.exchange.answers()
-    assert int(st.counter) - start == int((st.at.slot_has & (version != NOT_ANSWERED)).sum())
+    answered = st.at.slot_has & (version != NOT_ANSWERED)
+    mirrors_read = st.at.slot_has & st.at.slot_mirror
+    assert 0 < int((answered & st.at.slot_mirror).sum()) < int(mirrors_read.sum()), "some mirrors refreshed, some fresh"
+    assert (st.fetch_counts - start).tolist() == [int(answered.sum()), int((answered & st.at.slot_mirror).sum()), int(mirrors_read.sum())]
     triton_rows.request(st.store, st.at, st.exchange, st.overflow, CAPACITY, 14)
     assert int(st.at.ids.distinct) > 14, "the case must overflow U"
     assert st.overflow.tolist() == [2, max(3, int(st.at.per_peer.max())), int(st.at.ids.distinct)]

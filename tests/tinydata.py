@@ -36,7 +36,7 @@ def write_planted(directory: Path, train_rows: int = 4000, test_rows: int = 1000
 
 def write_plan(dataset: Path, path: Path, parts: int = 2, gpus_per_node: int = 8) -> None:
     """A simple valid plan for `dataset`: samples by their first id, rows round-robin,
-    each part's candidates the remote ids it reads, most used first."""
+    each part's candidates every id it does not own: those it reads, most used first, then the rest."""
     from hetgmp.data.arrays import load_dataset
     from hetgmp.partition.plan import PartitionPlan
 
@@ -48,7 +48,8 @@ def write_plan(dataset: Path, path: Path, parts: int = 2, gpus_per_node: int = 8
     for p in range(parts):
         counts = np.bincount(ids[data_partition == p].ravel(), minlength=ds.meta.num_ids)
         remote = np.flatnonzero((counts > 0) & (owner != p))
-        lists.append(remote[np.argsort(-counts[remote], kind="stable")].astype(np.int32))
+        never_read = np.flatnonzero((counts == 0) & (owner != p))
+        lists.append(np.concatenate([remote[np.argsort(-counts[remote], kind="stable")], never_read]).astype(np.int32))
     meta = {"parts": parts, "gpus_per_node": gpus_per_node, "num_ids": ds.meta.num_ids, "train_rows": ds.meta.train_rows}
     PartitionPlan(owner.astype(np.int32), data_partition, lists, meta).save(path)
 

@@ -7,6 +7,9 @@ StepCounters; `emb.counters` holds those of the last training step and
     distinct_ids:   unique ids read by this worker
     local_hits:     of those, rows this worker owns
     mirror_hits:    of those, mirrors fresh enough to read locally
+    mirror_refreshes: of those, mirrors past the bound, refreshed from their owner
+                    (mirror_hits + mirror_refreshes = mirrors read: a mirror saves
+                    a fetch only when fresh)
     rows_fetched:   rows received from owners (refreshed mirrors + unstored ids)
     rows_pushed:    rows sent to owners (mirror deltas + gradients)
     bytes_sent / bytes_received: payload of the exchange rounds to and from
@@ -30,6 +33,7 @@ class StepCounters:
     distinct_ids: int | torch.Tensor = 0
     local_hits: int | torch.Tensor = 0
     mirror_hits: int | torch.Tensor = 0
+    mirror_refreshes: int | torch.Tensor = 0
     rows_fetched: int | torch.Tensor = 0
     rows_pushed: int | torch.Tensor = 0
     bytes_sent: int | torch.Tensor = 0

@@ -11,12 +11,12 @@ random (seeded) and nobody mirrors: the row-wise sharding of TorchRec/HugeCTR.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from hetgmp.errors import HetGMPError
+from hetgmp.partition.priority import mirror_count
 
 
 def owner_dtype(world_size: int) -> np.dtype:
@@ -41,8 +41,16 @@ class Placement:
         """Owners from the plan; rank p mirrors the top floor(store_rate * len) of its list."""
         if not 0.0 <= store_rate <= 1.0:
             raise HetGMPError(f"--store-rate must be within [0, 1], got {store_rate}")
-        mirrors = [np.asarray(lst[: math.floor(store_rate * len(lst))], dtype=np.int64) for lst in candidate_lists]
+        mirrors = [np.asarray(lst[: mirror_count(len(lst), store_rate)], dtype=np.int64) for lst in candidate_lists]
         return cls(np.asarray(embed_partition), mirrors)
+
+    @classmethod
+    def from_partition(cls, plan, store_rate: float) -> "Placement":
+        """Owners and mirrors of a PartitionPlan (compact lists are rebuilt only as far as needed)."""
+        if not 0.0 <= store_rate <= 1.0:
+            raise HetGMPError(f"--store-rate must be within [0, 1], got {store_rate}")
+        mirrors = [np.asarray(plan.mirror_ids(p, store_rate), dtype=np.int64) for p in range(plan.parts)]
+        return cls(np.asarray(plan.embed_partition), mirrors)
 
     @property
     def world_size(self) -> int:

@@ -188,7 +188,7 @@ class ShardedEmbedding:
         (got_answers,) = exchange_records([answer_records], answer_sizes, traffic, self.rank, self.group)
         refreshed = reads.gather(got_answers)
         return StepCounters(
-            distinct_ids=reads.distinct, local_hits=reads.distinct - reads.remote, mirror_hits=reads.mirrors - refreshed,
+            distinct_ids=reads.distinct, local_hits=reads.distinct - reads.remote, mirror_hits=reads.mirrors - refreshed, mirror_refreshes=refreshed,
             rows_fetched=len(got_answers.words), rows_pushed=len(pushes.deltas) + len(pushes.grads),
             bytes_sent=traffic.sent, bytes_received=traffic.received,
         )

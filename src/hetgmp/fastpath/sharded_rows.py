@@ -189,9 +189,10 @@ def answer(store: RowStore, exchange: FixedExchange, bound: int, lag: torch.Tens
 
 
 def receive(store: RowStore, at: Located, exchange: FixedExchange, base: torch.Tensor, fetched: torch.Tensor) -> None:
-    """Reader: put round B's answers in place (staging rows, refreshed mirrors); `fetched` (a device
-    scalar) counts the rows answered. One scatter over the R slots: slot r writes its mirror's row if it
-    refreshes one, else its own staging row (the answer: garbage if none came, and unread)."""
+    """Reader: put round B's answers in place (staging rows, refreshed mirrors); `fetched` (int64 [3]
+    on the device) counts (rows answered, mirrors refreshed, mirrors read). One scatter over the R slots:
+    slot r writes its mirror's row if it refreshes one, else its own staging row (the answer: garbage if
+    none came, and unread)."""
     version_R, answer_RD = exchange.answers()
     r_R = torch.arange(exchange.slots, device=version_R.device)
     answered = at.slot_has & (version_R != NOT_ANSWERED)
@@ -202,7 +203,7 @@ def receive(store: RowStore, at: Located, exchange: FixedExchange, base: torch.T
     store.rows[target] = torch.where(refresh.unsqueeze(1), answer_RD + unpushed_RD, answer_RD)
     base[base_at] = answer_RD
     store.version[target] = version_R
-    fetched += answered.sum()
+    fetched += torch.stack([answered.sum(), refresh.sum(), (at.slot_has & at.slot_mirror).sum()])
 
 
 def write(store: RowStore, at: Located, bound: int, exchange: FixedExchange, base: torch.Tensor, pushed: torch.Tensor,

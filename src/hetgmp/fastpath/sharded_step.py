@@ -186,7 +186,8 @@ class ShardedFastStep:
 
     Counters, device tensors summed over steps (read them when you like):
     `rows_fetched` (rows answered to this worker), `rows_pushed` (pushes it
-    queued); `correct` holds the last batch's correct predictions; `steps`
+    queued), `mirror_refreshes` and `mirror_reads` (mirrors read, whether
+    fresh or refreshed); `correct` holds the last batch's correct predictions; `steps`
     counts calls on the host and `bytes_per_step` is what a step sends other
     workers (fixed: both rounds and the dense all-reduce). `record`, if set,
     is called with (loss, correct) at the end of every step, inside its graph
@@ -239,7 +240,9 @@ class ShardedFastStep:
         self.flat_grad = torch.zeros(sum(p.numel() for p in self.params), device=ctx.device)
         self.optimizer = dense_optimizer(self.params, cfg.dense_optimizer, cfg.dense_lr, ctx.device)
         zeros = lambda n: torch.zeros(n, dtype=torch.int64, device=ctx.device)  # noqa: E731
-        self.rows_fetched, self.rows_pushed, self.correct = zeros(()), zeros(()), zeros(())
+        self._fetch_counts = zeros(3)  # receive's (rows answered, mirrors refreshed, mirrors read)
+        self.rows_fetched, self.mirror_refreshes, self.mirror_reads = self._fetch_counts.unbind()
+        self.rows_pushed, self.correct = zeros(()), zeros(())
         self.record: Callable[[torch.Tensor, torch.Tensor], None] | None = None
         self._lag = zeros(2)            # (max lag of a fresh read served, fresh reads served with lag > 0)
         self._overflow = zeros(3)       # (batch reads that dropped rows, most ids one peer was asked for, most distinct ids)
@@ -380,7 +383,7 @@ class ShardedFastStep:
         else:
             self._answer(s, ex, self.table.bound, self._lag, self._add)
         ex.round_b()
-        self._receive(s, at, ex, self.base, self.rows_fetched)
+        self._receive(s, at, ex, self.base, self._fetch_counts)
 
     def _point_grads_at_flat(self) -> None:
         """Zero the flat buffer and make every .grad a view of it, so backward accumulates

@@ -159,6 +159,9 @@ def _receive_kernel(
     if tl.program_id(1) == 0:
         tl.store(version_ptr + target, version, mask=inside)
         tl.atomic_add(fetched_ptr, tl.sum(answered.to(tl.int64), 0))
+        tl.atomic_add(fetched_ptr + 1, tl.sum(refresh.to(tl.int64), 0))
+        mirror_read = inside & (tl.load(has_ptr + r, mask=inside, other=0) != 0) & (tl.load(mirror_ptr + r, mask=inside, other=0) != 0)
+        tl.atomic_add(fetched_ptr + 2, tl.sum(mirror_read.to(tl.int64), 0))
 
 
 @triton.jit

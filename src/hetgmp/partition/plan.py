@@ -4,7 +4,8 @@ Keys of plan.npz (P parts, E ids, N train samples):
 
     embed_partition   int32[E]   owner part of every id of the vocabulary
     data_partition    int32[N]   part (worker) of every train sample
-    "0" .. "P-1"      int32[L_p] part p's ranked candidate (mirror) list
+    "0" .. "P-1"      int32[L_p] part p's ranked candidate (mirror) list: every id
+                                 p does not own, read ids first (priority.py)
     meta_json         str        the metadata below, as one JSON string
     parts, gpus_per_node, rounds, batch_size, seed, num_ids, train_rows,
     store_rate, costs (float64[rounds + 1])   the same numbers as plain arrays
@@ -13,7 +14,14 @@ Everything loads with `np.load(path, allow_pickle=False)`, so the original
 training script (`np.load(path)["embed_partition"]`, `[str(i)]`) reads it
 unchanged. Example: with P = 2, E = 5, N = 4 a plan could be
 embed_partition [0, 1, 1, 0, 1], data_partition [1, 0, 0, 1],
-"0" = [2, 4] (ids part 0 reads from part 1, best first), "1" = [0].
+"0" = [2, 4, 1] (part 0 reads ids 4 and 2 from part 1, 2 ranked first, and never
+reads 1), "1" = [0, 3].
+
+With `compact_lists` (`hetgmp partition --compact-lists`) each list is cut
+after its read ids (meta `read_candidates[p]` of them) and the never-read
+tail, every other non-owned id in ascending order, is rebuilt on load; the
+mirror count still comes from the whole length (meta `list_lengths`). The
+original's script would see the shorter lists, so this is not the default.
 """
 
 from __future__ import annotations
@@ -48,18 +56,44 @@ class PartitionPlan:
     def parts(self) -> int:
         return len(self.lists)
 
-    def candidates(self, part: int) -> np.ndarray:
-        """Part `part`'s ranked candidate list (ids it reads but does not own, best first)."""
+    def _part(self, part: int) -> int:
         if not 0 <= part < self.parts:
             raise HetGMPError(f"part {part} does not exist: this plan has parts 0..{self.parts - 1}")
-        return self.lists[part]
+        return part
+
+    def list_length(self, part: int) -> int:
+        """Length of part `part`'s whole candidate list (also when stored compactly)."""
+        if self.meta.get("compact_lists"):
+            return int(self.meta["list_lengths"][self._part(part)])
+        return len(self.lists[self._part(part)])
+
+    def candidates(self, part: int) -> np.ndarray:
+        """Part `part`'s ranked candidate list: every id it does not own, read ids first."""
+        head = self.lists[self._part(part)]
+        if len(head) == self.list_length(part):
+            return head
+        never_read = self.embed_partition != part
+        never_read[head] = False
+        return np.concatenate([head, np.flatnonzero(never_read).astype(head.dtype)])
 
     def mirror_ids(self, part: int, store_rate: float) -> np.ndarray:
         """The ids part `part` mirrors: the first floor(store_rate * len(list)) candidates."""
         if not 0.0 <= store_rate <= 1.0:
             raise HetGMPError(f"store rate {store_rate} is outside [0, 1]: pass e.g. --store-rate 0.01 for 1% mirrors")
-        lst = self.candidates(part)
-        return lst[: mirror_count(len(lst), store_rate)]
+        count = mirror_count(self.list_length(part), store_rate)
+        head = self.lists[self._part(part)]
+        return head[:count] if count <= len(head) else self.candidates(part)[:count]
+
+    def stored_lists(self) -> list[np.ndarray]:
+        """The lists as save() writes them: whole, or cut after the read ids when compact."""
+        if not self.meta.get("compact_lists"):
+            return self.lists
+        return [lst[:n] for lst, n in zip(self.lists, self.meta["read_candidates"])]
+
+    def stored_bytes(self) -> int:
+        """Bytes of the arrays save() writes (the .npz is uncompressed: its size, give or take headers)."""
+        lists = sum(lst.nbytes for lst in self.stored_lists())
+        return lists + 4 * (len(self.embed_partition) + len(self.data_partition))
 
     def save(self, path: str | Path) -> None:
         """Write the .npz under a temporary name and rename it when complete."""
@@ -68,7 +102,7 @@ class PartitionPlan:
             "data_partition": self.data_partition.astype(np.int32, copy=False),
             "meta_json": np.array(json.dumps(self.meta, sort_keys=True)),
         }
-        arrays.update({str(p): lst for p, lst in enumerate(self.lists)})
+        arrays.update({str(p): lst for p, lst in enumerate(self.stored_lists())})
         arrays.update({k: np.array(self.meta[k]) for k in SCALAR_KEYS if k in self.meta})
         arrays["costs"] = np.asarray(self.meta.get("costs", []), dtype=np.float64)
         with atomic_file(path) as tmp:

@@ -56,15 +56,38 @@ def round_block(r: int, rounds: int, costs: list[float], comm: np.ndarray, sizes
 
 
 def final_line(summary: dict) -> str:
-    """remote rows per batch: random X -> partitioned Y (-Z%) -> with r mirrors W."""
+    """remote rows per batch: random X -> partitioned Y (-Z%) -> with r mirrors W; mirrors per part."""
     rand = summary["remote_rows_per_batch"]["random"]
     part = summary["remote_rows_per_batch"]["partitioned"]
     mirr = summary["remote_rows_per_batch_with_mirrors"]
     drop = part["count"] / rand["count"] - 1 if rand["count"] > 0 else 0.0
+    mirrors = np.asarray(summary["mirrors_per_part"])
     return (
         f"remote rows per batch: random {rand['fraction']:.1%} ({rand['count']:,.0f}) -> partitioned {part['fraction']:.1%} "
-        f"({part['count']:,.0f}) ({drop:+.1%}) -> with {100 * summary['store_rate']:g}% mirrors {mirr['fraction']:.1%} ({mirr['count']:,.0f})"
+        f"({part['count']:,.0f}) ({drop:+.1%}) -> with {100 * summary['store_rate']:g}% mirrors {mirr['fraction']:.1%} ({mirr['count']:,.0f}); "
+        f"mirrors per part {_range(mirrors)} of {summary['num_ids']:,} ids ({summary['ranking']} ranking)"
     )
+
+
+def _range(values: np.ndarray) -> str:
+    lo, hi = int(values.min()), int(values.max())
+    return f"{lo:,}" if lo == hi else f"{lo:,}..{hi:,}"
+
+
+LARGE_PLAN = 256 << 20  # bytes past which the summary points at --compact-lists
+
+
+def plan_size_line(summary: dict) -> str:
+    """The plan's size and its lists' lengths; past LARGE_PLAN, what --compact-lists would save."""
+    lengths, read = np.asarray(summary["list_lengths"]), np.asarray(summary["read_candidates"])
+    line = (f"plan: {summary['plan_bytes'] / 1e6:,.1f} MB; candidate lists {_range(lengths)} ids per part "
+            f"(every id the part does not own), {_range(read)} of them read by the part")
+    if summary["compact_lists"]:
+        return line + "; stored compactly (read ids only: the original's script would mirror fewer rows)"
+    if summary["plan_bytes"] > LARGE_PLAN:
+        saved = 4 * int((lengths - read).sum())
+        line += f"; --compact-lists would store {saved / 1e6:,.1f} MB less (hetgmp train rebuilds the never-read tails)"
+    return line
 
 
 def plot_traffic(before: np.ndarray, after: np.ndarray, path: str | Path) -> None:

@@ -23,7 +23,7 @@ from hetgmp.errors import HetGMPError
 from hetgmp.partition import cost, reference, refine, report
 from hetgmp.partition.graph import Bigraph, describe, load_bigraph
 from hetgmp.partition.plan import PartitionPlan
-from hetgmp.partition.priority import candidate_lists, mirror_count
+from hetgmp.partition.priority import RANKINGS, Ranking, candidate_lists, mirror_count
 from hetgmp.partition.state import PartitionState, random_state
 
 
@@ -39,6 +39,9 @@ class PartitionConfig:
     seed: int = 0
     device: str = "cpu"  # "cpu": numba; "cuda" (or "torch-cpu" in tests): torch_refine
     algorithm: str = "fast"  # "fast" or "original"
+    ranking: str = "original"  # mirror ranking: "original" or "staleness" (priority.py)
+    bound: int = 100  # the staleness bound the "staleness" ranking assumes
+    compact_lists: bool = False  # store each list's read ids only (plan.py)
     refine: refine.RefineConfig = field(default_factory=refine.RefineConfig)
 
     def validate(self, graph: Bigraph) -> None:
@@ -51,6 +54,8 @@ class PartitionConfig:
             (self.gpus_per_node >= 1, f"--gpus-per-node must be >= 1, got {self.gpus_per_node}"),
             (self.algorithm in ("fast", "original"), f"--algorithm must be fast or original, got {self.algorithm}"),
             (self.algorithm == "fast" or self.device == "cpu", "--algorithm original runs on the CPU only: drop --device cuda"),
+            (self.ranking in RANKINGS, f"--ranking must be one of {', '.join(RANKINGS)}, got {self.ranking}"),
+            (self.bound >= 0, f"--bound must be >= 0 (the staleness bound the ranking assumes), got {self.bound}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -129,15 +134,20 @@ def partition_dataset(data: str | Path, config: PartitionConfig, out: Callable[[
     t1 = time.perf_counter()
     costs, comm0, comm = _refine(state, config, out)
     t2 = time.perf_counter()
-    lists, _ = candidate_lists(state.counts, state.owner, state.deg, state.soft, state.weights)
+    ranking = Ranking(config.ranking, config.bound, state.batch / state.m)
+    lists, priorities = candidate_lists(state.counts, state.owner, state.deg, state.soft, state.weights, ranking)
     mirrors = [lst[: mirror_count(len(lst), config.store_rate)] for lst in lists]
     mirrored = cost.mirrored_rows(state.counts, mirrors, state.soft, state.m, state.batch)
     t3 = time.perf_counter()
     seconds = {"load_and_start": t1 - t0, "refine": t2 - t1, "priority": t3 - t2}
+    lists_meta = {"list_lengths": [len(x) for x in lists], "read_candidates": [len(x) for x in priorities]}
     summary = _summary(graph, config, state, costs, comm0, comm, mirrored, [len(m) for m in mirrors], seconds)
+    meta = {k: summary[k] for k in ("parts", "gpus_per_node", "rounds", "batch_size", "seed", "num_ids", "train_rows", "store_rate",
+                                    "costs", "fingerprint", "data", "algorithm", "ranking", "bound", "compact_lists")}
+    plan = PartitionPlan(state.owner.copy(), state.part.copy(), lists, {**meta, **lists_meta})
+    summary.update(lists_meta, plan_bytes=plan.stored_bytes())
     out(report.final_line(summary))
-    meta = {k: summary[k] for k in ("parts", "gpus_per_node", "rounds", "batch_size", "seed", "num_ids", "train_rows", "store_rate", "costs", "fingerprint", "data", "algorithm")}
-    plan = PartitionPlan(state.owner.copy(), state.part.copy(), lists, meta)
+    out(report.plan_size_line(summary))
     return PartitionResult(plan, summary, comm0, comm)
 
 

@@ -68,7 +68,7 @@ class StepRecorder(Protocol):
 
 
 # One worker fetches and pushes no rows: the TRAIN line's traffic, as the general step reports it.
-ONE_WORKER_TRAFFIC = {"rows_fetched": 0, "rows_pushed": 0, "mirror_hits": 0, "bytes_sent": 0, "bytes_received": 0}
+ONE_WORKER_TRAFFIC = {"rows_fetched": 0, "rows_pushed": 0, "mirror_hits": 0, "mirror_refreshes": 0, "bytes_sent": 0, "bytes_received": 0}
 
 
 class EpochCursor:

@@ -73,6 +73,7 @@ class RunLog:
             f"TRAIN step {r['step']} epoch {r['epoch']} loss {r['loss']:.4f} acc {r['accuracy']:.4f} "
             f"samples/s {r['samples_per_s_per_worker']:.3g}/worker {r['samples_per_s']:.3g} total "
             f"rows/step fetched {r.get('rows_fetched', 0.0):.1f} pushed {r.get('rows_pushed', 0.0):.1f}"
+            + (f" mirrors read fresh {r['mirror_hits']:.1f} refreshed {r['mirror_refreshes']:.1f}" if r.get("mirror_hits", 0) + r.get("mirror_refreshes", 0) else "")
             + (f" skipped {r['skipped_batches']} non-finite batches" if r.get("skipped_batches") else "")
         )
         self._write_metrics({"phase": "train", **record})

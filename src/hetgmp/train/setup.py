@@ -48,6 +48,7 @@ class Run:
     fast: FastStep | ShardedFastStep | None  # the fast step (train/fast.py, train/sharded_fast.py), which owns
                                              # dense_opt; None: the general step
     step_note: str  # which step trains and why, for the start-up line
+    mirrors_per_worker: list[int]  # rows each worker mirrors (all 0 without a plan)
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """What a checkpoint of this run records about itself (see checkpoint.MUST_MATCH)."""
@@ -75,8 +76,7 @@ def load_plan(path: str, dataset: Dataset, ctx: DistContext):
 def build_placement(cfg: TrainConfig, plan, num_ids: int, ctx: DistContext) -> tuple[Placement | None, str]:
     """The embedding placement and an id of it for checkpoints."""
     if plan is not None:
-        lists = [plan.candidates(p) for p in range(plan.parts)]
-        return Placement.from_plan(plan.embed_partition, lists, cfg.store_rate), fingerprint(plan.embed_partition, plan.data_partition)
+        return Placement.from_partition(plan, cfg.store_rate), fingerprint(plan.embed_partition, plan.data_partition)
     if ctx.world_size == 1:
         return None, "single"
     return Placement.random(num_ids, ctx.world_size, cfg.seed), f"random(seed={cfg.seed})"
@@ -147,4 +147,5 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
         how = describe_fast_step(fast) if fast else None
     dense_opt = fast.optimizer if fast else build_dense_optimizer(cfg, list(model.parameters()))
     note = f"step {step_kind} ({why}" + (f"; {how})" if how else ")")
-    return Run(cfg, ctx, dataset, model, emb, dense_opt, stream, eval_batches, per_epoch, total, plan_id, fast, note)
+    mirrors = [len(m) for m in placement.mirrors] if placement is not None else [0]
+    return Run(cfg, ctx, dataset, model, emb, dense_opt, stream, eval_batches, per_epoch, total, plan_id, fast, note, mirrors)

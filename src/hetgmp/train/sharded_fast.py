@@ -144,7 +144,7 @@ class ShardedFastSteps:
         self.total_steps, self.log_every = total_steps, log_every
         self.fast.record = window.record
         self._window_ends = False
-        self._totals_then = torch.zeros(2, dtype=torch.int64, device=self.fast.device)
+        self._totals_then = torch.zeros(4, dtype=torch.int64, device=self.fast.device)
 
     def train(self, step: int) -> None:
         """Train batch `step`; its loss (NaN if a gradient was not finite) and correct count go to the window."""
@@ -163,15 +163,16 @@ class ShardedFastSteps:
             self.table.check_capacity()
 
     def counters(self) -> dict[str, Any]:
-        """The last step's counters for the window: bytes every step; rows fetched and pushed
-        since the window began, added once as it ends (the window averages per step)."""
+        """The last step's counters for the window: bytes every step; rows fetched and pushed and
+        mirrors read fresh (mirror_hits) or refreshed since the window began, added once as it ends (the window averages per step)."""
         sent = self.fast.bytes_per_step
         counters: dict[str, Any] = {"bytes_sent": sent, "bytes_received": sent}
         if self._window_ends:
-            totals = torch.stack([self.fast.rows_fetched, self.fast.rows_pushed])
-            fetched, pushed = totals - self._totals_then
+            f = self.fast
+            totals = torch.stack([f.rows_fetched, f.rows_pushed, f.mirror_reads, f.mirror_refreshes])
+            fetched, pushed, mirror_reads, refreshes = totals - self._totals_then
             self._totals_then = totals
-            counters.update(rows_fetched=fetched, rows_pushed=pushed)
+            counters.update(rows_fetched=fetched, rows_pushed=pushed, mirror_hits=mirror_reads - refreshes, mirror_refreshes=refreshes)
         return counters
 
     def skipped(self) -> torch.Tensor:
