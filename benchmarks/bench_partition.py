@@ -38,7 +38,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--store-rate", type=float, default=0.01)
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--algorithms", default=None, help="comma list of fast,original (default: both on cpu, fast on cuda)")
+    p.add_argument("--algorithms", default=None,
+                   help="comma list of ALGORITHM[:RANKING], e.g. fast,fast:original,original (default: fast,original on cpu, fast on "
+                        "cuda); without a ranking, ours takes the CLI's default and the original algorithm the original's")
+    p.add_argument("--bound", type=int, default=100, help="the bound the staleness ranking assumes")
     p.add_argument("--skip-compile", action="store_true", help="do not measure numba's first compile")
     p.add_argument("--json", default=None, help="also write the results here")
     return p.parse_args()
@@ -64,14 +67,19 @@ _CHILD = (
 )
 
 
-def run_partition(data: Path, out: Path, args: argparse.Namespace, algorithm: str, device: str, env: dict | None = None) -> dict:
+def run_partition(data: Path, out: Path, args: argparse.Namespace, variant: str, device: str, env: dict | None = None) -> dict:
     """One `hetgmp partition` process: its plan.json as "summary", "wall_s", "cpu_s", "peak_rss_gb" and
     "load_before" (the 1-minute load average as it started)."""
+    algorithm, _, ranking = variant.partition(":")
     cmd = [
         sys.executable, "-c", _CHILD, "partition", str(data), "--parts", str(args.parts), "--output", str(out),
         "--rounds", str(args.rounds), "--batch-size", str(args.batch_size), "--store-rate", str(args.store_rate),
         "--gpus-per-node", str(args.gpus_per_node), "--device", device, "--algorithm", algorithm,
+        "--bound", str(args.bound),
     ]
+    # the original algorithm with the original's ranking; ours with the CLI's default unless named
+    ranking = ranking or ("original" if algorithm == "original" else "")
+    cmd += ["--ranking", ranking] if ranking else []
     load = os.getloadavg()[0]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -80,8 +88,8 @@ def run_partition(data: Path, out: Path, args: argparse.Namespace, algorithm: st
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     lines = proc.stdout.strip().splitlines()
     cpu = float(lines[-2].split()[-1])
-    print(lines[-4], flush=True)
-    print(f"{algorithm}: {wall:.1f} s wall, {cpu:.1f} CPU s, load average {load:.2f} before the run", flush=True)
+    print(*lines[-5:-3], sep="\n", flush=True)
+    print(f"{variant}: {wall:.1f} s wall, {cpu:.1f} CPU s, load average {load:.2f} before the run", flush=True)
     peak_gb = int(lines[-1].split()[-1]) / 2**20
     summary = json.loads(out.with_suffix(".json").read_text())
     return {"summary": summary, "wall_s": wall, "cpu_s": cpu, "peak_rss_gb": peak_gb, "load_before": load}
@@ -124,15 +132,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         compile_s = None if args.skip_compile else compile_seconds(work)
-        for algorithm in algorithms:
-            results[algorithm] = run_partition(data, work / f"{algorithm}.npz", args, algorithm, args.device)
+        for variant in algorithms:
+            results[variant] = run_partition(data, work / f"{variant.replace(':', '_')}.npz", args, variant, args.device)
     first = results[algorithms[0]]["summary"]
     rows.append(row("random placement", first, "random", None, None, None))
     names = {"original": "original algorithm (reference.py)", "fast": f"ours ({args.device})"}
-    for algorithm in algorithms:
-        r = results[algorithm]
-        rows.append(row(names[algorithm], r["summary"], "partitioned", r["wall_s"], r["cpu_s"], r["peak_rss_gb"]))
-        rows.append(row(f"{names[algorithm]} + {100 * args.store_rate:g}% mirrors", r["summary"], "mirrors", None, None, None))
+    for variant in algorithms:
+        r = results[variant]
+        algorithm, _, ranking = variant.partition(":")
+        name = names[algorithm] + (f", {ranking} ranking (bound {args.bound})" if ranking else "")
+        rows.append(row(name, r["summary"], "partitioned", r["wall_s"], r["cpu_s"], r["peak_rss_gb"]))
+        rows.append(row(f"{name} + {100 * args.store_rate:g}% mirrors", r["summary"], "mirrors", None, None, None))
     machine = f"{platform.node()}, {os.cpu_count()} cores" + (f", {_gpu_name()}" if args.device == "cuda" else "")
     header = [
         f"`hetgmp partition` on {data} ({first['train_rows']:,} train samples, {first['num_ids']:,} ids), "
@@ -143,6 +153,11 @@ def main() -> None:
         "| placement | remote rows per batch | count | max imbalance samples / rows | seconds (wall, whole command; CPU = user + sys) | peak RSS GB |",
         "|---|---|---|---|---|---|",
     ]
+    if "original" in results:
+        base = results["original"]["summary"]["remote_rows_per_batch_with_mirrors"]["count"]
+        rows += ["", *(f"{v}: remote rows per batch with mirrors {r['summary']['remote_rows_per_batch_with_mirrors']['count'] / base:.3f}x "
+                       f"the original algorithm's; mirrors per part {r['summary']['mirrors_per_part']}"
+                       for v, r in results.items())]
     table = "\n".join(header + rows)
     print(table)
     if args.json:

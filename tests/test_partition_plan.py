@@ -38,7 +38,7 @@ def test_cli_end_to_end(dataset, tmp_path, capsys):
     assert "round 2/2: cost" in printed and "traffic matrix" in printed
     assert "remote rows per batch: random" in printed and "-> with 5% mirrors" in printed
     mirrors = [int(0.05 * (300 * 6 + 40 - rows)) for rows in json.loads(out.with_suffix(".json").read_text())["rows_per_part"]]
-    assert f"mirrors per part {min(mirrors):,}..{max(mirrors):,} of 1,840 ids (original ranking)" in printed
+    assert f"mirrors per part {min(mirrors):,}..{max(mirrors):,} of 1,840 ids (staleness ranking for bound 100)" in printed
     assert "plan: " in printed and "candidate lists" in printed
     summary = json.loads(out.with_suffix(".json").read_text())
     assert SUMMARY_KEYS <= summary.keys()

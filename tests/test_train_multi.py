@@ -90,7 +90,7 @@ def test_sharded_fast_step_trains_as_the_general_step_and_resumes_its_checkpoint
     fast = _hetgmp(*_train_argv(root, "fast", *flags, "--iter", "16", "--eval-every", "8", "--metrics", str(root / "fast.jsonl")))
     assert "step fast (--step auto, 2 workers, sharded; sharded fast step, eager on cpu" in fast.stdout
     # 100 ids, 50 owned by each worker: 5% of a 50-id list
-    assert "mirrors 2 / 2 rows per worker (0.05 of each candidate list)" in fast.stdout
+    assert "mirrors 2 / 2 rows per worker (0.05 of each candidate list, original ranking)" in fast.stdout
     _hetgmp(*_train_argv(root, "mixed", *flags, "--iter", "8", "--step", "general", "--metrics", str(root / "general.jsonl")))
     _hetgmp(*_train_argv(root, "mixed", *flags, "--iter", "16", "--resume", "--metrics", str(root / "resumed.jsonl")))
     fast_lines, general_lines = read_metrics(root / "fast.jsonl"), read_metrics(root / "general.jsonl")

@@ -33,9 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_flag(p, "--store-rate", type=float, default=0.01, help="fraction of each part's candidate list it mirrors (for the summary)")
     add_flag(p, "--device", choices=("cpu", "cuda"), default="cpu", help="cpu: numba on all cores; cuda: the same algorithm in PyTorch on a GPU")
     add_flag(p, "--algorithm", choices=("fast", "original"), default="fast", help="fast: batched parallel refinement; original: HET-GMP's sequential greedy moves")
-    add_flag(p, "--ranking", choices=("original", "staleness"), default="original",
-             help="mirror ranking: original (HET-GMP's priority) or staleness (fetches a mirror saves per step under --bound)")
-    add_flag(p, "--bound", type=int, default=100, help="the staleness bound the staleness ranking assumes (use the run's --bound)")
+    add_flag(p, "--ranking", choices=("staleness", "original"), default="staleness",
+             help="mirror ranking: staleness (the fetches a mirror saves per step under --bound; fewer rows fetched in "
+                  "training, BENCHMARKS.md) or original (HET-GMP's priority)")
+    add_flag(p, "--bound", type=int, default=100, help="the staleness bound the staleness ranking assumes: the --bound you train with")
     add_flag(p, "--compact-lists", action="store_true",
              help="store only the ids each part reads (hetgmp train rebuilds the rest; the original's script would mirror fewer rows)")
     add_flag(p, "--seed", type=int, default=0, help="seed of the random start")

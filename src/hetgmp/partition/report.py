@@ -65,8 +65,14 @@ def final_line(summary: dict) -> str:
     return (
         f"remote rows per batch: random {rand['fraction']:.1%} ({rand['count']:,.0f}) -> partitioned {part['fraction']:.1%} "
         f"({part['count']:,.0f}) ({drop:+.1%}) -> with {100 * summary['store_rate']:g}% mirrors {mirr['fraction']:.1%} ({mirr['count']:,.0f}); "
-        f"mirrors per part {_range(mirrors)} of {summary['num_ids']:,} ids ({summary['ranking']} ranking)"
+        f"mirrors per part {_range(mirrors)} of {summary['num_ids']:,} ids ({ranking_name(summary)})"
     )
+
+
+def ranking_name(meta: dict) -> str:
+    """"staleness ranking for bound 100" or "original ranking" (a plan without the key: the original's script)."""
+    ranking = meta.get("ranking", "original")
+    return f"staleness ranking for bound {meta['bound']}" if ranking == "staleness" else "original ranking"
 
 
 def _range(values: np.ndarray) -> str:

@@ -39,7 +39,7 @@ class PartitionConfig:
     seed: int = 0
     device: str = "cpu"  # "cpu": numba; "cuda" (or "torch-cpu" in tests): torch_refine
     algorithm: str = "fast"  # "fast" or "original"
-    ranking: str = "original"  # mirror ranking: "original" or "staleness" (priority.py)
+    ranking: str = "staleness"  # mirror ranking: "staleness" or "original" (priority.py)
     bound: int = 100  # the staleness bound the "staleness" ranking assumes
     compact_lists: bool = False  # store each list's read ids only (plan.py)
     refine: refine.RefineConfig = field(default_factory=refine.RefineConfig)

@@ -96,16 +96,8 @@ def describe(run: Run, start: int) -> str:
     return (
         f"training {cfg.model} d={cfg.embed_dim} on {cfg.data}: {ctx.world_size} worker(s) on {ctx.device.type}, "
         f"batch {cfg.batch_size}/worker, {run.total_steps} steps ({run.steps_per_epoch}/epoch), "
-        f"placement {run.plan_id}, {_mirrors(run)}, bound {cfg.bound}, {where}; {run.step_note}"
+        f"placement {run.plan_id}, {run.mirrors_note}, bound {cfg.bound}, {where}; {run.step_note}"
     )
-
-
-def _mirrors(run: Run) -> str:
-    """How many rows each worker mirrors, e.g. "mirrors 5,120 / 5,087 rows per worker (1% of each list)"."""
-    counts = run.mirrors_per_worker
-    if not any(counts):
-        return "no mirrors"
-    return f"mirrors {' / '.join(f'{c:,}' for c in counts)} rows per worker ({run.cfg.store_rate:g} of each candidate list)"
 
 
 def train_loop(run: Run, start: int, log: RunLog) -> dict[str, Any]:

@@ -48,7 +48,7 @@ class Run:
     fast: FastStep | ShardedFastStep | None  # the fast step (train/fast.py, train/sharded_fast.py), which owns
                                              # dense_opt; None: the general step
     step_note: str  # which step trains and why, for the start-up line
-    mirrors_per_worker: list[int]  # rows each worker mirrors (all 0 without a plan)
+    mirrors_note: str  # how many rows each worker mirrors, ranked how, for the start-up line
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """What a checkpoint of this run records about itself (see checkpoint.MUST_MATCH)."""
@@ -80,6 +80,19 @@ def build_placement(cfg: TrainConfig, plan, num_ids: int, ctx: DistContext) -> t
     if ctx.world_size == 1:
         return None, "single"
     return Placement.random(num_ids, ctx.world_size, cfg.seed), f"random(seed={cfg.seed})"
+
+
+def describe_mirrors(cfg: TrainConfig, plan, placement: Placement | None) -> str:
+    """e.g. "mirrors 5,120 / 5,087 rows per worker (0.01 of each candidate list, staleness ranking for bound 100)"."""
+    counts = [len(m) for m in placement.mirrors] if placement is not None else []
+    if not any(counts):
+        return "no mirrors"
+    from hetgmp.partition.report import ranking_name
+
+    note = f"mirrors {' / '.join(f'{c:,}' for c in counts)} rows per worker ({cfg.store_rate:g} of each candidate list, {ranking_name(plan.meta)}"
+    if plan.meta.get("ranking") == "staleness" and plan.meta.get("bound") != cfg.bound:
+        note += f"; this run's bound is {cfg.bound}: `hetgmp partition --bound {cfg.bound}` ranks for it"
+    return note + ")"
 
 
 def build_dense_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -147,5 +160,5 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
         how = describe_fast_step(fast) if fast else None
     dense_opt = fast.optimizer if fast else build_dense_optimizer(cfg, list(model.parameters()))
     note = f"step {step_kind} ({why}" + (f"; {how})" if how else ")")
-    mirrors = [len(m) for m in placement.mirrors] if placement is not None else [0]
-    return Run(cfg, ctx, dataset, model, emb, dense_opt, stream, eval_batches, per_epoch, total, plan_id, fast, note, mirrors)
+    return Run(cfg, ctx, dataset, model, emb, dense_opt, stream, eval_batches, per_epoch, total, plan_id, fast, note,
+               describe_mirrors(cfg, plan, placement))
