@@ -91,7 +91,8 @@ class CsvFile:
         if self.options.column_names:
             return list(self.options.column_names)
         read = pacsv.ReadOptions(autogenerate_column_names=not self.options.header, block_size=1 << 20)
-        parse = pacsv.ParseOptions(delimiter=self.delimiter, quote_char='"')
+        # Wrong-width rows are the batch reader's to report, with their line.
+        parse = pacsv.ParseOptions(delimiter=self.delimiter, quote_char='"', invalid_row_handler=lambda row: "skip")
         with open_text(self.path) as source, contextlib.closing(pacsv.open_csv(source.stream, read_options=read, parse_options=parse)) as reader:
             try:
                 return reader.schema.names
