@@ -135,7 +135,8 @@ class ParquetFile:
     def batches(self, used: list[str], on_rows: Callable[[int], None]) -> Iterator[Batch]:
         start = 0
         for fragment in self.dataset.get_fragments():
-            for batch in fragment.to_batches(columns=used, batch_size=self.batch_rows, use_threads=True):
+            # Little read-ahead: the reading is cheaper than the encoding, and each batch held ahead costs memory.
+            for batch in fragment.to_batches(columns=used, batch_size=self.batch_rows, batch_readahead=2, fragment_readahead=1, use_threads=True):
                 first = start
                 yield Batch(batch, lambda i, first=first: f"row {first + i + 1} of {self.path}")
                 start += batch.num_rows
