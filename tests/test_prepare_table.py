@@ -203,6 +203,7 @@ def cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hetgmp.cli", *args], capture_output=True, text=True, env=ENV, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_one_hot_table_trains_and_a_multi_hot_one_is_refused(tmp_path):
     rows = make_rows(3000, seed=2)
     write_csv(tmp_path / "a.csv", rows)

@@ -53,23 +53,23 @@ def _hash_flags(items: list[str]) -> tuple[int | None, dict[str, int]]:
 
 def register_table(datasets: argparse._SubParsersAction, add_common_flags: Callable[[argparse.ArgumentParser], None]) -> None:
     p = new_parser(datasets, "table", "prepare your own CSV/TSV or Parquet files", DESCRIPTION)
-    add_flag(p, "--input", "-i", required=True, type=Path, nargs="+", help="CSV/TSV (.gz too) or Parquet files, or folders of them, read in this order")
-    add_flag(p, "--label", required=True, help="the 0/1 label column")
-    add_flag(p, "--dense", default=None, help="comma-separated numeric columns (missing is 0)")
-    add_flag(p, "--sparse", default=None, help="comma-separated categorical columns, one value a row (default: every column not named elsewhere)")
-    add_flag(p, "--multi-hot", default=None, help="comma-separated bag columns: Parquet lists, or strings of values joined by --list-delimiter")
+    add_flag(p, "--input", "-i", required=True, type=Path, nargs="+", metavar="FILE", help="CSV/TSV (.gz too) or Parquet files, or folders of them, read in this order")
+    add_flag(p, "--label", required=True, metavar="COL", help="the 0/1 label column")
+    add_flag(p, "--dense", default=None, metavar="COLS", help="comma-separated numeric columns (missing is 0)")
+    add_flag(p, "--sparse", default=None, metavar="COLS", help="comma-separated categorical columns, one value a row; None: every column not named elsewhere")
+    add_flag(p, "--multi-hot", default=None, metavar="COLS", help="comma-separated bag columns: Parquet lists, or strings of values joined by --list-delimiter")
     add_flag(p, "--bag-size", action="append", default=[], metavar="COL=K",
              help="bag size of a multi-hot column (longer bags keep their first K values); default: the column's largest bag")
     add_flag(p, "--list-delimiter", default="|", help="what joins the values of a multi-hot string column")
     add_flag(p, "--hash-buckets", action="append", default=[], metavar="N|COL=N",
              help="hash values into N buckets instead of label-encoding them, for every categorical column (N) or one (COL=N)")
-    add_flag(p, "--min-count", type=int, default=1, help="values seen fewer than K times share one rare id per field (1: keep all)")
+    add_flag(p, "--min-count", type=int, default=1, metavar="K", help="values seen fewer than K times share one rare id per field (1: keep all)")
     add_flag(p, "--dense-transform", default="criteo", choices=("criteo", "log", "none"),
              help="criteo: log(x+1) if x > -1 else -1; log: sign(x) log(1+|x|); none: as is")
     add_flag(p, "--format", default="auto", choices=("auto", "csv", "parquet"), help="input format (auto: Parquet for .parquet/.pq/.parq names)")
     add_flag(p, "--delimiter", default=None, help="CSV field delimiter (default: tab for .tsv/.tab names, else comma); \\t for tab")
     add_flag(p, "--no-header", action="store_true", help="CSV files have no header line (columns are f0, f1, ... unless --column-names)")
-    add_flag(p, "--column-names", default=None, help="comma-separated names of the CSV columns, for files without a header line")
+    add_flag(p, "--column-names", default=None, metavar="NAMES", help="comma-separated names of the CSV columns, for files without a header line")
     add_common_flags(p)
     p.set_defaults(run=run)
 

@@ -35,8 +35,11 @@ ROLE_TYPES = {
 }
 
 
+_is_string_view = getattr(pa.types, "is_string_view", lambda t: False)  # pyarrow >= 16
+
+
 def _is_text(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or _is_string_view(t)
 
 
 def _is_category(t: pa.DataType) -> bool:
