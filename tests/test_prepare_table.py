@@ -219,3 +219,24 @@ def test_one_hot_table_trains_and_a_multi_hot_one_is_refused(tmp_path):
     assert bags.returncode == 0, bags.stderr
     refused = cli("train", "--data", str(tmp_path / "bags"), "--iter", "1", "--device", "cpu", "--no-progress")
     assert refused.returncode == 2 and "holds multi-hot bags" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_parquet_types_encode_like_their_strings(tmp_path):
+    """Dictionary, large-string, unsigned and boolean columns give the ids of the same values as text."""
+    rows = make_rows(120, seed=5)
+    base = parquet_table(rows)
+    pq.write_table(base, tmp_path / "plain.parquet")
+    users = base.column("user").combine_chunks()
+    typed = pa.table({
+        "click": pa.array([bool(r["click"]) for r in rows]),
+        "price": pa.array([None if r["price"] is None else str(r["price"]) for r in rows]),
+        "user": users.dictionary_encode(),
+        "item": pa.array([None if r["item"] is None else str(r["item"]) for r in rows], pa.large_string()),
+        "tags": pa.array([r["tags"] for r in rows], pa.large_list(pa.string())),
+    })
+    pq.write_table(typed, tmp_path / "typed.parquet")
+    plain, other = (load_dataset(prepare([tmp_path / f"{n}.parquet"], tmp_path / n)) for n in ("plain", "typed"))
+    for split in ("train", "test"):
+        for kind in ("sparse", "dense", "labels"):
+            np.testing.assert_array_equal(getattr(getattr(plain, split), kind), getattr(getattr(other, split), kind))
+    assert load_vocab(tmp_path / "plain")["item"].tolist() == load_vocab(tmp_path / "typed")["item"].tolist()
