@@ -240,3 +240,18 @@ def test_parquet_types_encode_like_their_strings(tmp_path):
         for kind in ("sparse", "dense", "labels"):
             np.testing.assert_array_equal(getattr(getattr(plain, split), kind), getattr(getattr(other, split), kind))
     assert load_vocab(tmp_path / "plain")["item"].tolist() == load_vocab(tmp_path / "typed")["item"].tolist()
+
+
+@pytest.mark.parametrize("transform, expected", [
+    ("criteo", [math.log(3.5), 0.0, -1.0, math.log(1e6 + 1)]),
+    ("log", [math.log(3.5), 0.0, -math.log(6), math.log(1e6 + 1)]),
+    ("none", [2.5, 0.0, -5.0, 1e6]),
+])
+def test_dense_transforms_and_a_quoted_delimiter(tmp_path, transform, expected):
+    (tmp_path / "a.txt").write_text('click;x;city\n1;2.5;"Paris; France"\n0;;Rome\n1;-5;Rome\n0;1e6;\n')
+    prepare([tmp_path / "a.txt"], tmp_path / "ds", dense=("x",), sparse=("city",), multi_hot=(), dense_transform=transform,
+            csv=CsvOptions(delimiter=";"))
+    ds = load_dataset(tmp_path / "ds")
+    order = shuffled_order(4, 3)
+    np.testing.assert_allclose(np.concatenate([ds.train.dense, ds.test.dense])[:, 0], np.array(expected, np.float32)[order], rtol=1e-6)
+    assert load_vocab(tmp_path / "ds")["city"].tolist() == [b"-1", "Paris; France".encode(), b"Rome"]

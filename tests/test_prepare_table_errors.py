@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hetgmp.cli import main
+from hetgmp.data.arrays import load_dataset
 from test_prepare_table import ENV, make_rows, parquet_table, write_csv
 
 
@@ -51,7 +52,7 @@ def test_bad_flags_and_columns(tmp_path, capsys, csv, flags, message):
 
 
 def test_csv_label_not_0_or_1_names_line_and_value(tmp_path, capsys):
-    text = "click,user\n1,a\n0,b\n" + "1,c\n" * 3000 + "yes,d\n"
+    text = "click,user\n1,a\n0,b\n" + "1,c\n" * 3000 + "yes,d\n2.0,e\n"
     (tmp_path / "a.csv").write_text(text)
     err = run(tmp_path, capsys, "--input", str(tmp_path / "a.csv"), "--label", "click", "--block-size", "4096")
     assert f"line 3004 of {tmp_path / 'a.csv'}: label column click is 'yes'; labels must be 0 or 1" in err
@@ -99,3 +100,13 @@ def test_cli_exit_2_without_traceback_and_existing_output_kept(tmp_path, csv):
     done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr and "--hash-buckets is 0" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "ds"] and (tmp_path / "ds" / "keep.txt").read_text() == "mine"
+
+
+def test_text_labels_may_be_written_as_floats(tmp_path, capsys):
+    (tmp_path / "a.csv").write_text("click,user\n1.0,a\n0.0,b\n1,c\n0,d\n")
+    assert main(["prepare", "table", "-i", str(tmp_path / "a.csv"), "--label", "click", "-o", str(tmp_path / "ok"), "--no-progress"]) == 0
+    ds = load_dataset(tmp_path / "ok")
+    assert sorted([*ds.train.labels, *ds.test.labels]) == [0, 0, 1, 1]
+    (tmp_path / "b.csv").write_text("click,user\n1.0,a\n2.0,b\n")
+    err = run(tmp_path, capsys, "--input", str(tmp_path / "b.csv"), "--label", "click")
+    assert f"line 3 of {tmp_path / 'b.csv'}: label column click is '2.0'" in err

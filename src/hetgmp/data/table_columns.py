@@ -74,16 +74,24 @@ def as_strings(column: pa.Array) -> pa.Array:
     return column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
 
 
+def _zero_one(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ok = (values == 0) | (values == 1)
+    return np.where(ok, values, 0).astype(np.int8), ok
+
+
 def labels(column: pa.Array, name: str, where: Where) -> np.ndarray:
-    """0/1 labels as int8; anything else (missing included) is an error naming the row and value."""
+    """0/1 labels as int8 ("1.0" in text too); anything else, missing included, is an error naming the row and value."""
     if _is_text(column.type):
         out = np.empty(len(column), np.int8)
         ok = np.empty(len(column), np.bool_)
-        kernels.parse_labels(*string_buffers(as_strings(column)), out, ok)
+        kernels.parse_labels(*string_buffers(as_strings(column)), out, ok)  # "0" and "1", the common case
+        if not ok.all():
+            try:
+                out, ok = _zero_one(pc.cast(_empty_as_null(column), pa.float64()).to_numpy(zero_copy_only=False))
+            except pa.ArrowInvalid:
+                pass  # not numbers: the kernel's verdict stands
     else:
-        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-        ok = (values == 0) | (values == 1)
-        out = np.where(ok, values, 0).astype(np.int8)
+        out, ok = _zero_one(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False))
     if not ok.all():
         row = int(np.argmin(ok))
         raise HetGMPError(f"{where(row)}: label column {name} is {column[row].as_py()!r}; labels must be 0 or 1 (clicks): "
@@ -91,11 +99,15 @@ def labels(column: pa.Array, name: str, where: Where) -> np.ndarray:
     return out
 
 
+def _empty_as_null(column: pa.Array) -> pa.Array:
+    column = as_strings(column)
+    return pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+
+
 def _numbers(column: pa.Array, name: str, where: Where) -> np.ndarray:
     """float64 values, NaN for missing; text is parsed ("" is missing)."""
     if _is_text(column.type):
-        column = as_strings(column)
-        column = pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+        column = _empty_as_null(column)
         try:
             column = pc.cast(column, pa.float64())
         except pa.ArrowInvalid:
