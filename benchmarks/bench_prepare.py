@@ -69,8 +69,13 @@ def _tar_gzipped(text: Path) -> Path:
 
 def run_prepare(source: Path, output: Path, rows: int) -> dict[str, float]:
     """One `hetgmp prepare criteo` in a child; its wall time, CPU time and peak RSS."""
-    load_before = os.getloadavg()[0]
     cmd = [sys.executable, "-m", "hetgmp.cli", "prepare", "criteo", "--input", str(source), "--output", str(output), "--force", "--no-progress"]
+    return time_child(cmd, source, rows)
+
+
+def time_child(cmd: list[str], source: Path, rows: int) -> dict[str, float]:
+    """Run `cmd` in a child process; its wall time, CPU time, rows/s and peak RSS (from os.wait4)."""
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     child = subprocess.Popen(cmd)
     _, status, usage = os.wait4(child.pid, 0)

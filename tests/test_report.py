@@ -84,3 +84,17 @@ def test_missing_inputs_are_clear_errors(tmp_path, capsys):
     assert "holds no metrics.jsonl" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nope.jsonl")]) == 2
     assert "nope.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_report_takes_any_metrics_file_name(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    _write(run / "wdl-criteo.jsonl", [_train(1, 0.69), _train(2, 0.6)])
+    assert main(["report", str(run)]) == 0  # the folder's only .jsonl file
+    assert (run / "wdl-criteo_report.png").is_file()
+    _write(tmp_path / "metrics.log", [_train(1, 0.69)])
+    assert main(["report", str(tmp_path / "metrics.log"), "-o", str(tmp_path / "log.png")]) == 0
+    _write(run / "dcn.jsonl", [_train(1, 0.7)])
+    capsys.readouterr()
+    assert main(["report", str(run)]) == 2
+    assert "holds several .jsonl files (dcn.jsonl, wdl-criteo.jsonl): pass the metrics file itself" in capsys.readouterr().err

@@ -39,13 +39,20 @@ class Metrics:
 
 
 def metrics_path(run: str | Path) -> Path:
-    """RUN_DIR/metrics.jsonl for a directory, the file itself for a .jsonl path."""
+    """The metrics file of a run: a file path as given (any name), or in a directory its
+    metrics.jsonl, else its only .jsonl file (`hetgmp train --metrics DIR/NAME.jsonl`)."""
     run = Path(run)
-    path = run / METRICS_FILE if run.is_dir() else run
-    if not path.is_file():
-        hint = f"{run} holds no {METRICS_FILE}" if run.is_dir() else f"{run} does not exist"
-        raise HetGMPError(f"{hint}: pass a run directory holding {METRICS_FILE} or the file written by `hetgmp train --metrics FILE`")
-    return path
+    if run.is_file():
+        return run
+    if not run.is_dir():
+        raise HetGMPError(f"{run} does not exist: pass a run directory or the file written by `hetgmp train --metrics FILE`")
+    if (run / METRICS_FILE).is_file():
+        return run / METRICS_FILE
+    candidates = sorted(p for p in run.glob("*.jsonl") if p.is_file())
+    if len(candidates) == 1:
+        return candidates[0]
+    found = f"holds several .jsonl files ({', '.join(p.name for p in candidates)})" if candidates else f"holds no {METRICS_FILE} nor any other .jsonl file"
+    raise HetGMPError(f"{run} {found}: pass the metrics file itself, the one written by `hetgmp train --metrics FILE`")
 
 
 def _parse_line(path: Path, number: int, text: str) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""`hetgmp prepare criteo|avazu`: raw download -> dataset directory."""
+"""`hetgmp prepare criteo|avazu|table`: raw download or a user's own files -> dataset directory."""
 
 from __future__ import annotations
 
@@ -14,20 +14,27 @@ INPUTS = {
 }
 
 
+def _add_common_flags(p: argparse.ArgumentParser) -> None:
+    add_flag(p, "--output", "-o", required=True, type=Path, help="dataset directory to create (six .npy arrays, vocab.npz, meta.json)")
+    add_flag(p, "--seed", type=int, default=0, help="seed of the row shuffle, recorded in meta.json")
+    add_flag(p, "--val-fraction", type=float, default=0.1, help="fraction of rows, last in the shuffled order, kept as the test split")
+    add_flag(p, "--force", action="store_true", help="replace --output if it exists (only once the new one is complete)")
+    add_flag(p, "--block-size", type=int, default=4 << 20, help="bytes of text parsed per batch; up to 32 blocks are buffered ahead")
+    add_flag(p, "--no-progress", action="store_true", help="hide the progress bars (on stderr)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = new_parser(sub, "prepare", "turn a raw CTR download into the dataset arrays (sorted label encoding, seeded split)")
+    parser = new_parser(sub, "prepare", "turn a raw CTR download or your own table into the dataset arrays (sorted label encoding, seeded split)")
     datasets = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     for name, inputs in INPUTS.items():
         p = new_parser(datasets, name, f"Prepare {name.capitalize()} from {inputs}.")
         add_flag(p, "--input", "-i", required=True, type=Path, help=f"the raw file: {inputs}")
-        add_flag(p, "--output", "-o", required=True, type=Path, help="dataset directory to create (six .npy arrays, vocab.npz, meta.json)")
-        add_flag(p, "--seed", type=int, default=0, help="seed of the row shuffle, recorded in meta.json")
-        add_flag(p, "--val-fraction", type=float, default=0.1, help="fraction of rows, last in the shuffled order, kept as the test split")
+        _add_common_flags(p)
         add_flag(p, "--skip-bad-rows", action="store_true", help="skip malformed rows (counted in meta.json) instead of stopping at the first")
-        add_flag(p, "--force", action="store_true", help="replace --output if it exists (only once the new one is complete)")
-        add_flag(p, "--block-size", type=int, default=4 << 20, help="bytes of text parsed per batch; up to 32 blocks are buffered ahead")
-        add_flag(p, "--no-progress", action="store_true", help="hide the progress bars (on stderr)")
         p.set_defaults(run=run)
+    from hetgmp.commands.prepare_table import register_table
+
+    register_table(datasets, _add_common_flags)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,11 +13,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "report",
         help="plot a run's loss, AUC and samples/s from its metrics file",
         description=(
-            "Read RUN_DIR/metrics.jsonl (or the .jsonl file given), write a PNG with train loss and "
+            "Read the metrics file given (any name), or RUN_DIR/metrics.jsonl (else the one .jsonl file in RUN_DIR), write a PNG with train loss and "
             "validation AUC against steps and samples and samples/s against steps, and print a summary."
         ),
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="directory holding metrics.jsonl, or the metrics .jsonl file itself")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the metrics file (any name), or a directory holding metrics.jsonl or a single other .jsonl file")
     add_flag(parser, "--output", "-o", default=None, help="PNG to write (default: report.png beside the metrics file)")
     parser.set_defaults(run=run)
 

@@ -3,7 +3,8 @@
 Layout of DIR (N train rows, M test rows, F sparse fields, I dense features):
 
     train_dense_feats.npy   float32 (N, I)   log-transformed; (N, 0) when there are none
-    train_sparse_feats.npy  int32   (N, F)   global ids (int64 when num_ids >= 2**31)
+    train_sparse_feats.npy  int32   (N, F)   global ids (int64 when num_ids >= 2**31); (N, sum(bag_sizes))
+                                             for multi-hot data, each field's bag in its own columns
     train_labels.npy        float32 (N,)     0.0 or 1.0
     test_*                  the same with M rows
     meta.json               {"fields": [...], "offsets": [...], "num_ids": E,
@@ -64,6 +65,29 @@ class DatasetMeta:
     @property
     def num_fields(self) -> int:
         return len(self.fields)
+
+    @property
+    def bag_sizes(self) -> list[int]:
+        """Ids per row of each field: meta.json's "bag_sizes", all 1 when absent (one-hot)."""
+        sizes = self.extra.get("bag_sizes")
+        if sizes is None:
+            return [1] * self.num_fields
+        if len(sizes) != self.num_fields or not all(isinstance(k, int) and k >= 1 for k in sizes):
+            raise HetGMPError(f"meta.json's bag_sizes {sizes} must hold one integer >= 1 for each of the {self.num_fields} fields: re-run `hetgmp prepare`")
+        return list(sizes)
+
+    @property
+    def id_columns(self) -> int:
+        """Columns of the sparse arrays: sum(bag_sizes), field by field."""
+        return sum(self.bag_sizes)
+
+    def require_one_hot(self, directory: str | Path, command: str) -> None:
+        """Refuse multi-hot bags where `command` takes one id per field."""
+        if self.id_columns != self.num_fields:
+            raise HetGMPError(
+                f"{directory} holds multi-hot bags (meta.json bag_sizes {self.bag_sizes}), and {command} takes one id per field: "
+                "prepare the data without --multi-hot (or with --bag-size COL=1 for each bag column)"
+            )
 
     def id_dtype(self) -> np.dtype:
         return np.dtype(np.int32) if self.num_ids < 2**31 else np.dtype(np.int64)
@@ -133,7 +157,7 @@ def _check_split(directory: Path, split: str, s: Split, meta: DatasetMeta, rows:
     if s.labels.ndim == 2 and s.labels.shape[1] == 1:
         s.labels = s.labels[:, 0]
     checks = [
-        (s.sparse.ndim == 2 and s.sparse.shape == (rows, meta.num_fields), name("sparse"), f"shape ({rows}, {meta.num_fields})", s.sparse.shape),
+        (s.sparse.ndim == 2 and s.sparse.shape == (rows, meta.id_columns), name("sparse"), f"shape ({rows}, {meta.id_columns})", s.sparse.shape),
         (s.dense.ndim == 2 and s.dense.shape[0] == rows, name("dense"), f"{rows} rows", s.dense.shape),
         (s.labels.ndim == 1 and s.labels.shape[0] == rows, name("labels"), f"shape ({rows},)", s.labels.shape),
         (np.issubdtype(s.sparse.dtype, np.integer), name("sparse"), "an integer dtype", s.sparse.dtype),

@@ -79,9 +79,12 @@ class BucketFiles:
         for f in self._files:
             f.close()
 
+    def read(self, bucket: int) -> np.ndarray:
+        """One bucket's records (after `close`), its file kept."""
+        return np.fromfile(self.path(bucket), self.dtype)
+
     def take(self, bucket: int) -> np.ndarray:
         """Read one bucket's records and delete its file (the disk it held is freed as we go)."""
-        path = self.path(bucket)
-        records = np.fromfile(path, self.dtype)
-        path.unlink()
+        records = self.read(bucket)
+        self.path(bucket).unlink()
         return records

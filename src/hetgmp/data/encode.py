@@ -27,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -138,7 +139,7 @@ class _Pass1:
         self._check_invalid(math.inf)
 
 
-def _bar(progress: bool, **kwargs) -> tqdm:
+def progress_bar(progress: bool, **kwargs) -> tqdm:
     return tqdm(file=sys.stderr, disable=not progress, dynamic_ncols=True, mininterval=0.5, **kwargs)
 
 
@@ -149,7 +150,7 @@ def _run_pass1(layout: TableLayout, config: PrepareConfig, work: Path) -> tuple[
         buckets = BucketFiles(work, dtype)
         pass1 = _Pass1(layout, config, reader, buckets)
         start = time.perf_counter()
-        with _bar(config.progress, total=source.total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=f"{layout.dataset} 1/2 read") as bar:
+        with progress_bar(config.progress, total=source.total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=f"{layout.dataset} 1/2 read") as bar:
             try:
                 for batch in reader:
                     pass1.process(batch)
@@ -169,20 +170,29 @@ def split_sizes(rows: int, val_fraction: float) -> tuple[int, int]:
     return rows - test, test
 
 
+def write_shuffled(buckets: BucketFiles, writer: SplitWriter, encode: Callable[[np.ndarray], np.ndarray], seed: int, bar: tqdm) -> None:
+    """Pass 2: each bucket in turn, permuted by (seed, bucket), its keys encoded to ids and appended."""
+    with bar:
+        for b in range(BUCKETS):
+            records = buckets.take(b)
+            records = records[bucket_permutation(seed, b, len(records))]
+            writer.write(records["dense"], encode(records["keys"]), records["label"])
+            bar.update(len(records))
+
+
 def _run_pass2(pass1: _Pass1, buckets: BucketFiles, meta: DatasetMeta, writer: SplitWriter, config: PrepareConfig) -> None:
     offsets = meta.offsets
     id_dtype = meta.id_dtype()
-    bar = _bar(config.progress, total=int(buckets.counts.sum()), unit="rows", unit_scale=True, desc=f"{meta.extra['dataset']} 2/2 write")
-    with bar, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        for b in range(BUCKETS):
-            records = buckets.take(b)
-            records = records[bucket_permutation(config.seed, b, len(records))]
-            sparse = np.empty((len(records), len(pass1.vocabs)), id_dtype)
-            keys = records["keys"]
+    bar = progress_bar(config.progress, total=int(buckets.counts.sum()), unit="rows", unit_scale=True, desc=f"{meta.extra['dataset']} 2/2 write")
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+
+        def encode(keys: np.ndarray) -> np.ndarray:
+            sparse = np.empty((len(keys), len(pass1.vocabs)), id_dtype)
             # The lookups release the GIL, so fields go to all cores.
             list(pool.map(lambda f: pass1.vocabs[f].encode(keys[:, f], offsets[f], sparse[:, f]), range(len(offsets))))
-            writer.write(records["dense"], sparse, records["label"])
-            bar.update(len(records))
+            return sparse
+
+        write_shuffled(buckets, writer, encode, config.seed, bar)
 
 
 def _meta(layout: TableLayout, config: PrepareConfig, pass1: _Pass1) -> DatasetMeta:
@@ -211,22 +221,25 @@ def _first_invalid(reader: BatchReader) -> tuple[int, str] | None:
     return (reader.invalid_texts[0][0], message) if message else None
 
 
-def _check_config(config: PrepareConfig) -> None:
+def check_config(config: PrepareConfig) -> None:
     if not 0.0 <= config.val_fraction < 1.0:
         raise HetGMPError(f"--val-fraction is {config.val_fraction}; it must be in [0, 1), e.g. 0.1 for the last 10% as test split")
     if config.block_size < 1024:
         raise HetGMPError(f"--block-size is {config.block_size} bytes; give at least 1024 (a block must hold whole rows; the default is 4 MiB)")
     if config.seed < 0:
         raise HetGMPError(f"--seed is {config.seed}; it must be a non-negative integer")
-    output = Path(config.output).resolve()
-    if output in Path(config.input).resolve().parents:
-        # --force replaces the whole output directory, which would delete the input with it.
-        raise HetGMPError(f"--input {config.input} lies inside --output {config.output}: write the arrays to another directory")
+    check_outside_output(config.input, config.output)
+
+
+def check_outside_output(input: Path, output: Path) -> None:
+    # --force replaces the whole output directory, which would delete the input with it.
+    if Path(output).resolve() in Path(input).resolve().parents:
+        raise HetGMPError(f"--input {input} lies inside --output {output}: write the arrays to another directory")
 
 
 def prepare_table(layout: TableLayout, config: PrepareConfig) -> DatasetMeta:
     """Turn `config.input` into the dataset directory `config.output`; return its metadata."""
-    _check_config(config)
+    check_config(config)
     start = time.perf_counter()
     with atomic_directory(config.output, force=config.force) as tmp:
         work = tmp / ".work"

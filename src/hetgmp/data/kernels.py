@@ -130,3 +130,26 @@ def lookup_sorted(table, index, shift, keys, base, out):
             else:
                 hi = mid
         out[i] = base + lo
+
+
+FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+FNV_PRIME = np.uint64(0x100000001B3)
+MISSING_BYTES = np.frombuffer(b"-1", np.uint8)  # what an empty value hashes as
+
+
+@njit(nogil=True, cache=True)
+def hash_buckets(offsets, data, buckets, missing, out):
+    """out[i] = FNV-1a 64 of value i's UTF-8 bytes mod buckets; an empty value hashes as b"-1".
+
+    Stable across runs and machines (no per-process seed), so rows encoded
+    later land in the same buckets. Example: FNV-1a 64 of b"a" is
+    0xAF63DC4C8601EC8C, so with 10 buckets "a" -> 0xAF63DC4C8601EC8C % 10 = 6.
+    """
+    for i in range(out.shape[0]):
+        start = offsets[i]
+        end = offsets[i + 1]
+        value = data[start:end] if end > start else missing
+        h = FNV_OFFSET
+        for c in value:
+            h = (h ^ np.uint64(c)) * FNV_PRIME
+        out[i] = np.int64(h % np.uint64(buckets))

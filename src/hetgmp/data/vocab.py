@@ -27,6 +27,7 @@ is the raw string vocab[name][j].decode(). `decode_ids` does it for global ids.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +123,7 @@ class FieldVocab:
 
     def _string_keys(self, column: pa.Array) -> np.ndarray:
         assert self.strings is not None
-        encoded = pc.dictionary_encode(column)
+        encoded = pc.dictionary_encode(column, null_encoding="encode")  # a null is the missing value
         index = self.strings
         distinct = encoded.dictionary.to_pylist()
         p = np.array([index.setdefault(v or MISSING, len(index)) for v in distinct], np.int64)
@@ -170,7 +171,12 @@ def string_buffers(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def save_vocab(directory: Path, vocab: dict[str, np.ndarray]) -> None:
-    np.savez(Path(directory) / VOCAB_FILE, **vocab)
+    """An .npz of one array per field, written member by member: np.savez(**vocab) would take a
+    field named "file" or "allow_pickle" for its own argument."""
+    with zipfile.ZipFile(Path(directory) / VOCAB_FILE, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, values in vocab.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(values), allow_pickle=False)
 
 
 def load_vocab(directory: str | Path) -> dict[str, np.ndarray]:

@@ -35,7 +35,7 @@ from hetgmp.errors import HetGMPError
 from hetgmp.train.config import TrainConfig
 
 # May differ between workers: where files are on each node, and how it was launched.
-LOCAL_FIELDS = ("data", "partition", "output", "metrics", "checkpoint_dir", "nproc", "progress")
+LOCAL_FIELDS = ("data", "partition", "output", "metrics", "tensorboard", "checkpoint_dir", "nproc", "progress")
 
 
 def run_settings(cfg: TrainConfig) -> dict[str, Any]:

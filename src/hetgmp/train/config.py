@@ -30,6 +30,7 @@ from typing import Any
 
 from hetgmp.cliflags import add_flag
 from hetgmp.errors import HetGMPError
+from hetgmp.train.tensorboard import require_tensorboard
 
 DENSE_OPTIMIZERS = ("sgd", "adam", "adagrad")
 SPARSE_OPTIMIZERS = ("sgd", "rowwise_adagrad")
@@ -62,6 +63,7 @@ class TrainConfig:
     log_every: int = _f(100, "steps between TRAIN lines")
     output: str | None = _f(None, "log file receiving the TRAIN/EVAL lines")
     metrics: str | None = _f(None, "JSONL metrics file (one object per TRAIN/EVAL line)")
+    tensorboard: str | None = _f(None, "directory for TensorBoard event files of the --metrics scalars (needs tensorboard: pip install 'hetgmp[tensorboard]')")
     checkpoint_dir: str | None = _f(None, "directory for checkpoints (step-NNNNNN/ folders and a `latest` pointer)")
     checkpoint_every: int = _f(0, "steps between checkpoints (0: only at the end)")
     resume: bool = _f(False, "continue from the latest complete checkpoint in --checkpoint-dir")
@@ -99,6 +101,8 @@ class TrainConfig:
             raise HetGMPError(f"--store-rate is a fraction in [0, 1], got {self.store_rate}")
         if self.resume and not self.checkpoint_dir:
             raise HetGMPError("--resume needs --checkpoint-dir DIR (the directory the interrupted run saved to)")
+        if self.tensorboard:
+            require_tensorboard()
         self.choose_step(self.nproc)
 
     def fast_step_obstacle(self, world_size: int) -> str | None:

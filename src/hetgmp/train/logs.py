@@ -1,4 +1,4 @@
-"""What a training run reports: TRAIN/EVAL lines, a progress bar, a log file, a JSONL metrics file.
+"""What a training run reports: TRAIN/EVAL lines, a progress bar, a log file, a JSONL metrics file, TensorBoard scalars.
 
 Only rank 0 reports; every other rank gets a silent RunLog. Lines look like
 
@@ -26,15 +26,19 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from hetgmp.train.tensorboard import TensorBoardScalars
+
 
 class RunLog:
     """Rank 0's reporter; `enabled=False` makes every method a no-op."""
 
-    def __init__(self, enabled: bool, log_path: str | None, metrics_path: str | None, total_steps: int, start_step: int, progress: bool):
+    def __init__(self, enabled: bool, log_path: str | None, metrics_path: str | None, total_steps: int, start_step: int, progress: bool,
+                 tensorboard: str | None = None):
         self.enabled = enabled
         self._files: list[TextIO] = []
         self._log = self._open(log_path) if enabled else None
         self._metrics = self._open(metrics_path) if enabled else None
+        self._board = TensorBoardScalars(tensorboard) if enabled and tensorboard else None
         self._bar = None
         if enabled and progress:
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
@@ -89,6 +93,8 @@ class RunLog:
     def _write_metrics(self, record: dict[str, Any]) -> None:
         if self._metrics:
             self._metrics.write(json.dumps(record) + "\n")
+        if self._board:
+            self._board.add(record)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -96,3 +102,6 @@ class RunLog:
         for f in self._files:
             f.close()
         self._files = []
+        if self._board:
+            self._board.close()
+            self._board = None

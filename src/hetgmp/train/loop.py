@@ -58,7 +58,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         check_same_settings(cfg, ctx)
         run = build_run(cfg, ctx)
         start = resume(run) if cfg.resume else 0
-        log = RunLog(ctx.is_main, cfg.output, cfg.metrics, run.total_steps, start, cfg.progress)
+        log = RunLog(ctx.is_main, cfg.output, cfg.metrics, run.total_steps, start, cfg.progress, cfg.tensorboard)
         try:
             log.info(describe(run, start))
             return train_loop(run, start, log)

@@ -129,6 +129,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
     step_kind, why = cfg.choose_step(ctx.world_size)
     dataset = load_dataset(cfg.data)
     meta = dataset.meta
+    meta.require_one_hot(cfg.data, "hetgmp train")
     plan = load_plan(cfg.partition, dataset, ctx) if cfg.partition else None
     placement, plan_id = build_placement(cfg, plan, meta.num_ids, ctx)
     data_partition = None if plan is None else np.asarray(plan.data_partition)
