@@ -107,13 +107,13 @@ def test_sharded_fast_step_trains_as_the_general_step_and_resumes_its_checkpoint
         _assert_same_state(full, resumed)
 
 
-def _train_with_capacities_too_small(ctx, root):
+def _train_with_capacities_too_small(ctx, root, log_every):
     """Capacities measured at half what the batches need (no room, no rounding up): returns the error
-    the first log point raises, or None."""
+    the first check raises, or None."""
     sharded_fast.CAPACITY_ROOM = 0.5
     sharded_fast.round_up = lambda count: max(1, count)
     cfg = TrainConfig(data=str(root / "ds"), partition=str(root / "plan.npz"), batch_size=100, device="cpu", progress=False,
-                      sparse_optimizer="sgd", iter=8, log_every=4)
+                      sparse_optimizer="sgd", iter=8, log_every=log_every)
     run = build_run(cfg, ctx)
     window = StepWindow(cfg.log_every, ctx, 0)
     steps = choose_steps(run, NonFiniteGuard(False, ctx.world_size), 0, window)
@@ -126,11 +126,13 @@ def _train_with_capacities_too_small(ctx, root):
     return None
 
 
-def test_sharded_fast_step_stops_at_a_log_point_when_a_batch_overflows_its_capacity(planned):
-    for step, error in run_workers(_train_with_capacities_too_small, 2, args=(planned,)):
-        assert step == 3, "the first log point (step 4) checks"
-        # Read a step ahead: batches 0-3, and batch 4 by the fourth step.
-        assert "dropped rows reading 5 batch(es)" in error and "resume from the last checkpoint with --step general" in error
+@pytest.mark.parametrize("log_every, stops_at, reads", [(4, 3, 5), (100, 7, 9)])
+def test_sharded_fast_step_stops_when_a_batch_overflows_its_capacity(planned, log_every, stops_at, reads):
+    """At the first log point, or at the last step when no log point comes (a run never ends quietly)."""
+    for step, error in run_workers(_train_with_capacities_too_small, 2, args=(planned, log_every)):
+        assert step == stops_at
+        # Read a step ahead: batches 0..step, and one more by then.
+        assert f"dropped rows reading {reads} batch(es)" in error and "resume from the last checkpoint with --step general" in error
 
 
 def test_plan_of_another_shape_or_dataset_is_refused(planned, tmp_path, capsys):

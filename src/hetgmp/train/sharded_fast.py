@@ -25,8 +25,9 @@ cover U distinct ids. Both are measured before the run on its own batches
 (the first SCAN_EPOCHS epochs of this worker's stream, maxed over workers)
 with CAPACITY_ROOM to spare. A batch that needs more drops rows; the step
 counts such steps on the device, and every log, evaluation and checkpoint
-point checks the count on all workers and stops the run with the numbers
-(before any checkpoint could save such a step) rather than train on.
+point, and the last step, checks the count on all workers and stops the run
+with the numbers (before any checkpoint could save such a step) rather than
+train on or end as if nothing happened.
 
 What the general step reports and this one does not: the per-step counts of
 distinct ids, local hits and mirror hits (they would cost reductions per step).
@@ -159,7 +160,7 @@ class ShardedFastSteps:
             inputs, next_ids = (batch.dense, batch.ids, batch.labels), self.stream.ids(following).to(batch.ids)
         self.fast.step(*inputs, next_ids_BF=next_ids)
         self._window_ends = (step + 1) % self.log_every == 0 or step + 1 == self.total_steps
-        if (step + 1) % self.log_every == 0:
+        if self._window_ends:  # every log point and the last step: no run ends having trained on wrong rows
             self.table.check_capacity()
 
     def counters(self) -> dict[str, Any]:
