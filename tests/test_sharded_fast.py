@@ -222,3 +222,64 @@ def test_versions_travel_as_the_words_of_an_int64():
     versions = torch.tensor([-1, 0, 5, 2**31, 2**40 + 7, -(2**35), 2**63 - 1])
     assert torch.equal(_to_words(versions), versions.unsqueeze(1).view(torch.int32))
     assert torch.equal(_from_words(_to_words(versions)), versions)
+
+
+LONG = 20  # steps of the bounded-staleness comparison
+
+
+def _staleness_worker(ctx, placement, arrays, bound, ahead):
+    """LONG steps (a flush and resync after step 9; read a step ahead if `ahead`), then the
+    mirrors' rows and versions as trained, then the flushed table, versions and weights."""
+    step = _build(ctx, placement, bound, arrays=arrays)
+    batches = _local(arrays, ctx.rank)
+    losses = []
+    for t, b in enumerate(batches):
+        following = batches[(t + 1) % len(batches)][1] if ahead else None  # the last step reads batch 0: unused
+        losses.append(step.step(*b, next_ids_BF=following).item())
+        if t == 9:
+            step.flush()
+            step.resync()
+    step.check_overflow()
+    s, first = step.store, step.store.num_primaries
+    mirrors = (s.ids[first: first + s.num_mirrors].numpy().copy(), s.rows[first: first + s.num_mirrors].numpy().copy(),
+               s.version[first: first + s.num_mirrors].numpy().copy())
+    step.flush()
+    weights = [p.detach().numpy().copy() for p in step.model.parameters()]
+    return step.gather_table().numpy(), step.gather_versions().numpy(), weights, losses, mirrors
+
+
+@pytest.mark.parametrize("world, bound, ahead", [(2, 1, False), (3, 3, True), (2, 3, True), (3, 100, False), (2, 100, True)])
+def test_bounded_staleness_equals_the_per_row_reference(world, bound, ahead):
+    """SGD at bound 1, 3, 100 on 2 and 3 workers: rows, mirrors' copies and versions, primaries'
+    versions, dense weights and losses equal SPEC §3 written out per row (tests/staleness_reference.py)."""
+    from staleness_reference import StalenessReference
+
+    ids, labels = skewed_batches(IDS, LONG, world * BATCH, FIELDS, seed=7)
+    arrays = (ids, labels, np.random.default_rng(7).random((LONG, world * BATCH, DENSE)).astype(np.float32))
+    placement = plan_like(ids, IDS, world, store_rate=0.3)
+    results = run_workers(_staleness_worker, world, args=(placement, arrays, bound, ahead), timeout_s=600)
+    start = initial_rows(torch.arange(IDS), EmbeddingConfig(IDS, DIM, lr=LR, init_std=0.3), torch.device("cpu"))
+    model = _model()
+    ref = StalenessReference(model, start, placement.mirrors, placement.owner, bound, LR, DENSE_LR)
+    ref_losses = []
+    for t in range(LONG):
+        ref_losses.append(ref.step(arrays[2][t], ids[t], labels[t]))
+        if t == 9:
+            if ahead:  # step 9 read batch 10 before the flush; step 10 reads it again after
+                ref.read(ids[10])
+            ref.flush()
+    if ahead:  # the last step read batch 0's rows (refreshing mirrors) for a step that never came
+        ref.read(ids[0])
+    refreshed_late = sum(ref.copy_version[r][e] < int(ref.version[e]) for r in range(world) for e in ref.mirrors[r])
+    assert refreshed_late > 0, "some mirror must lag its primary at the end, or the bound is not tested"
+    mirror_copies = {r: ref.mirror_rows(r, results[r][4][0]) for r in range(world)}
+    mirror_versions = {r: [ref.copy_version[r][int(e)] for e in results[r][4][0]] for r in range(world)}
+    ref.flush()
+    for r, (table, versions, weights, losses, (mirror_ids, mirror_rows, mirror_version)) in enumerate(results):
+        assert losses == pytest.approx([ls[r] for ls in ref_losses], rel=1e-5, abs=1e-6), r
+        torch.testing.assert_close(torch.from_numpy(mirror_rows), mirror_copies[r], rtol=0, atol=1e-5)
+        assert mirror_version.tolist() == mirror_versions[r]
+        torch.testing.assert_close(torch.from_numpy(table), ref.primary, rtol=0, atol=1e-5)
+        assert versions.tolist() == ref.version.tolist()
+        for got, want in zip(weights, model.parameters()):
+            torch.testing.assert_close(torch.from_numpy(got), want.detach(), rtol=0, atol=1e-5)

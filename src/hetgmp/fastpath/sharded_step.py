@@ -274,6 +274,11 @@ class ShardedFastStep:
         call trusts that its batch has them. Pass them on every call or on none."""
         self.steps += 1
         ahead = next_ids_BF is not None
+        if self._batch_read and not ahead:
+            # This batch's rows were read with the last step's pushes; reading it again would send them twice.
+            raise HetGMPError("ShardedFastStep.step: the last call read this batch ahead (it was given next_ids_BF), "
+                              "so this one must be given the ids of the batch after it too (any batch of the shape at "
+                              "the last step), or call flush() and resync() in between")
         if ahead and self._slots is None:
             # The first batch, located before any capture, and a second slot for the batch after.
             first = self._locate_ids(ids_BF)
