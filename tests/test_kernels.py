@@ -1,7 +1,8 @@
 """The fused sparse update against its reference (unique + index_add_).
 
 The Triton kernels run under Triton's CPU interpreter; the variable must be set
-before triton is first imported. Sizes stay tiny: the interpreter runs the
+before triton is first imported. With TRITON_INTERPRET=0 on a machine with a
+GPU, the same cases run compiled, on CUDA tensors. Sizes stay tiny: the interpreter runs the
 segmented scan element by element. Small tiles (block_n=16) make hot ids cross
 many tile boundaries.
 """
@@ -18,6 +19,13 @@ import torch  # noqa: E402
 from hetgmp.errors import HetGMPError  # noqa: E402
 from hetgmp.kernels import DEFAULT_EPS, sparse_update, sparse_update_reference, sparse_update_torch  # noqa: E402
 
+DEVICE = torch.device("cuda" if os.environ["TRITON_INTERPRET"] != "1" and torch.cuda.is_available() else "cpu")
+
+
+def _on(*tensors):
+    """The tensors on DEVICE (None stays None)."""
+    return tuple(None if t is None else t.to(DEVICE) for t in tensors)
+
 
 def _skewed_case(n, d, e, seed, adagrad):
     """Power-law ids (u^4, as the Criteo-shaped benchmarks use) over e rows."""
@@ -26,13 +34,13 @@ def _skewed_case(n, d, e, seed, adagrad):
     grad = torch.randn(n, d, generator=gen)
     table = torch.randn(e, d, generator=gen)
     acc = torch.rand(e, generator=gen) if adagrad else None
-    return ids, grad, table, acc
+    return _on(ids, grad, table, acc)
 
 
 def _apply(update, ids, grad, table, acc, **kwargs):
     table = table.clone()
     acc = None if acc is None else acc.clone()
-    counts = torch.zeros(len(table), dtype=torch.int64)
+    counts = torch.zeros(len(table), dtype=torch.int64, device=table.device)
     update(table, ids, grad, 0.05, acc, counts_E=counts, **kwargs)
     return table, acc, counts
 
@@ -88,9 +96,9 @@ def test_triton_handles_one_id_filling_many_tiles_and_int32_ids():
     # 70 copies of id 4 span five 16-row tiles; the lone ids sit at both ends.
     ids = torch.tensor([9] + [4] * 70 + [0], dtype=torch.int32)[torch.randperm(72, generator=torch.Generator().manual_seed(0))]
     grad = torch.randn(72, 3, generator=torch.Generator().manual_seed(1))
-    table = torch.randn(10, 3)
-    for acc in (None, torch.rand(10)):
-        scratch = torch.zeros(5, 3)
+    ids, grad, table = _on(ids, grad, torch.randn(10, 3))
+    for acc in (None, torch.rand(10, device=DEVICE)):
+        scratch = torch.zeros(5, 3, device=DEVICE)
         got = _apply(_fused_update, ids, grad, table, acc, eps=DEFAULT_EPS, scratch_TD=scratch, block_n=16)
         _assert_same(got, _apply(sparse_update_reference, ids, grad, table, acc))
         assert not scratch.any(), "the Adagrad scratch must be left zeroed for the next call"
@@ -194,7 +202,7 @@ def test_sgd_update_takes_equal_ids_side_by_side_in_any_order():
     from hetgmp.kernels.gather import sort_ids
 
     ids, grad, table, _ = _skewed_case(300, 8, 40, seed=11, adagrad=False)
-    relabel = torch.randperm(len(table), generator=torch.Generator().manual_seed(12))
+    (relabel,) = _on(torch.randperm(len(table), generator=torch.Generator().manual_seed(12)))
     sorted_ids, perm = sort_ids(ids, len(table))
     order = (relabel[sorted_ids.long()].int(), perm)
     assert not bool((order[0][1:] >= order[0][:-1]).all()), "the relabelled ids must not ascend"
@@ -212,7 +220,7 @@ def test_rank1_gradient_is_the_written_out_one(adagrad):
     batch, fields, d = 30, 5, 6
     ids, _, table, acc = _skewed_case(batch * fields, d, 40, seed=7, adagrad=adagrad)
     gen = torch.Generator().manual_seed(8)
-    grad = Rank1Grad(torch.randn(batch, generator=gen), torch.randn(fields, d, generator=gen))
+    grad = Rank1Grad(*_on(torch.randn(batch, generator=gen), torch.randn(fields, d, generator=gen)))
     written = grad.dense()
     assert torch.allclose(written[2 * fields + 3], grad.coef_B[2] * grad.weight_FD[3])
     want = _apply(sparse_update_reference, ids, written, table, acc)
