@@ -22,7 +22,7 @@ def test_missing_array_is_named(tmp_path, capsys):
 
 def test_bad_flag_values_are_refused(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path), "--batch-size", "0"]) == 2
-    assert "--batch-size must be at least 1, got 0" in capsys.readouterr().err
+    assert "argument --batch-size/--batch_size: must be at least 1, got 0" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path), "--resume"]) == 2
     assert "--resume needs --checkpoint-dir" in capsys.readouterr().err
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hetgmp.cliflags import add_flag, new_parser
+from hetgmp.cliflags import SEED, Range, add_flag, new_parser
 
 INPUTS = {
     "criteo": "dac.tar.gz (train.txt is streamed out of it), train.txt or train.txt.gz",
@@ -21,11 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         p = new_parser(datasets, name, f"Prepare {name.capitalize()} from {inputs}.")
         add_flag(p, "--input", "-i", required=True, type=Path, help=f"the raw file: {inputs}")
         add_flag(p, "--output", "-o", required=True, type=Path, help="dataset directory to create (six .npy arrays, vocab.npz, meta.json)")
-        add_flag(p, "--seed", type=int, default=0, help="seed of the row shuffle, recorded in meta.json")
-        add_flag(p, "--val-fraction", type=float, default=0.1, help="fraction of rows, last in the shuffled order, kept as the test split")
+        add_flag(p, "--seed", type=int, range=SEED, default=0, help="seed of the row shuffle, recorded in meta.json")
+        add_flag(p, "--val-fraction", type=float, range=Range(0, 1, high_open=True), default=0.1, help="fraction of rows, last in the shuffled order, kept as the test split")
         add_flag(p, "--skip-bad-rows", action="store_true", help="skip malformed rows (counted in meta.json) instead of stopping at the first")
         add_flag(p, "--force", action="store_true", help="replace --output if it exists (only once the new one is complete)")
-        add_flag(p, "--block-size", type=int, default=4 << 20, help="bytes of text parsed per batch; up to 32 blocks are buffered ahead")
+        add_flag(p, "--block-size", type=int, range=Range(1024), default=4 << 20, help="bytes of text parsed per batch; up to 32 blocks are buffered ahead")
         add_flag(p, "--no-progress", action="store_true", help="hide the progress bars (on stderr)")
         p.set_defaults(run=run)
 
