@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except HetGMPError as e:
-        print(f"hetgmp {args.command}: error: {e}", file=sys.stderr)
+        print(f"{args.prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hetgmp {args.command}: interrupted", file=sys.stderr)

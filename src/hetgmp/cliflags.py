@@ -73,13 +73,16 @@ SEED = Range(0, 2**32 - 1)  # numpy's and torch's seeds
 
 
 def new_parser(sub: argparse._SubParsersAction, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
-    """Add a subcommand whose help lists every flag's default."""
-    return sub.add_parser(
+    """Add a subcommand whose help lists every flag's default; its errors start with its
+    prog ("hetgmp prepare criteo"), as argparse's own do."""
+    parser = sub.add_parser(
         name,
         help=help,
         description=description or help,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.set_defaults(prog=parser.prog)
+    return parser
 
 
 def add_flag(parser: argparse.ArgumentParser, *names: str, range: Range | None = None, **kwargs: Any) -> argparse.Action:
