@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-from hetgmp.errors import HetGMPError
+from hetgmp.errors import HetGMPError, Interrupted
 
 # Order is the pipeline's order; each module defines register(subparsers).
 SUBCOMMANDS = ("prepare", "synth", "partition", "train", "demo", "report")
@@ -31,11 +31,14 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.run(args) or 0)
+    except Interrupted as e:
+        print(f"{args.prog}: interrupted; {e}", file=sys.stderr)
+        return 130
     except HetGMPError as e:
         print(f"{args.prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"hetgmp {args.command}: interrupted", file=sys.stderr)
+        print(f"{args.prog}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -103,7 +103,8 @@ def train_partitioned(args: argparse.Namespace, out: Path, data: Path, plan: Pat
         "--partition", str(plan), "--store-rate", str(args.store_rate), "--epochs", str(args.epochs), "--val",
         "--output", str(out / "train.log"),
     ]
-    launch_local(WORKERS, argv)
+    if launch_local(WORKERS, argv) != 0:
+        raise HetGMPError("the demo's partitioned training run failed (its errors are printed above)")
 
 
 def train_random(args: argparse.Namespace, out: Path, data: Path) -> None:
@@ -112,7 +113,8 @@ def train_random(args: argparse.Namespace, out: Path, data: Path) -> None:
     (out / "random.jsonl").unlink(missing_ok=True)
     argv = train_argv(args, data, out / "random.jsonl") + ["--iter", str(args.random_steps), "--log-every", str(args.random_steps), "--no-progress"]
     print(f"  comparison {args.random_steps} steps with random placement, no mirrors:")
-    launch_local(WORKERS, argv)
+    if launch_local(WORKERS, argv) != 0:
+        raise HetGMPError("the demo's random-placement run failed (its errors are printed above)")
 
 
 def records(path: Path, phase: str) -> list[dict[str, Any]]:

@@ -65,7 +65,8 @@ class TrainConfig:
     metrics: str | None = _f(None, "JSONL metrics file (one object per TRAIN/EVAL line)")
     checkpoint_dir: str | None = _f(None, "directory for checkpoints (step-NNNNNN/ folders and a `latest` pointer)")
     checkpoint_every: int = _f(0, "steps between checkpoints (0: only at the end)", range=NON_NEGATIVE)
-    resume: bool = _f(False, "continue from the latest complete checkpoint in --checkpoint-dir")
+    resume: bool = _f(False, "continue from the newest intact checkpoint in --checkpoint-dir")
+    force: bool = _f(False, "start over in a --checkpoint-dir that holds checkpoints (this run's saves replace them)")
     nproc: int = _f(1, "start this many local workers (ignored under torchrun/mpirun, which start them)", range=POSITIVE)
     device: str = _f("auto", "cpu, cuda or auto (CUDA when available)", choices=DEVICES)
     seed: int = _f(0, "seed for weights, embedding rows, random placement and data order", range=SEED)
@@ -73,7 +74,8 @@ class TrainConfig:
     lr: float = _f(1e-3, "learning rate of the dense layers (0 freezes them)", range=NON_NEGATIVE)
     sparse_optimizer: str = _f("rowwise_adagrad", "optimizer of the embedding table", choices=SPARSE_OPTIMIZERS)
     sparse_lr: float = _f(0.1, "learning rate of the embedding table (0 freezes it)", range=NON_NEGATIVE)
-    progress: bool = _f(True, "show a progress bar on rank 0 (stderr)")
+    progress: bool | None = _f(None, "a progress bar on rank 0's stderr; by default only when stderr is a terminal "
+                               "(in a log file the TRAIN lines every --log-every steps show progress)")
     skip_nonfinite: bool = _f(False, "skip a worker's batch whose loss or gradients are NaN/inf (counted as skipped_batches) instead of stopping the run")
     step: str = _f("auto", "training step: fast (the whole step with fixed shapes, one CUDA graph on a GPU, eager on "
                    "CPU; on several workers the sharded fast step), general (the embedding runtime's step, which also "
@@ -135,7 +137,7 @@ def add_config_flags(parser: argparse.ArgumentParser, defaults: dict[str, Any] |
         help_text = meta.pop("help")
         default = defaults.get(f.name, f.default)
         flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
+        if str(f.type).split(" | ")[0] == "bool":
             add_flag(parser, flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
         kind = {"int": int, "float": float, "str": str}[str(f.type).split(" | ")[0]]

@@ -30,13 +30,13 @@ from tqdm import tqdm
 class RunLog:
     """Rank 0's reporter; `enabled=False` makes every method a no-op."""
 
-    def __init__(self, enabled: bool, log_path: str | None, metrics_path: str | None, total_steps: int, start_step: int, progress: bool):
+    def __init__(self, enabled: bool, log_path: str | None, metrics_path: str | None, total_steps: int, start_step: int, progress: bool | None):
         self.enabled = enabled
         self._files: list[TextIO] = []
         self._log = self._open(log_path) if enabled else None
         self._metrics = self._open(metrics_path) if enabled else None
         self._bar = None
-        if enabled and progress:
+        if enabled and (progress if progress is not None else sys.stderr.isatty()):
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
 
     def _open(self, path: str | None) -> TextIO | None:
