@@ -7,7 +7,6 @@ import time
 import pytest
 
 from hetgmp.cli import main
-from hetgmp.errors import HetGMPError
 from hetgmp.train.launch import watch
 from tinydata import write_planted
 

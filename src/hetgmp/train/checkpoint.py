@@ -161,6 +161,7 @@ def load_checkpoint(directory: str | Path, expected: dict[str, Any], ctx: DistCo
     candidates, skipped = resume_candidates(directory)
     if not candidates and not skipped:
         return None
+    damaged: list[Path] = []
     for folder in candidates:
         problem, state = None, None
         try:
@@ -170,14 +171,28 @@ def load_checkpoint(directory: str | Path, expected: dict[str, Any], ctx: DistCo
             problem = str(e)
         if not _every_rank_ok(problem is None, ctx):
             skipped.append(problem or f"{folder}: another worker's rank file is damaged (its error names it)")
+            damaged.append(folder)
             continue
         if skipped and ctx.is_main:
-            print(f"hetgmp train: warning: {'; '.join(skipped)}; resuming from the newest intact checkpoint, {folder}", file=sys.stderr)
+            aside = _set_aside(damaged)
+            kept = f" (set aside as {', '.join(aside)}: hidden, ignored, yours to inspect or delete)" if aside else ""
+            print(f"hetgmp train: warning: {'; '.join(skipped)}; resuming from the newest intact checkpoint, {folder}{kept}", file=sys.stderr)
         return folder, state
     raise HetGMPError(
         f"no intact checkpoint in {directory} to resume from: {'; '.join(skipped)}. Nothing there can be resumed: "
         "restore the folder from a backup, or start over with --force instead of --resume (its saves replace these folders)"
     )
+
+
+def _set_aside(folders: list[Path]) -> list[str]:
+    """Rename damaged step folders to hidden `.step-N.damaged`, out of the way of this run's saves and pruning."""
+    names = []
+    for folder in folders:
+        aside = folder.with_name(f".{folder.name}.damaged")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(folder, aside)
+        names.append(aside.name)
+    return names
 
 
 def _every_rank_ok(ok: bool, ctx: DistContext) -> bool:
