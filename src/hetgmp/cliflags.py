@@ -101,4 +101,10 @@ def add_flag(parser: argparse.ArgumentParser, *names: str, range: Range | None =
         spellings.append(name)
         if name.startswith("--") and "-" in name[2:]:
             spellings.append("--" + name[2:].replace("-", "_"))
-    return parser.add_argument(*dict.fromkeys(spellings), **kwargs)
+    action = parser.add_argument(*dict.fromkeys(spellings), **kwargs)
+    if kwargs.get("action") is argparse.BooleanOptionalAction:
+        # `--no-progress` comes with the action; the underscore spelling of the negation is added here.
+        for name in names:
+            if name.startswith("--") and "-" not in name[2:]:
+                parser.add_argument(f"--no_{name[2:]}", dest=action.dest, action="store_false", help=argparse.SUPPRESS)
+    return action

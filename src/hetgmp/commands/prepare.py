@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_flag(p, "--skip-bad-rows", action="store_true", help="skip malformed rows (counted in meta.json) instead of stopping at the first")
         add_flag(p, "--force", action="store_true", help="replace --output if it exists (only once the new one is complete)")
         add_flag(p, "--block-size", type=int, range=Range(1024), default=4 << 20, help="bytes of text parsed per batch; up to 32 blocks are buffered ahead")
-        add_flag(p, "--no-progress", action="store_true", help="hide the progress bars (on stderr)")
+        add_flag(p, "--progress", action=argparse.BooleanOptionalAction, default=None,
+                 help="progress bars on stderr; by default only when stderr is a terminal")
         p.set_defaults(run=run)
 
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         skip_bad_rows=args.skip_bad_rows,
         force=args.force,
-        progress=not args.no_progress,
+        progress=args.progress,
         block_size=args.block_size,
     )
     meta = prepare_table(layout, config)

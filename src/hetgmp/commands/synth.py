@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 
 from hetgmp.cliflags import ABOVE_ZERO, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Range, add_flag, new_parser
 
@@ -44,11 +45,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_flag(p, "--test-fraction", type=float, range=Range(0, 1, low_open=True, high_open=True), default=0.1, help="fraction of rows in the test split")
     add_flag(p, "--force", action="store_true", help="replace an existing output directory")
     add_flag(p, "--save-groups", action="store_true", help="also write each row's community (train_groups.npy, test_groups.npy)")
-    add_flag(p, "--no-progress", action="store_true", help="no progress bar (it shows from 500k rows on)")
+    add_flag(p, "--progress", action=argparse.BooleanOptionalAction, default=None,
+             help="a progress bar on stderr; by default from 500k rows on, and only when stderr is a terminal")
     defaults = {f.name: f.default for f in dataclasses.fields(SynthConfig)}
     for flag, name, accepted, text in _KNOBS:
         add_flag(p, flag, dest=name, type=type(defaults[name]), range=accepted, default=defaults[name], help=text)
     p.set_defaults(run=run)
+
+
+def show_progress(asked: bool | None, rows: int) -> bool:
+    """--progress / --no-progress, else a bar for 500k rows or more when stderr is a terminal."""
+    return asked if asked is not None else rows >= 500_000 and sys.stderr.isatty()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     knobs = {name: getattr(args, name) for _, name, _, _ in _KNOBS}
     meta = generate_synthetic(
         args.output, args.rows, seed=args.seed, scale=args.scale, test_fraction=args.test_fraction,
-        force=args.force, progress=not args.no_progress and args.rows >= 500_000, save_groups=args.save_groups, **knobs,
+        force=args.force, progress=show_progress(args.progress, args.rows), save_groups=args.save_groups, **knobs,
     )
     extra = meta.extra
     print(

@@ -69,7 +69,8 @@ def load_plan(path: str, dataset: Dataset, ctx: DistContext):
 
     plan = PartitionPlan.load(path)
     multi_node = ctx.world_size > ctx.local_world_size
-    plan.check(dataset.meta, ctx.world_size, gpus_per_node=ctx.local_world_size if multi_node else None, train_ids=dataset.train.sparse)
+    plan.check(dataset.meta, ctx.world_size, gpus_per_node=ctx.local_world_size if multi_node else None, train_ids=dataset.train.sparse,
+               data=dataset.directory)
     return plan
 
 
