@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hetgmp.compiling import announce_compiles
+
+    announce_compiles(args.prog)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     data, plan = out / "data", out / "plan.npz"

@@ -46,9 +46,11 @@ def run(args: argparse.Namespace) -> int:
     # idle. Must be set before numba first loads libgomp; the user's choice wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from hetgmp.atomic import atomic_file
+    from hetgmp.compiling import announce_compiles
     from hetgmp.partition.report import plot_traffic
     from hetgmp.partition.run import PartitionConfig, partition_dataset
 
+    announce_compiles(args.prog)
     config = PartitionConfig(
         parts=args.parts,
         rounds=args.rounds,

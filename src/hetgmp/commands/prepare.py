@@ -32,10 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hetgmp.compiling import announce_compiles
     from hetgmp.data.encode import PrepareConfig, prepare_table
     from hetgmp.data.avazu import AVAZU
     from hetgmp.data.criteo import CRITEO
 
+    announce_compiles(args.prog)
     layout = {"criteo": CRITEO, "avazu": AVAZU}[args.dataset]
     config = PrepareConfig(
         input=args.input,

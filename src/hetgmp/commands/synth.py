@@ -59,8 +59,10 @@ def show_progress(asked: bool | None, rows: int) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hetgmp.compiling import announce_compiles
     from hetgmp.data.synthetic import generate_synthetic
 
+    announce_compiles(args.prog)
     knobs = {name: getattr(args, name) for _, name, _, _ in _KNOBS}
     meta = generate_synthetic(
         args.output, args.rows, seed=args.seed, scale=args.scale, test_fraction=args.test_fraction,
