@@ -37,9 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     except HetGMPError as e:
         print(f"{args.prog}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.filename is None:
+            raise  # not about a path the user gave: a bug, shown with its traceback
+        print(f"{args.prog}: error: {path_error(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{args.prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def path_error(e: OSError) -> str:
+    """An operating-system error about a path, as a user's mistake: what, where, how to fix."""
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    return (f"{e.strerror or e} ({paths}): check the paths given on the command line: a file where a folder is "
+            "expected or a folder where a file is, a parent folder that is a file or missing, or no permission")
 
 
 if __name__ == "__main__":

@@ -69,3 +69,18 @@ def test_a_batch_larger_than_memory_is_refused_before_allocating(tmp_path):
     proc = hetgmp("train", "--data", str(tmp_path / "ds"), "--batch-size", "1000000000", "--device", "cpu", "--iter", "1", timeout=60)
     assert_clean_error(proc, "train", "--batch-size 1,000,000,000 needs about", "GiB per worker on cpu", "bytes a sample",
                        "GiB is free: use --batch-size")
+
+
+def test_paths_of_the_wrong_kind_are_refused_cleanly(tmp_path):
+    """A file where a folder is expected, a folder where a file is: named, and nothing of the user's touched."""
+    write_planted(tmp_path / "ds", train_rows=200, test_rows=50)
+    mine = tmp_path / "notes.txt"
+    mine.write_text("my notes")
+    train = ["train", "--data", str(tmp_path / "ds"), "--iter", "1", "--device", "cpu", "--batch-size", "50"]
+    before = snapshot(tmp_path)
+    assert_clean_error(hetgmp(*train, "--checkpoint-dir", str(mine)), "train", f"({mine}): check the paths given on the command line")
+    assert_clean_error(hetgmp(*train, "--metrics", str(tmp_path / "ds")), "train", f"Is a directory ({tmp_path / 'ds'})")
+    assert_clean_error(hetgmp("synth", "--rows", "100", "--output", str(mine / "x")), "synth", f"({mine})")
+    assert_clean_error(hetgmp("partition", str(tmp_path / "ds"), "--parts", "2", "--output", str(tmp_path)), "partition",
+                       f"--output {tmp_path} is a folder: give the plan file to write, e.g. --output {tmp_path / 'plan.npz'}")
+    assert snapshot(tmp_path) == before

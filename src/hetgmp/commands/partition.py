@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from hetgmp.cliflags import FRACTION, NON_NEGATIVE, POSITIVE, SEED, add_flag, new_parser
+from hetgmp.errors import HetGMPError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         algorithm=args.algorithm,
     )
     output = Path(args.output)
+    if output.is_dir():
+        raise HetGMPError(f"--output {output} is a folder: give the plan file to write, e.g. --output {output / 'plan.npz'}")
     output.parent.mkdir(parents=True, exist_ok=True)
     result = partition_dataset(args.data, config, out=lambda line: print(line, flush=True))
     result.plan.save(output)
