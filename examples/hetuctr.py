@@ -98,3 +98,6 @@ if __name__ == "__main__":
     except HetGMPError as e:
         print(f"hetuctr.py: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("hetuctr.py: interrupted", file=sys.stderr)
+        sys.exit(130)
