@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hetgmp.atomic import atomic_directory, atomic_file
-from hetgmp.cliflags import add_flag
+from hetgmp.cliflags import POSITIVE, add_flag
 from hetgmp.data.arrays import DatasetMeta, load_dataset, save_split, write_meta
 from hetgmp.distributed import detect_launch
 from hetgmp.errors import HetGMPError
@@ -15,7 +15,7 @@ from hetgmp.errors import HetGMPError
 
 def test_flags_accept_both_spellings():
     p = argparse.ArgumentParser()
-    add_flag(p, "--batch-size", "-b", type=int, default=8192)
+    add_flag(p, "--batch-size", "-b", type=int, default=8192, range=POSITIVE)
     assert p.parse_args(["--batch_size", "5"]).batch_size == 5
     assert p.parse_args(["--batch-size", "6"]).batch_size == 6
     assert p.parse_args(["-b", "7"]).batch_size == 7
@@ -46,9 +46,14 @@ def test_atomic_directory_refuses_overwrite_and_cleans_up(tmp_path):
     with pytest.raises(HetGMPError, match="--force"):
         with atomic_directory(out):
             pass
+    # --force replaces only a dataset (a folder holding meta.json), never a folder of other files.
+    with pytest.raises(HetGMPError, match="folder without meta.json"):
+        with atomic_directory(out, force=True):
+            pass
+    (out / "meta.json").write_text("{}")
     with atomic_directory(out, force=True) as tmp:
         (tmp / "x").write_text("two")
-    assert (out / "x").read_text() == "two"
+    assert (out / "x").read_text() == "two" and not (out / "meta.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 

@@ -184,9 +184,9 @@ def bad_folder(tmp_path, ids, num_ids=None):
         (lambda t: bad_folder(t, np.array([[0, 1], [-3, 2]], np.int32), num_ids=5), [], r"ids must be >= 0, found -3 at row 1, column 0"),
         (lambda t: bad_folder(t, np.array([[0.5, 1.0]]), num_ids=2), [], r"ids must be integers, found dtype float64"),
         (lambda t: bad_folder(t, np.array([[0, 1], [1, 0]], np.int32)), ["-n", "3"], r"--parts 3 is more than the 2 train samples"),
-        (lambda t: bad_folder(t, np.array([[0, 1], [1, 0]], np.int32)), ["-n", "0"], r"--parts must be at least 1"),
-        (lambda t: bad_folder(t, np.array([[0, 1], [1, 0]], np.int32)), ["--store-rate", "1.5"], r"--store-rate must lie in \[0, 1\]"),
-        (lambda t: bad_folder(t, np.array([[0, 1], [1, 0]], np.int32)), ["--store-rate", "-0.1"], r"--store-rate must lie in \[0, 1\]"),
+        (lambda t: bad_folder(t, np.array([[0, 1], [1, 0]], np.int32)), ["-n", "0"], r"argument --parts/-n/--nrank: must be at least 1, got 0"),
+        (lambda t: bad_folder(t, np.array([[0, 1], [1, 0]], np.int32)), ["--store-rate", "1.5"], r"argument --store-rate/--store_rate: must be in \[0, 1\], got 1.5"),
+        (lambda t: bad_folder(t, np.array([[0, 1], [1, 0]], np.int32)), ["--store-rate", "-0.1"], r"argument --store-rate/--store_rate: must be in \[0, 1\], got -0.1"),
         (lambda t: t / "missing", [], r"is not a directory"),
     ],
 )

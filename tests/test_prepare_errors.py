@@ -97,15 +97,20 @@ def test_existing_output_needs_force_and_survives_errors(tmp_path):
     (out / "keep.txt").write_text("mine")
     with pytest.raises(HetGMPError, match="already exists.*--force"):
         prepare_criteo(PrepareConfig(raw, out, progress=False))
-    assert (out / "keep.txt").read_text() == "mine"
+    # --force replaces only a dataset hetgmp wrote, never a folder of the user's own files.
+    with pytest.raises(HetGMPError, match="folder without meta.json, so not a dataset hetgmp wrote"):
+        prepare_criteo(PrepareConfig(raw, out, progress=False, force=True))
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    prepare_criteo(PrepareConfig(raw, tmp_path / "ds", progress=False))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ds").iterdir()}
     bad = tmp_path / "bad.txt"
     bad.write_text(criteo_text(100, seed=1) + "1\t2\n")
     with pytest.raises(HetGMPError, match="line 101"):
-        prepare_criteo(PrepareConfig(bad, out, progress=False, force=True))
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
-    prepare_criteo(PrepareConfig(raw, out, progress=False, force=True))
-    assert load_dataset(out).meta.train_rows == 90 and not (out / "keep.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt", "out", "train.txt"]
+        prepare_criteo(PrepareConfig(bad, tmp_path / "ds", progress=False, force=True))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ds").iterdir()} == before
+    prepare_criteo(PrepareConfig(raw, tmp_path / "ds", progress=False, force=True, seed=3))
+    assert load_dataset(tmp_path / "ds").meta.seed == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt", "ds", "out", "train.txt"]
 
 
 def test_truncated_gzip_is_reported(tmp_path):

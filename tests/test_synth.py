@@ -128,5 +128,5 @@ def test_cli_end_to_end_and_force(tmp_path):
     forced = _cli("--rows", "3000", "--output", str(out), "--scale", "0.001", "--seed", "2", "--force")
     assert forced.returncode == 0 and (out / "train_sparse_feats.npy").read_bytes() != before
     bad = _cli("--rows", "1", "--output", str(tmp_path / "bad"))
-    assert bad.returncode == 2 and "--rows 1" in bad.stderr and not (tmp_path / "bad").exists()
+    assert bad.returncode == 2 and "argument --rows: must be at least 2, got 1" in bad.stderr and not (tmp_path / "bad").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli"]

@@ -23,6 +23,10 @@ def test_original_flags_train_on_the_named_dataset(tmp_path):
     text = log.read_text()
     assert "TRAIN step 3" in text and "TRAIN step 6" in text and "EVAL  step 3" in text and "EVAL  step 6" in text
     assert "batch 100/worker, 6 steps" in text
+    # The original's settings need its ~1M iterations: said once, pointing at `hetgmp train`'s defaults.
+    notes = [line for line in done.stderr.splitlines() if "note:" in line]
+    assert len(notes) == 1 and "need about its 1,000,000 iterations to learn; in 6 expect little" in notes[0], done.stderr
+    assert f"`hetgmp train --data {tmp_path / 'criteo'}` trains well in one epoch with its defaults" in notes[0]
 
     missing = subprocess.run([sys.executable, str(EXAMPLE), "--dataset", "avazu"], env=env, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and f"not found at {tmp_path / 'avazu'}" in missing.stderr

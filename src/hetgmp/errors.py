@@ -8,3 +8,7 @@ fix) and exits with status 2, without a traceback.
 
 class HetGMPError(Exception):
     """A user-facing error: bad input, bad flags, or a mismatched file."""
+
+
+class Interrupted(HetGMPError):
+    """Ctrl-C (SIGINT) ended the command; the message says what was kept. Exit status 130."""

@@ -7,27 +7,32 @@
 
 from __future__ import annotations
 
-import os
+import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
+from cli_runs import cli_env, hetgmp_command
 from workers import free_port
 
 # Two CI cores are shared by every worker of a test.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = cli_env(OMP_NUM_THREADS="1")
 
 
 def hetgmp(*argv: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run `hetgmp ARGV` to completion, capturing its output."""
-    return subprocess.run([sys.executable, "-m", "hetgmp.cli", *argv], env=ENV, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(hetgmp_command(*argv), env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-def start(*argv: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hetgmp.cli", *argv], env=env or ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def _answer_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a shell's background job may have inherited SIGINT ignored
+
+
+def start(*argv: str, env: dict[str, str] | None = None, session: bool = False) -> subprocess.Popen:
+    """`hetgmp ARGV` running, output captured; `session`: in a process group of its own (for a terminal's Ctrl-C)."""
+    return subprocess.Popen(hetgmp_command(*argv), env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_answer_ctrl_c, start_new_session=session)
 
 
 def start_workers(argv: list[str], world_size: int, per_rank: Callable[[int], list[str]] = lambda r: []) -> list[subprocess.Popen]:

@@ -162,7 +162,9 @@ def test_broken_checkpoint_is_refused(good, tmp_path, capsys, how):
     ck = _copy(good / "ck", tmp_path / "ck")
     _break_rank_file(ck / "step-000001", how)
     argv = [*TRAIN, "--iter", "2", "--data", str(good / "ds"), "--checkpoint-dir", str(ck), "--resume"]
-    _fails(capsys, argv, "rank-0.pt is not a loadable checkpoint", "truncated or corrupt", "point `latest` at the previous one")
+    err = _fails(capsys, argv, "no intact checkpoint in", "rank-0.pt is not a loadable checkpoint", "truncated or corrupt",
+                 "start over with --force instead of --resume")
+    assert "): the file is truncated or corrupt. Nothing there can be resumed" in err  # the message is whole
 
 
 def test_broken_checkpoint_meta_and_pointer_are_refused(good, tmp_path, capsys):
@@ -171,4 +173,4 @@ def test_broken_checkpoint_meta_and_pointer_are_refused(good, tmp_path, capsys):
     argv = [*TRAIN, "--iter", "2", "--data", str(good / "ds"), "--checkpoint-dir", str(ck), "--resume"]
     _fails(capsys, argv, "meta.json is not readable JSON", "checkpoint is damaged")
     (ck / "latest").write_text("step-000009\n")
-    _fails(capsys, argv, "names", "step-000009", "not a complete checkpoint")
+    _fails(capsys, argv, "names 'step-000009', which is not a complete checkpoint", "step-000001/meta.json is not readable JSON")

@@ -52,7 +52,9 @@ def test_launcher_names_the_killed_worker_and_resume_matches(data):
     killed = time.monotonic()
     [(code, err)] = finish([launcher], timeout=60)
     assert time.monotonic() - killed < 60
-    assert code == 2 and "worker rank 1 of 2 was killed by signal 9; the other workers were stopped" in err, err[-3000:]
+    assert code == 2 and "worker rank 1 of 2 was killed by signal 9 (SIGKILL: the out-of-memory killer or a kill) without an error" in err, err[-3000:]
+    assert "the other workers were stopped; the last checkpoint is " in err and err.count(": error: ") == 1, err[-3000:]
+    assert f"continue with: hetgmp train --data {root / 'ds'}" in err and err.rstrip().endswith("--resume"), err[-3000:]
     assert not any(os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read().lower()
                    for pid in ranks.values())
 

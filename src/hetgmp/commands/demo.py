@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hetgmp.cliflags import add_flag, new_parser
+from hetgmp.cliflags import ABOVE_ZERO, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Range, add_flag, new_parser
 from hetgmp.errors import HetGMPError
 
 WORKERS = 2
@@ -31,19 +31,22 @@ WORKERS = 2
 def register(sub: argparse._SubParsersAction) -> None:
     parser = new_parser(sub, "demo", help="the whole pipeline on synthetic data: CPU, 2 workers, a few minutes")
     add_flag(parser, "--output", default="hetgmp-demo", help="directory for the demo's data, plan, logs and metrics")
-    add_flag(parser, "--rows", type=int, default=200_000, help="synthetic rows (90%% train, 10%% test)")
-    add_flag(parser, "--scale", type=float, default=0.05, help="vocabulary scale of the synthetic data (1.0 = Criteo-like)")
-    add_flag(parser, "--batch-size", type=int, default=1024, help="samples per step on each worker")
-    add_flag(parser, "--epochs", type=float, default=1.0, help="passes over the training split")
-    add_flag(parser, "--store-rate", type=float, default=0.01, help="fraction of each worker's candidate list kept as mirrors")
-    add_flag(parser, "--bound", type=int, default=100, help="staleness bound of the mirrors")
-    add_flag(parser, "--rounds", type=int, default=5, help="partition refinement rounds")
-    add_flag(parser, "--random-steps", type=int, default=20, help="steps of the random-placement comparison run (0 skips it)")
-    add_flag(parser, "--seed", type=int, default=0, help="seed of the data, the partition and the training")
+    add_flag(parser, "--rows", type=int, range=Range(100), default=200_000, help="synthetic rows (90%% train, 10%% test)")
+    add_flag(parser, "--scale", type=float, range=ABOVE_ZERO, default=0.05, help="vocabulary scale of the synthetic data (1.0 = Criteo-like)")
+    add_flag(parser, "--batch-size", type=int, range=POSITIVE, default=1024, help="samples per step on each worker")
+    add_flag(parser, "--epochs", type=float, range=ABOVE_ZERO, default=1.0, help="passes over the training split")
+    add_flag(parser, "--store-rate", type=float, range=FRACTION, default=0.01, help="fraction of each worker's candidate list kept as mirrors")
+    add_flag(parser, "--bound", type=int, range=NON_NEGATIVE, default=100, help="staleness bound of the mirrors")
+    add_flag(parser, "--rounds", type=int, range=NON_NEGATIVE, default=5, help="partition refinement rounds")
+    add_flag(parser, "--random-steps", type=int, range=NON_NEGATIVE, default=20, help="steps of the random-placement comparison run (0 skips it)")
+    add_flag(parser, "--seed", type=int, range=SEED, default=0, help="seed of the data, the partition and the training")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from hetgmp.compiling import announce_compiles
+
+    announce_compiles(args.prog)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     data, plan = out / "data", out / "plan.npz"
@@ -103,7 +106,8 @@ def train_partitioned(args: argparse.Namespace, out: Path, data: Path, plan: Pat
         "--partition", str(plan), "--store-rate", str(args.store_rate), "--epochs", str(args.epochs), "--val",
         "--output", str(out / "train.log"),
     ]
-    launch_local(WORKERS, argv)
+    if launch_local(WORKERS, argv) != 0:
+        raise HetGMPError("the demo's partitioned training run failed (its errors are printed above)")
 
 
 def train_random(args: argparse.Namespace, out: Path, data: Path) -> None:
@@ -112,7 +116,8 @@ def train_random(args: argparse.Namespace, out: Path, data: Path) -> None:
     (out / "random.jsonl").unlink(missing_ok=True)
     argv = train_argv(args, data, out / "random.jsonl") + ["--iter", str(args.random_steps), "--log-every", str(args.random_steps), "--no-progress"]
     print(f"  comparison {args.random_steps} steps with random placement, no mirrors:")
-    launch_local(WORKERS, argv)
+    if launch_local(WORKERS, argv) != 0:
+        raise HetGMPError("the demo's random-placement run failed (its errors are printed above)")
 
 
 def records(path: Path, phase: str) -> list[dict[str, Any]]:

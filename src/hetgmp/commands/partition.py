@@ -11,7 +11,8 @@ import json
 import os
 from pathlib import Path
 
-from hetgmp.cliflags import add_flag, new_parser
+from hetgmp.cliflags import FRACTION, NON_NEGATIVE, POSITIVE, SEED, add_flag, new_parser
+from hetgmp.errors import HetGMPError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,21 +26,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("data", metavar="DIR", help="dataset folder (from `hetgmp prepare`/`synth`), or any folder holding train_sparse_feats.npy")
-    add_flag(p, "--parts", "-n", "--nrank", type=int, required=True, help="number of parts (workers / GPUs)")
+    add_flag(p, "--parts", "-n", "--nrank", type=int, range=POSITIVE, required=True, help="number of parts (workers / GPUs)")
     add_flag(p, "--output", "-o", required=True, help="plan file to write (.npz); its summary goes to the same name with .json")
-    add_flag(p, "--rounds", "-r", "--rerun", type=int, default=5, help="refinement rounds (the paper's T)")
-    add_flag(p, "--batch-size", "-b", type=int, default=8192, help="per-worker batch size the cost model assumes")
-    add_flag(p, "--gpus-per-node", "-g", "--ngpus", type=int, default=8, help="GPUs per node: link weight 0.1 within a node, 1 across")
-    add_flag(p, "--store-rate", type=float, default=0.01, help="fraction of each part's candidate list it mirrors (for the summary)")
+    add_flag(p, "--rounds", "-r", "--rerun", type=int, range=NON_NEGATIVE, default=5, help="refinement rounds (the paper's T)")
+    add_flag(p, "--batch-size", "-b", type=int, range=POSITIVE, default=8192, help="per-worker batch size the cost model assumes")
+    add_flag(p, "--gpus-per-node", "-g", "--ngpus", type=int, range=POSITIVE, default=8, help="GPUs per node: link weight 0.1 within a node, 1 across")
+    add_flag(p, "--store-rate", type=float, range=FRACTION, default=0.01, help="fraction of each part's candidate list it mirrors (for the summary)")
     add_flag(p, "--device", choices=("cpu", "cuda"), default="cpu", help="cpu: numba on all cores; cuda: the same algorithm in PyTorch on a GPU")
     add_flag(p, "--algorithm", choices=("fast", "original"), default="fast", help="fast: batched parallel refinement; original: HET-GMP's sequential greedy moves")
     add_flag(p, "--ranking", choices=("staleness", "original"), default="staleness",
              help="mirror ranking: staleness (the fetches a mirror saves per step under --bound; fewer rows fetched in "
                   "training, BENCHMARKS.md) or original (HET-GMP's priority)")
-    add_flag(p, "--bound", type=int, default=100, help="the staleness bound the staleness ranking assumes: the --bound you train with")
+    add_flag(p, "--bound", type=int, range=NON_NEGATIVE, default=100, help="the staleness bound the staleness ranking assumes: the --bound you train with")
     add_flag(p, "--compact-lists", action="store_true",
              help="store only the ids each part reads (hetgmp train rebuilds the rest; the original's script would mirror fewer rows)")
-    add_flag(p, "--seed", type=int, default=0, help="seed of the random start")
+    add_flag(p, "--seed", type=int, range=SEED, default=0, help="seed of the random start")
     add_flag(p, "--plot", metavar="FILE.png", default=None, help="also draw the traffic matrix before and after as heatmaps")
     p.set_defaults(run=run)
 
@@ -52,9 +53,11 @@ def run(args: argparse.Namespace) -> int:
     # idle. Must be set before numba first loads libgomp; the user's choice wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from hetgmp.atomic import atomic_file
+    from hetgmp.compiling import announce_compiles
     from hetgmp.partition.report import plot_traffic
     from hetgmp.partition.run import PartitionConfig, partition_dataset
 
+    announce_compiles(args.prog)
     config = PartitionConfig(
         parts=args.parts,
         rounds=args.rounds,
@@ -69,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         compact_lists=args.compact_lists,
     )
     output = Path(args.output)
+    if output.is_dir():
+        raise HetGMPError(f"--output {output} is a folder: give the plan file to write, e.g. --output {output / 'plan.npz'}")
     output.parent.mkdir(parents=True, exist_ok=True)
     result = partition_dataset(args.data, config, out=lambda line: print(line, flush=True))
     result.plan.save(output)

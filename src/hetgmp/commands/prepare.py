@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hetgmp.cliflags import add_flag, new_parser
+from hetgmp.cliflags import SEED, Range, add_flag, new_parser
 
 INPUTS = {
     "criteo": "dac.tar.gz (train.txt is streamed out of it), train.txt or train.txt.gz",
@@ -16,11 +16,12 @@ INPUTS = {
 
 def _add_common_flags(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--output", "-o", required=True, type=Path, help="dataset directory to create (six .npy arrays, vocab.npz, meta.json)")
-    add_flag(p, "--seed", type=int, default=0, help="seed of the row shuffle, recorded in meta.json")
-    add_flag(p, "--val-fraction", type=float, default=0.1, help="fraction of rows, last in the shuffled order, kept as the test split")
+    add_flag(p, "--seed", type=int, range=SEED, default=0, help="seed of the row shuffle, recorded in meta.json")
+    add_flag(p, "--val-fraction", type=float, range=Range(0, 1, high_open=True), default=0.1, help="fraction of rows, last in the shuffled order, kept as the test split")
     add_flag(p, "--force", action="store_true", help="replace --output if it exists (only once the new one is complete)")
-    add_flag(p, "--block-size", type=int, default=4 << 20, help="bytes of text parsed per batch; up to 32 blocks are buffered ahead")
-    add_flag(p, "--no-progress", action="store_true", help="hide the progress bars (on stderr)")
+    add_flag(p, "--block-size", type=int, range=Range(1024), default=4 << 20, help="bytes of text parsed per batch; up to 32 blocks are buffered ahead")
+    add_flag(p, "--progress", action=argparse.BooleanOptionalAction, default=None,
+             help="progress bars on stderr; by default only when stderr is a terminal")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,10 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hetgmp.compiling import announce_compiles
     from hetgmp.data.encode import PrepareConfig, prepare_table
     from hetgmp.data.avazu import AVAZU
     from hetgmp.data.criteo import CRITEO
 
+    announce_compiles(args.prog)
     layout = {"criteo": CRITEO, "avazu": AVAZU}[args.dataset]
     config = PrepareConfig(
         input=args.input,
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         skip_bad_rows=args.skip_bad_rows,
         force=args.force,
-        progress=not args.no_progress,
+        progress=args.progress,
         block_size=args.block_size,
     )
     meta = prepare_table(layout, config)

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from hetgmp.cliflags import add_flag, new_parser
+from hetgmp.cliflags import POSITIVE, add_flag, new_parser
 from hetgmp.errors import HetGMPError
 
 DESCRIPTION = (
@@ -63,7 +63,7 @@ def register_table(datasets: argparse._SubParsersAction, add_common_flags: Calla
     add_flag(p, "--list-delimiter", default="|", help="what joins the values of a multi-hot string column")
     add_flag(p, "--hash-buckets", action="append", default=[], metavar="N|COL=N",
              help="hash values into N buckets instead of label-encoding them, for every categorical column (N) or one (COL=N)")
-    add_flag(p, "--min-count", type=int, default=1, metavar="K", help="values seen fewer than K times share one rare id per field (1: keep all)")
+    add_flag(p, "--min-count", type=int, range=POSITIVE, default=1, metavar="K", help="values seen fewer than K times share one rare id per field (1: keep all)")
     add_flag(p, "--dense-transform", default="criteo", choices=("criteo", "log", "none"),
              help="criteo: log(x+1) if x > -1 else -1; log: sign(x) log(1+|x|); none: as is")
     add_flag(p, "--format", default="auto", choices=("auto", "csv", "parquet"), help="input format (auto: Parquet for .parquet/.pq/.parq names)")
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         csv=CsvOptions(delimiter=delimiter, header=not args.no_header and names is None, column_names=names, block_size=args.block_size),
     )
     config = PrepareConfig(input=args.input[0], output=args.output, seed=args.seed, val_fraction=args.val_fraction, force=args.force,
-                           progress=not args.no_progress, block_size=args.block_size)
+                           progress=args.progress, block_size=args.block_size)
     meta = prepare_from_table(spec, config)
     bags = meta.extra.get("bag_sizes")
     print(

@@ -22,19 +22,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hetgmp.errors import Interrupted
+    from hetgmp.train.checkpoint import resume_hint
+
     cfg = config_from_args(args)
-    return run_config(cfg)
+    try:
+        return run_config(cfg)
+    except KeyboardInterrupt:
+        raise Interrupted(resume_hint(cfg.checkpoint_dir)) from None
 
 
 def run_config(cfg) -> int:
     """Launch local workers for `--nproc N > 1`, else train in this process (joining any launcher's job)."""
+    import dataclasses
+    import sys
+
     from hetgmp.distributed import detect_launch
     from hetgmp.train.config import config_to_argv
 
     if cfg.nproc > 1 and detect_launch().launcher == "none":
         from hetgmp.train.launch import launch_local
 
-        return launch_local(cfg.nproc, ["train", *config_to_argv(cfg)])
+        # The workers' stderr is a pipe to this process: whether to draw a bar is decided by ours.
+        shown = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+        argv = ["train", *config_to_argv(dataclasses.replace(cfg, progress=shown))]
+        return launch_local(cfg.nproc, argv, cfg.checkpoint_dir)
     from hetgmp.train.loop import train
 
     train(cfg)

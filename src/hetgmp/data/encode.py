@@ -38,12 +38,13 @@ from hetgmp.data import kernels
 from hetgmp.data.arrays import DatasetMeta, write_meta
 from hetgmp.data.buckets import BUCKETS, BucketFiles, bucket_of, bucket_permutation, record_dtype
 from hetgmp.data.outputs import SplitWriter
-from hetgmp.data.reader import BatchReader, TableLayout
+from hetgmp.data.reader import BatchReader, TableLayout, decode_text, invalid_text
 from hetgmp.data.textsource import open_text
 from hetgmp.data.vocab import VOCAB_FILE, FieldVocab, save_vocab, string_buffers
 from hetgmp.errors import HetGMPError
 
 SKIP_HINT = "fix or delete the row, or pass --skip-bad-rows to skip malformed rows"
+UTF8_FIX = "re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), fix or delete the row, or pass --skip-bad-rows to skip such rows"
 
 
 @dataclass
@@ -54,7 +55,7 @@ class PrepareConfig:
     val_fraction: float = 0.1
     skip_bad_rows: bool = False
     force: bool = False
-    progress: bool = True
+    progress: bool | None = None  # None: bars only when stderr is a terminal
     # Bytes of text per parsed batch. Arrow's reader buffers up to 32 blocks
     # ahead, so this bounds that buffer (128 MB); larger blocks saved no CPU.
     block_size: int = 4 << 20
@@ -97,22 +98,30 @@ class _Pass1:
         where = self.reader.source.description
         return line, f"line {line} of {where}: column {name} is {value!r}, expected {rule}"
 
+    def _bad_text_message(self, raw: pa.RecordBatch, row: int) -> tuple[int, str]:
+        name, value = invalid_text(raw, row)
+        line = self.reader.line_of(self.stats.rows_emitted + row)
+        return line, f"line {line} of {self.reader.source.description}: column {name} is {value!r}, which is not valid UTF-8 text"
+
     def _check_invalid(self, before_line: float) -> None:
         """In strict mode, stop at a wrong-width row that comes before `before_line`."""
         lines = self.reader.invalid_lines
         if not self.config.skip_bad_rows and len(lines) and lines[0] <= before_line:
             raise HetGMPError(f"{self.reader.first_invalid()}: {SKIP_HINT}")
 
-    def process(self, batch: pa.RecordBatch) -> None:
-        n = batch.num_rows
+    def process(self, raw: pa.RecordBatch) -> None:
+        n = raw.num_rows
+        batch, text_ok = decode_text(raw)
         labels, dense, ok = self._typed(batch)
-        good = ok.all(axis=0)
+        good = ok.all(axis=0) if text_ok is None else ok.all(axis=0) & text_ok
         bad = np.flatnonzero(~good)
         if len(bad):
-            line, message = self._bad_row_message(batch, ok, int(bad[0]))
+            first = int(bad[0])
+            bad_text = text_ok is not None and not text_ok[first]
+            line, message = self._bad_text_message(raw, first) if bad_text else self._bad_row_message(batch, ok, first)
             self._check_invalid(line)
             if not self.config.skip_bad_rows:
-                raise HetGMPError(f"{message}: {SKIP_HINT}")
+                raise HetGMPError(f"{message}: {UTF8_FIX if bad_text else SKIP_HINT}")
             self.stats.bad_typed += len(bad)
             self.stats.first_bad = self.stats.first_bad or (line, message)
         self._check_invalid(self.reader.line_of(self.stats.rows_emitted + n - 1))
@@ -139,8 +148,9 @@ class _Pass1:
         self._check_invalid(math.inf)
 
 
-def progress_bar(progress: bool, **kwargs) -> tqdm:
-    return tqdm(file=sys.stderr, disable=not progress, dynamic_ncols=True, mininterval=0.5, **kwargs)
+def progress_bar(progress: bool | None, **kwargs) -> tqdm:
+    """A progress bar on stderr; `progress` None: only when stderr is a terminal (tqdm's disable=None)."""
+    return tqdm(file=sys.stderr, disable=None if progress is None else not progress, dynamic_ncols=True, mininterval=0.5, **kwargs)
 
 
 def _run_pass1(layout: TableLayout, config: PrepareConfig, work: Path) -> tuple[_Pass1, BucketFiles]:

@@ -1,8 +1,10 @@
 """Stream a delimited text file as Arrow record batches of strings.
 
-Every column is read as a string: the typed checks (integers, labels) are
-ours, so that a bad value can be reported with its line, column and value
-and, with --skip-bad-rows, dropped without stopping the stream. Rows with the
+Every column is read as bytes: the typed checks (integers, labels) and the
+UTF-8 check (`decode_text`) are ours, so that a bad value can be reported
+with its line, column name and value and, with --skip-bad-rows, dropped
+without stopping the stream (Arrow's own UTF-8 check names only a 0-based
+column number and stops the parse). Rows with the
 wrong number of columns are caught by Arrow's invalid-row handler, which
 gives their physical line number; they are recorded here and skipped, and
 the caller decides whether they are an error.
@@ -26,7 +28,9 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from hetgmp.data.textsource import TextSource
@@ -34,6 +38,39 @@ from hetgmp.errors import HetGMPError
 
 _DONE = object()
 KEEP_TEXTS = 5  # invalid rows whose text is kept for messages
+
+
+def decode_text(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, np.ndarray | None]:
+    """`batch`'s byte columns as UTF-8 strings, and the mask of rows whose every value is valid
+    UTF-8 (None when all are); an invalid value becomes "" (its row is to be dropped or reported)."""
+    columns, valid = [], None
+    for column in batch.columns:
+        try:
+            columns.append(column.cast(pa.string()))
+            continue
+        except pa.ArrowInvalid:
+            pass
+        ok = np.array([_is_utf8(v) for v in column.to_pylist()], dtype=np.bool_)  # only on a batch holding bad text
+        valid = ok if valid is None else valid & ok
+        columns.append(pc.if_else(pa.array(ok), column, pa.scalar(b"", pa.binary())).cast(pa.string()))
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names), valid
+
+
+def invalid_text(batch: pa.RecordBatch, row: int) -> tuple[str, bytes]:
+    """The first column of `row` whose bytes are not valid UTF-8: (column name, the bytes)."""
+    for name, column in zip(batch.schema.names, batch.columns):
+        value = column[row].as_py()
+        if not _is_utf8(value):
+            return name, value
+    raise ValueError(f"row {row} holds valid UTF-8 only")
+
+
+def _is_utf8(value: bytes | None) -> bool:
+    try:
+        (value or b"").decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -88,7 +125,7 @@ class BatchReader:
             invalid_row_handler=self._on_invalid,
         )
         convert = pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in layout.used_columns},
+            column_types={c: pa.binary() for c in layout.used_columns},
             include_columns=layout.used_columns,
             strings_can_be_null=False,
             quoted_strings_can_be_null=False,

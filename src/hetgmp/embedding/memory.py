@@ -17,7 +17,19 @@ Worked example: E = 33,762,577 (Criteo), D = 128, P = 8, SGD, random owners
 (Np = E/8, M = 0), U = 8192 x 26: maps 203 MB, rows 2.2 GB, exchange 2.0 GB
 (worst case), total about 4.5 GB per worker.
 
-A single-worker table has no maps and no pending state (S = E).
+A single-worker table has no maps, no pending state and no exchange (S = E).
+
+The batch itself, per sample of F fields, I dense features, rows D wide, in bytes
+(`batch_bytes`, checked before the model is built):
+
+    ids       16 F                        the batch's ids and the next batch's (int64)
+    inputs    8 (I + 1)                   dense features and label
+    rows      12 F D                      the rows the model reads, their gradient, a sum
+    model     24 (F D + I + 768)          activations and gradients: six fp32 copies of the input
+                                          and of the three 256-wide layers (an allowance)
+
+Worked example: Criteo (F = 26, I = 13), D = 16: 34 kB a sample, 282 MB for a
+batch of 8192, 342 GB for a batch of 10 million.
 """
 
 from __future__ import annotations
@@ -37,7 +49,7 @@ def memory_bytes(config: EmbeddingConfig, world_size: int, num_primaries: int, n
     rows = stored * (4 * dim + 16 + 4 * adagrad)
     pending = num_mirrors * (4 * dim + 8 + 4 * adagrad)
     record = 4 + dim + adagrad  # words of a push or an answer: two int64 + the row (+ accumulator)
-    exchange = 4 * ids * world_size * (2 * record + 4) + 8 * ids * dim
+    exchange = 0 if world_size == 1 else 4 * ids * world_size * (2 * record + 4) + 8 * ids * dim
     return maps + rows + pending + exchange + 4 * CHUNK_IDS * dim
 
 
@@ -50,6 +62,28 @@ def available_bytes(device: torch.device) -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     raise HetGMPError("cannot read MemAvailable from /proc/meminfo to check the embedding table's memory")
+
+
+HIDDEN = 3 * 256  # the deep part's widths (SPEC section 4), all three models
+
+
+def batch_bytes(batch: int, num_fields: int, num_dense: int, dim: int) -> int:
+    """The batch formula above: bytes one step of `batch` samples holds."""
+    per_sample = 16 * num_fields + 8 * (num_dense + 1) + 12 * num_fields * dim + 24 * (num_fields * dim + num_dense + HIDDEN)
+    return batch * per_sample
+
+
+def check_batch_memory(batch: int, num_fields: int, num_dense: int, dim: int, device: torch.device) -> int:
+    """Raise HetGMPError before allocating when a step of `batch` samples cannot fit in free memory."""
+    need, free = batch_bytes(batch, num_fields, num_dense, dim), available_bytes(device)
+    if need > free:
+        gib, fits = 1 << 30, free // batch_bytes(1, num_fields, num_dense, dim)
+        raise HetGMPError(
+            f"--batch-size {batch:,} needs about {need / gib:.1f} GiB per worker on {device} ({need // batch:,} bytes a sample: "
+            f"{num_fields} ids, {num_dense} dense features, {num_fields} rows of {dim} and the model's activations) but only "
+            f"{free / gib:.1f} GiB is free: use --batch-size {fits:,} or less (leaving room for the table: less still), or more workers"
+        )
+    return need
 
 
 def check_memory(config: EmbeddingConfig, world_size: int, num_primaries: int, num_mirrors: int, device: torch.device) -> int:

@@ -30,9 +30,8 @@ BENCHMARKS.md sets it against measured peaks (`bench_sharded_fast.py`).
 from __future__ import annotations
 
 from hetgmp.embedding.config import EmbeddingConfig
+from hetgmp.embedding.memory import HIDDEN
 from hetgmp.fastpath.fixed_exchange import record_words
-
-HIDDEN = 3 * 256  # the deep part's widths (SPEC section 4), all three models
 
 
 def sharded_step_bytes(table: EmbeddingConfig, world: int, num_primaries: int, num_mirrors: int, capacity: int,

@@ -126,15 +126,18 @@ class PartitionPlan:
         except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise HetGMPError(f"{path} is not a readable partition file (expected an .npz archive; {e}): it is truncated or corrupt; re-run `hetgmp partition`") from e
 
-    def check(self, dataset_meta: DatasetMeta, world_size: int, gpus_per_node: int | None = None, train_ids: np.ndarray | None = None) -> None:
+    def check(self, dataset_meta: DatasetMeta, world_size: int, gpus_per_node: int | None = None, train_ids: np.ndarray | None = None,
+              data: str | Path | None = None) -> None:
         """Raise HetGMPError, saying what to re-run, if this plan does not fit the run.
 
         Checks the part count against `world_size`, the vocabulary size and
         train rows against `dataset_meta`, the GPUs per node the plan was
         weighted for (when given) and, with `train_ids`, the dataset fingerprint.
+        The fix partitions the run's own dataset, `data` (its --data).
         """
-        data = self.meta.get("data", "DIR")
-        rerun = f"`hetgmp partition {data} --parts {world_size}`"
+        made_for = self.meta.get("data")
+        planned_for = f" (the plan was made for {made_for})" if made_for is not None and str(made_for) != str(data) else ""
+        rerun = f"`hetgmp partition {data if data is not None else 'DIR'} --parts {world_size} --output PLAN.npz`{planned_for}"
         if self.parts != world_size:
             raise HetGMPError(f"partition has {self.parts} parts but {world_size} workers were started: re-run {rerun} or start {self.parts} workers")
         mismatches = [

@@ -39,12 +39,19 @@ def matrix_lines(comm: np.ndarray) -> list[str]:
     return ["  traffic matrix (expected rows per batch part p reads from part q; diagonal = local):", head, *body]
 
 
+def _versus_random(cost_now: float, cost_random: float) -> str:
+    """The change from the random start; one part has no remote rows, so no cost to compare."""
+    if cost_random <= 0:
+        return "no remote rows to save"
+    return f"{cost_now / cost_random - 1:+.1%} vs random"
+
+
 def round_block(r: int, rounds: int, costs: list[float], comm: np.ndarray, sizes: np.ndarray, rows: np.ndarray, moved: tuple[int, int], seconds: float) -> str:
     """The lines printed after round r: cost, balance, traffic, matrix."""
     off = comm - np.diag(np.diag(comm))
     count, frac = cost.remote_rows(comm)
     lines = [
-        f"round {r}/{rounds}: cost {costs[-1]:,.1f} ({costs[-1] / costs[0] - 1:+.1%} vs random), remote rows per batch {frac:.1%} ({count:,.0f}), "
+        f"round {r}/{rounds}: cost {costs[-1]:,.1f} ({_versus_random(costs[-1], costs[0])}), remote rows per batch {frac:.1%} ({count:,.0f}), "
         f"moved {moved[0]:,} samples and {moved[1]:,} rows in {seconds:.2f} s",
         f"  samples per part {_spread(sizes, sizes.sum())}",
         f"  rows per part    {_spread(rows, rows.sum())}",

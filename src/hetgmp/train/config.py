@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from hetgmp.cliflags import add_flag
+from hetgmp.cliflags import ABOVE_ZERO, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Range, add_flag
 from hetgmp.errors import HetGMPError
 from hetgmp.train.tensorboard import require_tensorboard
 
@@ -43,7 +43,8 @@ FAST_DENSE_OPTIMIZERS = ("sgd", "adam")
 
 
 def _f(default: Any, help: str, **flag: Any) -> Any:
-    """A field whose metadata carries its CLI help and extra argparse options."""
+    """A field whose metadata carries its CLI help and extra argparse options
+    (`range=`: the values a numeric field accepts, checked at parse time and by validate())."""
     return field(default=default, metadata={"help": help, **flag})
 
 
@@ -51,30 +52,32 @@ def _f(default: Any, help: str, **flag: Any) -> Any:
 class TrainConfig:
     data: str = _f(None, "dataset directory (from `hetgmp prepare` or `hetgmp synth`)", required=True)
     model: str = _f("wdl", "model: wdl (Wide&Deep), dcn (Deep&Cross) or dfm (DeepFM)")
-    embed_dim: int = _f(16, "embedding dimension d (DeepFM's table is d+1 wide)")
-    batch_size: int = _f(4096, "samples per step on each worker")
-    iter: int | None = _f(None, "training steps (overrides --epochs)")
-    epochs: float | None = _f(None, "passes over the training split (default 1 when --iter is not given)")
+    embed_dim: int = _f(16, "embedding dimension d (DeepFM's table is d+1 wide)", range=POSITIVE)
+    batch_size: int = _f(4096, "samples per step on each worker", range=POSITIVE)
+    iter: int | None = _f(None, "training steps (overrides --epochs)", range=POSITIVE)
+    epochs: float | None = _f(None, "passes over the training split (default 1 when --iter is not given)", range=ABOVE_ZERO)
     partition: str | None = _f(None, "plan .npz from `hetgmp partition` (default: random owners, contiguous data shards)")
-    store_rate: float = _f(0.01, "fraction of each worker's ranked candidate list kept as mirrors (needs --partition)")
-    bound: int = _f(0, "staleness bound in updates; 0 = synchronous (BSP)")
+    store_rate: float = _f(0.01, "fraction of each worker's ranked candidate list kept as mirrors (needs --partition)", range=FRACTION)
+    bound: int = _f(0, "staleness bound in updates; 0 = synchronous (BSP)", range=NON_NEGATIVE)
     val: bool = _f(False, "evaluate on the test split every --eval-every steps and at the end")
-    eval_every: int = _f(0, "steps between evaluations (0: only at the end)")
-    log_every: int = _f(100, "steps between TRAIN lines")
+    eval_every: int = _f(0, "steps between evaluations (0: only at the end)", range=NON_NEGATIVE)
+    log_every: int = _f(100, "steps between TRAIN lines", range=POSITIVE)
     output: str | None = _f(None, "log file receiving the TRAIN/EVAL lines")
     metrics: str | None = _f(None, "JSONL metrics file (one object per TRAIN/EVAL line)")
     tensorboard: str | None = _f(None, "directory for TensorBoard event files of the --metrics scalars (needs tensorboard: pip install 'hetgmp[tensorboard]')")
     checkpoint_dir: str | None = _f(None, "directory for checkpoints (step-NNNNNN/ folders and a `latest` pointer)")
-    checkpoint_every: int = _f(0, "steps between checkpoints (0: only at the end)")
-    resume: bool = _f(False, "continue from the latest complete checkpoint in --checkpoint-dir")
-    nproc: int = _f(1, "start this many local workers (ignored under torchrun/mpirun, which start them)")
+    checkpoint_every: int = _f(0, "steps between checkpoints (0: only at the end)", range=NON_NEGATIVE)
+    resume: bool = _f(False, "continue from the newest intact checkpoint in --checkpoint-dir")
+    force: bool = _f(False, "start over in a --checkpoint-dir that holds checkpoints (this run's saves replace them)")
+    nproc: int = _f(1, "start this many local workers (ignored under torchrun/mpirun, which start them)", range=POSITIVE)
     device: str = _f("auto", "cpu, cuda or auto (CUDA when available)", choices=DEVICES)
-    seed: int = _f(0, "seed for weights, embedding rows, random placement and data order")
+    seed: int = _f(0, "seed for weights, embedding rows, random placement and data order", range=SEED)
     optimizer: str = _f("adam", "optimizer of the dense layers", choices=DENSE_OPTIMIZERS)
-    lr: float = _f(1e-3, "learning rate of the dense layers")
+    lr: float = _f(1e-3, "learning rate of the dense layers (0 freezes them)", range=NON_NEGATIVE)
     sparse_optimizer: str = _f("rowwise_adagrad", "optimizer of the embedding table", choices=SPARSE_OPTIMIZERS)
-    sparse_lr: float = _f(0.1, "learning rate of the embedding table")
-    progress: bool = _f(True, "show a progress bar on rank 0 (stderr)")
+    sparse_lr: float = _f(0.1, "learning rate of the embedding table (0 freezes it)", range=NON_NEGATIVE)
+    progress: bool | None = _f(None, "a progress bar on rank 0's stderr; by default only when stderr is a terminal "
+                               "(in a log file the TRAIN lines every --log-every steps show progress)")
     skip_nonfinite: bool = _f(False, "skip a worker's batch whose loss or gradients are NaN/inf (counted as skipped_batches) instead of stopping the run")
     step: str = _f("auto", "training step: fast (the whole step with fixed shapes, one CUDA graph on a GPU, eager on "
                    "CPU; on several workers the sharded fast step), general (the embedding runtime's step, which also "
@@ -86,19 +89,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Reject values no run could use, naming the flag."""
-        positive = {"embed_dim": self.embed_dim, "batch_size": self.batch_size, "log_every": self.log_every, "nproc": self.nproc}
-        for name, value in positive.items():
-            if value < 1:
-                raise HetGMPError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        for name in ("iter", "epochs"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise HetGMPError(f"--{name} must be positive, got {value}")
-        for name in ("bound", "eval_every", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise HetGMPError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
-        if not 0.0 <= self.store_rate <= 1.0:
-            raise HetGMPError(f"--store-rate is a fraction in [0, 1], got {self.store_rate}")
+        for f in dataclasses.fields(self):
+            bounds: Range | None = f.metadata.get("range")
+            value = getattr(self, f.name)
+            problem = bounds.problem(value) if bounds and value is not None else None
+            if problem:
+                raise HetGMPError(f"--{f.name.replace('_', '-')} {problem}")
         if self.resume and not self.checkpoint_dir:
             raise HetGMPError("--resume needs --checkpoint-dir DIR (the directory the interrupted run saved to)")
         if self.tensorboard:
@@ -145,7 +141,7 @@ def add_config_flags(parser: argparse.ArgumentParser, defaults: dict[str, Any] |
         help_text = meta.pop("help")
         default = defaults.get(f.name, f.default)
         flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
+        if str(f.type).split(" | ")[0] == "bool":
             add_flag(parser, flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
         kind = {"int": int, "float": float, "str": str}[str(f.type).split(" | ")[0]]

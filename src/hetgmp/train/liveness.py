@@ -102,8 +102,9 @@ class Heartbeat:
                 return
             time.sleep(HEARTBEAT_S)
 
-    def explain(self, error: BaseException, where: str) -> BaseException:
-        """A HetGMPError naming the lost ranks if `error` came from losing one, else `error` itself."""
+    def explain(self, error: BaseException, where: str, resume_hint: str) -> BaseException:
+        """A HetGMPError naming the lost ranks if `error` came from losing one, else `error` itself;
+        `resume_hint` says where the run can continue from (checkpoint.resume_hint)."""
         lost = self.lost_ranks()
         if lost == []:
             return error  # everybody is alive: not a lost worker, let the real error through
@@ -115,7 +116,7 @@ class Heartbeat:
         first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
         return HetGMPError(
             f"{who} {where}; rank {self.rank} stops too ({first}). Look at the lost worker's output for its "
-            "own error; then re-run the same command with --resume to continue from the last complete checkpoint"
+            f"own error; {resume_hint}"
         )
 
 

@@ -32,7 +32,7 @@ from hetgmp.train.tensorboard import TensorBoardScalars
 class RunLog:
     """Rank 0's reporter; `enabled=False` makes every method a no-op."""
 
-    def __init__(self, enabled: bool, log_path: str | None, metrics_path: str | None, total_steps: int, start_step: int, progress: bool,
+    def __init__(self, enabled: bool, log_path: str | None, metrics_path: str | None, total_steps: int, start_step: int, progress: bool | None,
                  tensorboard: str | None = None):
         self.enabled = enabled
         self._files: list[TextIO] = []
@@ -40,7 +40,7 @@ class RunLog:
         self._metrics = self._open(metrics_path) if enabled else None
         self._board = TensorBoardScalars(tensorboard) if enabled and tensorboard else None
         self._bar = None
-        if enabled and progress:
+        if enabled and (progress if progress is not None else sys.stderr.isatty()):
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
 
     def _open(self, path: str | None) -> TextIO | None:

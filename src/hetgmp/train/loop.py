@@ -52,10 +52,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     cfg.validate()
     ctx = init_distributed(cfg.device)
     heartbeat = start_heartbeat(ctx)
+    lock = None
     try:
         if ctx.device.type == "cpu":
             torch.set_num_threads(cpu_threads(ctx.local_world_size))
         check_same_settings(cfg, ctx)
+        lock = ckpt.claim_directory(cfg.checkpoint_dir, cfg.resume, cfg.force, ctx) if cfg.checkpoint_dir else None
         run = build_run(cfg, ctx)
         start = resume(run) if cfg.resume else 0
         log = RunLog(ctx.is_main, cfg.output, cfg.metrics, run.total_steps, start, cfg.progress, cfg.tensorboard)
@@ -70,13 +72,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if isinstance(run.fast, ShardedFastStep):
                 run.fast.release()
     except RuntimeError as e:  # a failed collective: name the lost worker, if one was lost
-        error = heartbeat.explain(e, "while the job ran") if heartbeat else e
+        error = heartbeat.explain(e, "while the job ran", ckpt.resume_hint(cfg.checkpoint_dir)) if heartbeat else e
         if error is e:
             raise
         raise error from e
     finally:
         if heartbeat:
             heartbeat.stop()
+        if lock:
+            lock.release()
         shutdown()
 
 
@@ -358,12 +362,11 @@ def finish(run: Run, window: StepWindow, clock: Clock, log: RunLog, last: dict[s
 
 
 def resume(run: Run) -> int:
-    """Restore the latest complete checkpoint; returns the step to continue from (0 if none)."""
-    folder = ckpt.latest_checkpoint(run.cfg.checkpoint_dir)
-    if folder is None:
+    """Restore the newest intact checkpoint; returns the step to continue from (0 if none)."""
+    found = ckpt.load_checkpoint(run.cfg.checkpoint_dir, run.checkpoint_meta(), run.ctx)
+    if found is None:
         return 0
-    ckpt.check_meta(folder, run.checkpoint_meta())
-    state = ckpt.load_rank_state(folder, run.ctx.rank)
+    _, state = found
     run.model.load_state_dict(state["model"])
     run.dense_opt.load_state_dict(ckpt.optimizer_state_for(run.dense_opt, state["dense_optimizer"]))
     run.emb.load_state_dict(state["embedding"])

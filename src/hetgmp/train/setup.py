@@ -19,6 +19,7 @@ from torch import nn
 from hetgmp.data.arrays import Dataset, load_dataset
 from hetgmp.distributed import DistContext
 from hetgmp.embedding import EmbeddingConfig, Placement, build_embedding
+from hetgmp.embedding.memory import check_batch_memory
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath import FastStep, ShardedFastStep
 from hetgmp.models import build_model, table_width
@@ -69,7 +70,8 @@ def load_plan(path: str, dataset: Dataset, ctx: DistContext):
 
     plan = PartitionPlan.load(path)
     multi_node = ctx.world_size > ctx.local_world_size
-    plan.check(dataset.meta, ctx.world_size, gpus_per_node=ctx.local_world_size if multi_node else None, train_ids=dataset.train.sparse)
+    plan.check(dataset.meta, ctx.world_size, gpus_per_node=ctx.local_world_size if multi_node else None, train_ids=dataset.train.sparse,
+               data=dataset.directory)
     return plan
 
 
@@ -130,6 +132,8 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
     dataset = load_dataset(cfg.data)
     meta = dataset.meta
     meta.require_one_hot(cfg.data, "hetgmp train")
+    num_dense = int(dataset.train.dense.shape[1])
+    check_batch_memory(cfg.batch_size, meta.num_fields, num_dense, table_width(cfg.model, cfg.embed_dim), ctx.device)
     plan = load_plan(cfg.partition, dataset, ctx) if cfg.partition else None
     placement, plan_id = build_placement(cfg, plan, meta.num_ids, ctx)
     data_partition = None if plan is None else np.asarray(plan.data_partition)
@@ -145,12 +149,11 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
         check_rows(dataset.directory, "test", meta, eval_batches.rows.ids, eval_batches.rows.labels)
 
     torch.manual_seed(cfg.seed)
-    num_dense = int(dataset.train.dense.shape[1])
     model = build_model(cfg.model, meta.num_fields, num_dense, cfg.embed_dim).to(ctx.device)
     broadcast_parameters(model, ctx)
     emb_cfg = EmbeddingConfig(
         num_ids=meta.num_ids, dim=table_width(cfg.model, cfg.embed_dim), optimizer=cfg.sparse_optimizer,
-        lr=cfg.sparse_lr, bound=cfg.bound, seed=cfg.seed,
+        lr=cfg.sparse_lr, bound=cfg.bound, seed=cfg.seed, ids_per_batch=cfg.batch_size * meta.num_fields,
     )
     if step_kind == "fast" and ctx.world_size > 1:
         emb = build_sharded_fast_step(cfg, model, emb_cfg, placement, ctx, stream, total)

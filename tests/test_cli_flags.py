@@ -1,0 +1,86 @@
+"""Every numeric flag of every subcommand states its range and is checked as the command line is
+parsed: an invalid value exits 2 with one `error:` line naming the flag, no traceback, no file written."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+
+import pytest
+
+from cli_runs import assert_clean_error, cli_env, hetgmp_command
+from hetgmp.cli import build_parser, main
+from hetgmp.cliflags import Range
+
+
+def numeric_flags(parser: argparse.ArgumentParser | None = None, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str, argparse.Action]]:
+    """(subcommand path, flag, action) for every flag of every (nested) subcommand whose value is a number."""
+    parser = parser or build_parser()
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += numeric_flags(sub, (*path, name))
+        elif action.option_strings and action.type is not None and action.type not in (str,) and getattr(action.type, "__name__", "") in ("int", "float"):
+            found.append((path, action.option_strings[0], action))
+    return found
+
+
+def invalid_values(bounds: Range, kind: str) -> list[str]:
+    """Values the range refuses: out of range on each side, not a number, NaN, infinities, a fraction for an integer."""
+    values = ["abc", "nan", "inf", "-inf", ""]
+    if kind == "int":
+        values.append("2.5")
+    step = 1 if kind == "int" else 0.5
+    if bounds.low is not None:
+        values.append(str(bounds.low if bounds.low_open else bounds.low - step))
+    if bounds.high is not None:
+        values.append(str(bounds.high if bounds.high_open else bounds.high + step))
+    return [v if kind == "float" or "." not in v or v == "2.5" else v.split(".")[0] for v in values]
+
+
+FLAGS = numeric_flags()
+
+
+def test_every_numeric_flag_states_its_range():
+    assert len(FLAGS) > 40  # train, partition, prepare criteo/avazu, synth, demo
+    missing = [f"{' '.join(path)} {flag}" for path, flag, action in FLAGS if not isinstance(getattr(action.type, "range", None), Range)]
+    assert not missing
+    commands = {path[0] for path, _, _ in FLAGS}
+    assert commands == {"train", "partition", "prepare", "synth", "demo"}
+
+
+@pytest.mark.parametrize("path,flag,action", FLAGS, ids=[f"{' '.join(p)} {f}" for p, f, _ in FLAGS])
+def test_invalid_values_are_refused_in_process(path, flag, action, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for value in invalid_values(action.type.range, action.type.__name__):
+        assert main([*path, f"{flag}={value}"]) == 2, (flag, value)
+        err = capsys.readouterr().err
+        assert f"hetgmp {' '.join(path)}: error: argument {flag}" in err, err
+        assert "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_invalid_values_are_refused_by_the_cli_as_a_subprocess(tmp_path):
+    """One real `hetgmp ...` process per numeric flag, the value just out of range (or NaN where the
+    range is open above and below), four at a time: exit 2, the error line, nothing written."""
+    runs = []
+    for path, flag, action in FLAGS:
+        bad = invalid_values(action.type.range, action.type.__name__)
+        runs.append((path, flag, bad[-1] if len(bad) > 6 else "nan"))
+    pending = list(runs)
+    running: list[tuple[tuple, subprocess.Popen]] = []
+    results = []
+    while pending or running:
+        while pending and len(running) < 4:
+            path, flag, value = pending.pop()
+            proc = subprocess.Popen(hetgmp_command(*path, flag, value), cwd=tmp_path,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+            running.append(((path, flag, value), proc))
+        (key, proc), running = running[0], running[1:]
+        out, err = proc.communicate(timeout=60)
+        results.append((key, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)))
+    for (path, flag, value), done in results:
+        assert_clean_error(done, " ".join(path), f"argument {flag}")
+        assert done.stdout == ""
+    assert not list(tmp_path.iterdir())
