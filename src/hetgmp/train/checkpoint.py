@@ -108,12 +108,17 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     return folder
 
 
-def check_meta(folder: Path, expected: dict[str, Any]) -> dict[str, Any]:
-    """Read meta.json and refuse a checkpoint of another model, dims, world size or plan."""
+def read_meta(folder: Path) -> dict[str, Any]:
+    """A checkpoint folder's meta.json (what it belongs to and its step)."""
     try:
-        saved = json.loads((folder / "meta.json").read_text())
+        return json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError) as e:
         raise HetGMPError(f"{folder / 'meta.json'} is not readable JSON ({e}): the checkpoint is damaged; {_DAMAGED_FIX}") from e
+
+
+def check_meta(folder: Path, expected: dict[str, Any]) -> dict[str, Any]:
+    """Read meta.json and refuse a checkpoint of another model, dims, world size or plan."""
+    saved = read_meta(folder)
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {expected.get(k)!r}" for k in MUST_MATCH if saved.get(k) != expected.get(k)]
     if diffs:
         raise HetGMPError(
