@@ -7,7 +7,7 @@ one worker (both skipped when already in --work), then times, each as its own
 `hetgmp` process: predict on the test split (its AUC/logloss against the run's
 EVAL line) and on the train split; export with a float32 and a bfloat16 table;
 and the exported programs scoring the train split through plain torch
-(`torch.export.load`, batches of 65536). Prints one line per figure: wall
+(`torch.export.load`, batches of 65536), against predict's probabilities. Prints one line per figure: wall
 seconds, CPU seconds of the process (user + system) and rows/s from the
 command's own timing.
 """
@@ -23,9 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 SERVE = """
 import sys, time, numpy as np, torch
-program, data, device = sys.argv[1:]
+program, data, device, out = sys.argv[1:]
 began = time.perf_counter()
 model = torch.export.load(program).module().to(device)
 loaded = time.perf_counter() - began
@@ -35,9 +37,9 @@ batch = 65536
 with torch.no_grad():
     model(dense[:batch].to(device), ids[:batch].to(device))
     began = time.perf_counter()
-    for a in range(0, len(ids), batch):
-        model(dense[a:a + batch].to(device), ids[a:a + batch].to(device)).cpu()
+    parts = [model(dense[a:a + batch].to(device), ids[a:a + batch].to(device)).cpu() for a in range(0, len(ids), batch)]
     seconds = time.perf_counter() - began
+np.save(out, torch.cat(parts).numpy())
 print(f"loaded in {loaded:.1f} s; {len(ids)} rows in {seconds:.1f} s ({len(ids) / seconds:,.0f} rows/s)")
 """
 
@@ -89,8 +91,10 @@ def main() -> None:
         program = args.work / f"model-{dtype}.pt2"
         _, wall, cpu = timed(hetgmp("export", "--checkpoint", ckpt, "--output", program, "--table-dtype", dtype))
         print(f"export {dtype}: {wall:.1f} s wall, {cpu:.1f} s CPU, {program.stat().st_size / 2**20:.1f} MiB")
-        out, wall, cpu = timed([sys.executable, str(args.work / "serve.py"), str(program), str(data), args.device])
-        print(f"serve {dtype} program: {out.strip()} ({wall:.1f} s wall, {cpu:.1f} s CPU in all)")
+        served = args.work / f"served-{dtype}.npy"
+        out, wall, cpu = timed([sys.executable, str(args.work / "serve.py"), str(program), str(data), args.device, str(served)])
+        gap = np.abs(np.load(served) - np.load(args.work / "train.npy")).max()
+        print(f"serve {dtype} program: {out.strip()} ({wall:.1f} s wall, {cpu:.1f} s CPU in all); max difference from predict {gap:.1e}")
 
 
 if __name__ == "__main__":
