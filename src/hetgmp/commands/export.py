@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from hetgmp.cliflags import add_flag, new_parser
+from hetgmp.commands.predict import add_checkpoint_flag
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(B, I) and global ids int64 (B, F), any batch size B, and returns probabilities (B,); it needs only torch. "
         "Field f's out-of-vocabulary id is num_ids + f.",
     )
-    add_flag(p, "--checkpoint", required=True, metavar="DIR", help="a run's --checkpoint-dir (its latest checkpoint) or one step-NNNNNN folder")
+    add_checkpoint_flag(p)
     add_flag(p, "--output", "-o", required=True, help="program file to write (.pt2)")
     add_flag(p, "--table-dtype", choices=("float32", "bfloat16"), default="float32",
              help="dtype the table is stored in; bfloat16 halves its size (rows are widened to float32 for the model)")

@@ -14,6 +14,12 @@ import argparse
 from hetgmp.cliflags import add_flag, new_parser
 
 
+def add_checkpoint_flag(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, as predict and export take it."""
+    add_flag(parser, "--checkpoint", required=True, metavar="DIR",
+             help="a training run's model: its --checkpoint-dir or run folder (the latest checkpoint), or one step-NNNNNN folder")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = new_parser(
         sub, "predict", help="score a dataset split or raw rows with a trained model",
@@ -22,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--format, --vocab; a value never seen in training takes its field's out-of-vocabulary id, num_ids + field). "
         "Writes one float32 probability per row, in row order, and prints AUC/logloss when the rows have labels.",
     )
-    add_flag(p, "--checkpoint", required=True, metavar="DIR", help="a run's --checkpoint-dir (its latest checkpoint) or one step-NNNNNN folder")
+    add_checkpoint_flag(p)
     add_flag(p, "--output", "-o", required=True, help="probabilities to write (.npy, float32, one per row)")
     add_flag(p, "--data", metavar="DIR", help="dataset folder (from `hetgmp prepare`/`synth`) with the training vocabulary")
     add_flag(p, "--split", choices=("test", "train"), default="test", help="which split of --data to score")
