@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from hetgmp.cli import main
+from hetgmp.errors import HetGMPError
 from hetgmp.train.rundir import new_run_folder
 from tinydata import read_metrics, write_plan, write_planted
 
@@ -60,6 +61,10 @@ def test_every_run_saves_its_model_in_a_new_run_folder(runs, tmp_path, monkeypat
     monkeypatch.setenv("HETGMP_RUNS_DIR", str(tmp_path))
     first, second = new_run_folder("wdl"), new_run_folder("wdl")
     assert first != second and first.is_dir() and second.is_dir()
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("HETGMP_RUNS_DIR", str(tmp_path / "file"))
+    with pytest.raises(HetGMPError, match="cannot create the run folder .*pass --checkpoint-dir DIR, or set HETGMP_RUNS_DIR"):
+        new_run_folder("wdl")
 
 
 @pytest.mark.parametrize("workers", ["one", "two"])
@@ -165,6 +170,8 @@ def test_bad_inputs_are_refused_naming_both_sides_and_write_nothing(runs, tmp_pa
     narrow = tmp_path / "narrow"
     assert main(["train", "--data", str(root / "ds"), "--iter", "2", "--batch-size", "100", "--embed-dim", "8", "--device", "cpu",
                  "--checkpoint-dir", str(narrow), "--no-progress"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"model saved to {narrow}; score it with hetgmp predict --checkpoint {narrow} --data {root / 'ds'} --output preds.npy"
     one_worker = tmp_path / "one"
     shutil.copytree(os.path.join(found["one"][0], "step-000012"), one_worker)
     shutil.copy(narrow / "step-000002" / "rank-0.pt", one_worker / "rank-0.pt")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from hetgmp.distributed import DistContext
+from hetgmp.errors import HetGMPError
 from hetgmp.train.config import TrainConfig
 
 RUNS_ENV = "HETGMP_RUNS_DIR"
@@ -33,7 +34,10 @@ def new_run_folder(model: str) -> Path:
             return folder
         except FileExistsError:
             continue
-    raise FileExistsError(f"{root} already holds 10,000 runs named {stamp}")
+        except OSError as e:
+            raise HetGMPError(f"cannot create the run folder {folder} for the model ({e}): pass --checkpoint-dir DIR, "
+                              f"or set {RUNS_ENV} to a folder you can write") from e
+    raise HetGMPError(f"{root} already holds 10,000 runs named {stamp}*: pass --checkpoint-dir DIR")
 
 
 def with_model_folder(cfg: TrainConfig, ctx: DistContext) -> TrainConfig:
