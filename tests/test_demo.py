@@ -20,6 +20,7 @@ def test_demo_runs_the_pipeline_and_reports(tmp_path):
     text = done.stdout
     assert "AUC reached" in text and "planted model:" in text
     assert "less communication than random placement" in text and "measured   rows fetched per step" in text
-    assert {"data", "plan.npz", "plan.json", "partition.log", "train.log", "metrics.jsonl", "random.jsonl"} <= {p.name for p in out.iterdir()}
+    assert {"data", "plan.npz", "plan.json", "partition.log", "train.log", "metrics.jsonl", "random.jsonl", "model", "random-model"} <= {p.name for p in out.iterdir()}
+    assert (out / "model" / "latest").is_file()  # the partitioned run saved its model in the demo's folder
     evals = read_metrics(out / "metrics.jsonl", "eval")
     assert evals and evals[-1]["test_rows"] == 600 and evals[-1]["auc"] > 0.55

@@ -10,7 +10,7 @@ import sys
 from hetgmp.errors import HetGMPError, Interrupted
 
 # Order is the pipeline's order; each module defines register(subparsers).
-SUBCOMMANDS = ("prepare", "synth", "partition", "train", "demo", "report")
+SUBCOMMANDS = ("prepare", "synth", "partition", "train", "predict", "export", "demo", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

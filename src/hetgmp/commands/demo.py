@@ -11,6 +11,7 @@ fetched per step in both runs. Everything lands in --output:
     data/          the synthetic dataset        plan.npz, plan.json   the partition (partition.log)
     train.log      TRAIN/EVAL lines             metrics.jsonl         the partitioned run
     random.jsonl   the random-placement run's metrics
+    model/         the partitioned run's model   random-model/          the random-placement run's
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -92,9 +94,9 @@ def make_plan(args: argparse.Namespace, data: Path, plan: Path) -> dict[str, Any
     return json.loads(plan.with_suffix(".json").read_text())
 
 
-def train_argv(args: argparse.Namespace, data: Path, metrics: Path) -> list[str]:
+def train_argv(args: argparse.Namespace, data: Path, metrics: Path, model: Path) -> list[str]:
     return ["train", "--data", str(data), "--device", "cpu", "--batch-size", str(args.batch_size), "--bound", str(args.bound),
-            "--seed", str(args.seed), "--metrics", str(metrics), "--log-every", "20"]
+            "--seed", str(args.seed), "--metrics", str(metrics), "--log-every", "20", "--checkpoint-dir", str(model)]
 
 
 def train_partitioned(args: argparse.Namespace, out: Path, data: Path, plan: Path) -> None:
@@ -102,7 +104,8 @@ def train_partitioned(args: argparse.Namespace, out: Path, data: Path, plan: Pat
 
     for name in ("metrics.jsonl", "train.log"):
         (out / name).unlink(missing_ok=True)
-    argv = train_argv(args, data, out / "metrics.jsonl") + [
+    shutil.rmtree(out / "model", ignore_errors=True)  # an earlier demo's
+    argv = train_argv(args, data, out / "metrics.jsonl", out / "model") + [
         "--partition", str(plan), "--store-rate", str(args.store_rate), "--epochs", str(args.epochs), "--val",
         "--output", str(out / "train.log"),
     ]
@@ -114,7 +117,8 @@ def train_random(args: argparse.Namespace, out: Path, data: Path) -> None:
     from hetgmp.train.launch import launch_local
 
     (out / "random.jsonl").unlink(missing_ok=True)
-    argv = train_argv(args, data, out / "random.jsonl") + ["--iter", str(args.random_steps), "--log-every", str(args.random_steps), "--no-progress"]
+    shutil.rmtree(out / "random-model", ignore_errors=True)
+    argv = train_argv(args, data, out / "random.jsonl", out / "random-model") + ["--iter", str(args.random_steps), "--log-every", str(args.random_steps), "--no-progress"]
     print(f"  comparison {args.random_steps} steps with random placement, no mirrors:")
     if launch_local(WORKERS, argv) != 0:
         raise HetGMPError("the demo's random-placement run failed (its errors are printed above)")

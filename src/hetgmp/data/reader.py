@@ -79,7 +79,7 @@ class TableLayout:
 
     dataset: str
     delimiter: str
-    label: str
+    label: str | None  # None: rows without a label (files to score, e.g. Criteo's test.txt)
     dense: tuple[str, ...]
     categorical: tuple[str, ...]
     column_names: tuple[str, ...] | None = None
@@ -92,7 +92,7 @@ class TableLayout:
 
     @property
     def used_columns(self) -> list[str]:
-        return [self.label, *self.dense, *self.categorical]
+        return [c for c in (self.label, *self.dense, *self.categorical) if c is not None]
 
 
 class BatchReader:

@@ -291,12 +291,17 @@ def resume_hint(directory: str | None) -> str:
     return f"the last checkpoint is {folder}; continue with: {command}"
 
 
-def check_meta(folder: Path, expected: dict[str, Any]) -> dict[str, Any]:
-    """Read meta.json and refuse a checkpoint of another model, dims, world size or plan."""
+def read_meta(folder: Path) -> dict[str, Any]:
+    """A checkpoint folder's meta.json (what it belongs to and its step)."""
     try:
-        saved = json.loads((folder / "meta.json").read_text())
+        return json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError) as e:
         raise DamagedCheckpoint(f"{folder / 'meta.json'} is not readable JSON ({e}): the checkpoint is damaged") from e
+
+
+def check_meta(folder: Path, expected: dict[str, Any]) -> dict[str, Any]:
+    """Read meta.json and refuse a checkpoint of another model, dims, world size or plan."""
+    saved = read_meta(folder)
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {expected.get(k)!r}" for k in MUST_MATCH if saved.get(k) != expected.get(k)]
     if diffs:
         raise HetGMPError(

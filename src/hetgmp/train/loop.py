@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import time
 from typing import Any, Callable
 
@@ -44,6 +45,7 @@ from hetgmp.train.sharded_fast import ShardedFastSteps, ShardedFastTable
 from hetgmp.train.liveness import start_heartbeat
 from hetgmp.train.logs import RunLog
 from hetgmp.train.nonfinite import NonFiniteGuard
+from hetgmp.train.rundir import with_model_folder
 from hetgmp.train.setup import Run, build_run
 
 
@@ -57,6 +59,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if ctx.device.type == "cpu":
             torch.set_num_threads(cpu_threads(ctx.local_world_size))
         check_same_settings(cfg, ctx)
+        cfg = with_model_folder(cfg, ctx)  # every run leaves its model
         lock = ckpt.claim_directory(cfg.checkpoint_dir, cfg.resume, cfg.force, ctx) if cfg.checkpoint_dir else None
         run = build_run(cfg, ctx)
         start = resume(run) if cfg.resume else 0
@@ -348,16 +351,18 @@ def save(run: Run, window: StepWindow, done: int, clock: Clock, last: dict[str, 
 
 
 def finish(run: Run, window: StepWindow, clock: Clock, log: RunLog, last: dict[str, Any]) -> dict[str, Any]:
-    """The last TRAIN line, evaluation and checkpoint, unless the final step just had them."""
+    """The last TRAIN line, evaluation and checkpoint (the model), unless the final step just had them."""
     done = run.total_steps
     start = last["step"]
     if window.n:
         last["train"] = report_train(run, window, done, clock, log)
     if run.cfg.val and last.get("eval_step") != done:
         last["eval"] = run_eval(run, window, done, clock, log, last)
-    if run.cfg.checkpoint_dir and last.get("checkpoint_step") != done and done > start:
+    if last.get("checkpoint_step") != done and done > start:
         last["checkpoint"] = save(run, window, done, clock, last)
     last["step"] = done
+    folder, data = shlex.quote(run.cfg.checkpoint_dir), shlex.quote(run.cfg.data)
+    log.info(f"model saved to {folder}; score it with hetgmp predict --checkpoint {folder} --data {data} --output preds.npy")
     return last
 
 

@@ -61,6 +61,8 @@ class Run:
             "num_ids": meta.num_ids, "world_size": self.ctx.world_size, "plan": self.plan_id,
             "optimizer": self.cfg.optimizer, "sparse_optimizer": self.cfg.sparse_optimizer,
             "config_hash": self.cfg.config_hash(), "data": str(self.dataset.directory),
+            # For scoring (hetgmp.serve): the vocabulary it was trained on, and the seed its rows were drawn from.
+            "fields": list(meta.fields), "seed": self.cfg.seed,
         }
 
 

@@ -1,0 +1,198 @@
+"""A trained model from a checkpoint of one worker or many, as one single-device model.
+
+A checkpoint folder (train/checkpoint.py) holds one `rank-R.pt` per worker and
+`meta.json`. Each rank file's `embedding` state holds the rows that rank *owns*
+(its primaries: ids, values, versions, optimizer state), taken after a flush
+that pushed every pending mirror delta to its owner; mirrors are not saved, as
+they are copies whose authority is the owner's primary. Merging is therefore
+by global id: every id must be owned by exactly one rank file, whatever the
+plan. Example, E = 5, two workers, owner = [0, 1, 1, 0, 1]:
+
+    rank-0.pt  ids [0, 3]     values rows 0, 3
+    rank-1.pt  ids [1, 2, 4]  values rows 1, 2, 4     ->  table_ED rows 0..4
+
+Every worker holds the same dense weights (all-reduced every step), so the
+model comes from rank 0.
+
+Out-of-vocabulary ids. A raw value that the training data never held has no
+row; field f's such values all map to the id `num_ids + f` (one per field,
+right after the vocabulary). That row is its own row, initialised like any
+other (N(0, 0.01) from the run's seed, `embedding/init.py`); since no training
+row holds it, it never received an update and contributes about nothing to
+the logit. The scorer's table therefore has num_ids + F rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hetgmp.embedding.config import EmbeddingConfig
+from hetgmp.embedding.init import initial_rows
+from hetgmp.errors import HetGMPError
+from hetgmp.models import build_model, table_width
+from hetgmp.train import checkpoint as ckpt
+
+_NEEDED = ("model", "embed_dim", "table_width", "num_fields", "num_dense", "num_ids", "world_size", "step")
+_MIXED_FIX = "the folder mixes files of different runs: point --checkpoint at the run's own --checkpoint-dir"
+
+DAMAGED_FIX = "point --checkpoint at an earlier step-N folder of the run (or train again)"
+
+
+class Scorer(nn.Module):
+    """(dense_BI float32, ids_BF int64 global ids) -> probabilities_B; `logits` skips the sigmoid."""
+
+    def __init__(self, model: nn.Module, table_ED: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.register_buffer("table", table_ED)
+
+    def logits(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor) -> torch.Tensor:
+        # F.embedding: one aten.embedding in the exported graph, and on the CPU 4x faster than table[ids].
+        return self.model(dense_BI, F.embedding(ids_BF, self.table).float())
+
+    def forward(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(dense_BI, ids_BF))
+
+
+@dataclass
+class TrainedModel:
+    """A checkpoint's model on the CPU: dense weights (`model`) and the whole table with its OOV rows."""
+
+    folder: Path
+    meta: dict[str, Any]
+    model: nn.Module
+    table_ED: torch.Tensor  # float32 (num_ids + num_fields, table_width)
+
+    @property
+    def num_ids(self) -> int:
+        return int(self.meta["num_ids"])
+
+    @property
+    def fields(self) -> list[int] | None:
+        """Field sizes of the training vocabulary (None for checkpoints that predate recording them)."""
+        return self.meta.get("fields")
+
+    def same_vocabulary(self, fields: list[int]) -> bool:
+        """Whether a dataset of these field sizes has the vocabulary this model was trained on."""
+        if self.fields is not None:
+            return list(fields) == list(self.fields)
+        return sum(fields) == self.num_ids and len(fields) == int(self.meta["num_fields"])
+
+    def oov_id(self, field: int) -> int:
+        return self.num_ids + field
+
+    def describe(self) -> str:
+        m = self.meta
+        return f"{m['model']} d={m['embed_dim']} step {m['step']} ({m['world_size']} worker(s)) from {self.folder}"
+
+    def scorer(self, device: torch.device | str = "cpu", table_dtype: torch.dtype = torch.float32) -> Scorer:
+        """A fresh single-device scoring module (its own copy of the weights)."""
+        model = build_model(self.meta["model"], self.meta["num_fields"], self.meta["num_dense"], self.meta["embed_dim"])
+        model.load_state_dict(self.model.state_dict())
+        return Scorer(model, self.table_ED.to(table_dtype)).to(device).eval()
+
+
+def checkpoint_folder(path: str | Path) -> Path:
+    """The step folder to load: `path` itself when it is one, else the one its `latest` names."""
+    path = Path(path)
+    if (path / "meta.json").is_file():
+        return path
+    if not path.is_dir():
+        raise HetGMPError(f"--checkpoint {path} does not exist: give the folder a `hetgmp train` run saved its model to "
+                          "(its last line names it: `model saved to ...`), or one of its step-NNNNNN folders")
+    folder = ckpt.latest_checkpoint(path)
+    if folder is None:
+        raise HetGMPError(f"--checkpoint {path} holds no checkpoint (neither a `latest` pointer nor meta.json): give the folder "
+                          "a `hetgmp train` run saved its model to, or one of its step-NNNNNN folders")
+    return folder
+
+
+def load_trained(path: str | Path) -> TrainedModel:
+    """Load the latest checkpoint in `path` (or the step folder `path`), any number of workers and plan."""
+    folder = checkpoint_folder(path)
+    meta = ckpt.read_meta(folder)
+    missing = [k for k in _NEEDED if k not in meta]
+    if missing:
+        raise HetGMPError(f"{folder / 'meta.json'} lacks {', '.join(missing)}: it was not written by `hetgmp train`; "
+                          "point --checkpoint at a training run's checkpoint folder")
+    expected_width = table_width(meta["model"], meta["embed_dim"])
+    if expected_width != meta["table_width"]:
+        raise HetGMPError(f"{folder / 'meta.json'} says model {meta['model']} d={meta['embed_dim']} (rows {expected_width} wide) "
+                          f"but table_width {meta['table_width']}: the checkpoint is damaged; {DAMAGED_FIX}")
+    model_state, table_ED = merge_rank_files(folder, meta)
+    model = build_model(meta["model"], meta["num_fields"], meta["num_dense"], meta["embed_dim"])
+    try:
+        model.load_state_dict(model_state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:300]
+        raise HetGMPError(f"{folder / 'rank-0.pt'} holds dense weights that do not fit meta.json's {meta['model']} with d={meta['embed_dim']}, "
+                          f"{meta['num_fields']} fields and {meta['num_dense']} dense features (torch says: {first}): {_MIXED_FIX}") from e
+    table_ED = torch.cat([table_ED, oov_rows(meta)])
+    return TrainedModel(folder, meta, model.eval(), table_ED)
+
+
+def oov_rows(meta: dict[str, Any]) -> torch.Tensor:
+    """The F out-of-vocabulary rows (ids num_ids .. num_ids + F - 1), drawn as any row of the run's table."""
+    num_ids, num_fields = int(meta["num_ids"]), int(meta["num_fields"])
+    config = EmbeddingConfig(num_ids=num_ids + num_fields, dim=int(meta["table_width"]), seed=int(meta.get("seed", 0)))
+    return initial_rows(torch.arange(num_ids, num_ids + num_fields), config, torch.device("cpu"))
+
+
+def merge_rank_files(folder: Path, meta: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(rank 0's model state, the (E, D) table) from every rank's primaries, merged by global id.
+
+    One rank file is in memory at a time, beside the table being filled.
+    """
+    num_ids, width = int(meta["num_ids"]), int(meta["table_width"])
+    table_ED = torch.zeros(num_ids, width)
+    holder = torch.full((num_ids,), -1, dtype=torch.int32)  # the rank file each id's row came from
+    model_state: dict[str, torch.Tensor] = {}
+    for rank in range(int(meta["world_size"])):
+        state = ckpt.load_rank_state(folder, rank)
+        _check_rank_state(folder, rank, state, meta)
+        ids, values = state["embedding"]["ids"].long(), state["embedding"]["values"]
+        _check_ids(folder, rank, ids, holder)
+        holder[ids] = rank
+        table_ED[ids] = values.float()
+        if rank == 0:
+            model_state = state["model"]
+    unowned = torch.nonzero(holder < 0).squeeze(1)
+    if len(unowned):
+        raise HetGMPError(f"{len(unowned)} of the {num_ids} ids (e.g. {unowned[:5].tolist()}) have a row in none of the "
+                          f"{meta['world_size']} rank files of {folder}: the checkpoint is incomplete; {DAMAGED_FIX}")
+    return model_state, table_ED
+
+
+def _check_rank_state(folder: Path, rank: int, state: dict[str, Any], meta: dict[str, Any]) -> None:
+    path = folder / f"rank-{rank}.pt"
+    emb = state.get("embedding") if isinstance(state, dict) else None
+    if not isinstance(emb, dict) or "ids" not in emb or "values" not in emb or "model" not in state:
+        raise HetGMPError(f"{path} holds no model and embedding state: it was not written by `hetgmp train`; {_MIXED_FIX}")
+    values = emb["values"]
+    if values.dim() != 2 or values.shape[1] != int(meta["table_width"]) or len(values) != len(emb["ids"]):
+        raise HetGMPError(f"{path} holds embedding rows of shape {tuple(values.shape)} for {len(emb['ids'])} ids, but meta.json says "
+                          f"model {meta['model']} d={meta['embed_dim']}, rows {meta['table_width']} wide: {_MIXED_FIX}")
+    if int(state.get("step", -1)) != int(meta["step"]):
+        raise HetGMPError(f"{path} was saved at step {state.get('step')} but meta.json says step {meta['step']}: {_MIXED_FIX}")
+
+
+def _check_ids(folder: Path, rank: int, ids: torch.Tensor, holder: torch.Tensor) -> None:
+    """Every id in range and owned once: a second copy would be a mirror, never the authority."""
+    path = folder / f"rank-{rank}.pt"
+    bad = ids[(ids < 0) | (ids >= len(holder))]
+    if len(bad):
+        raise HetGMPError(f"{path} holds rows of ids {bad[:5].tolist()} outside the vocabulary 0..{len(holder) - 1} of meta.json: {_MIXED_FIX}")
+    if len(torch.unique(ids)) != len(ids):
+        raise HetGMPError(f"{path} holds some id twice: a rank file holds each row it owns once; the checkpoint is damaged; {DAMAGED_FIX}")
+    seen = holder[ids]
+    clash = torch.nonzero(seen >= 0).squeeze(1)
+    if len(clash):
+        first = int(clash[0])
+        raise HetGMPError(f"id {int(ids[first])} has a row in both rank-{int(seen[first])}.pt and rank-{rank}.pt of {folder}: "
+                          f"every id has one owner, whose file alone holds its row; {_MIXED_FIX}")
