@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from hetgmp.cliflags import add_flag, new_parser
+from hetgmp.cliflags import POSITIVE, add_flag, new_parser
 
 
 def add_checkpoint_flag(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_flag(p, "--input", metavar="RAW", help="raw rows to score (text, .gz or, for criteo, dac.tar.gz), with or without labels")
     add_flag(p, "--format", choices=("criteo", "avazu"), help="the raw file's format (with --input)")
     add_flag(p, "--vocab", metavar="DIR", help="the training dataset folder holding vocab.npz (with --input)")
-    add_flag(p, "--batch-size", type=int, default=65536, help="rows of --data scored at once (bounds the memory; raw input goes in 4 MiB blocks of text)")
+    add_flag(p, "--batch-size", type=int, range=POSITIVE, default=65536, help="rows of --data scored at once (bounds the memory; raw input goes in 4 MiB blocks of text)")
     add_flag(p, "--device", choices=("cpu", "cuda", "auto"), default="auto", help="where to score (auto: CUDA when available)")
     add_flag(p, "--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar (stderr)")
     p.set_defaults(run=run)
