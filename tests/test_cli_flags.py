@@ -43,11 +43,11 @@ FLAGS = numeric_flags()
 
 
 def test_every_numeric_flag_states_its_range():
-    assert len(FLAGS) > 40  # train, partition, prepare criteo/avazu, synth, demo
+    assert len(FLAGS) > 40  # train, partition, prepare criteo/avazu/table, synth, demo, predict
     missing = [f"{' '.join(path)} {flag}" for path, flag, action in FLAGS if not isinstance(getattr(action.type, "range", None), Range)]
     assert not missing
     commands = {path[0] for path, _, _ in FLAGS}
-    assert commands == {"train", "partition", "prepare", "synth", "demo"}
+    assert commands == {"train", "partition", "prepare", "synth", "demo", "predict"}
 
 
 @pytest.mark.parametrize("path,flag,action", FLAGS, ids=[f"{' '.join(p)} {f}" for p, f, _ in FLAGS])

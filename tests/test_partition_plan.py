@@ -150,7 +150,7 @@ def test_check_against_run(dataset, tmp_path):
     meta = DatasetMeta.from_json(meta_json)
     ids = np.load(dataset / "train_sparse_feats.npy")
     plan.check(meta, 4, gpus_per_node=4, train_ids=ids)
-    with pytest.raises(HetGMPError, match=r"partition has 4 parts but 2 workers were started: re-run `hetgmp partition .* --parts 2` or start 4 workers"):
+    with pytest.raises(HetGMPError, match=r"partition has 4 parts but 2 workers were started: re-run `hetgmp partition .* --parts 2 --output .*` .* or start 4 workers"):
         plan.check(meta, 2)
     bigger = DatasetMeta.from_json({**meta_json, "fields": meta.fields[:-1] + [meta.fields[-1] + 1], "num_ids": meta.num_ids + 1})
     with pytest.raises(HetGMPError, match="vocabulary size"):

@@ -21,7 +21,7 @@ def run(tmp_path: Path, capsys, *args: str) -> str:
     assert main(["prepare", "table", "--output", str(tmp_path / "ds"), "--no-progress", *args]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     err = capsys.readouterr().err
-    assert err.startswith("hetgmp prepare: error: ") and "Traceback" not in err
+    assert err.startswith("hetgmp prepare table: error: ") and "Traceback" not in err
     return err
 
 
@@ -39,7 +39,6 @@ def csv(tmp_path) -> Path:
     (["--hash-buckets", "0"], "--hash-buckets is 0; a hashed field needs at least 1 bucket"),
     (["--hash-buckets", "user=0"], "--hash-buckets user= is 0"),
     (["--hash-buckets", "many"], "--hash-buckets 'many': expected an integer N or COLUMN=N"),
-    (["--min-count", "0"], "--min-count is 0"),
     (["--multi-hot", "tags", "--bag-size", "tags=0"], "--bag-size tags=0; a bag holds at least 1 value"),
     (["--multi-hot", "tags", "--bag-size", "tags"], "--bag-size 'tags': expected COLUMN=INTEGER"),
     (["--sparse", "user", "--bag-size", "user=2"], "--bag-size names user, a --sparse column"),

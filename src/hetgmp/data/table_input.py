@@ -7,7 +7,7 @@ path, hidden and `_`-prefixed names skipped, as Arrow's dataset discovery
 does). Files are read one after another, in the order given, so the row
 order (and with it the seeded shuffle) depends only on the inputs.
 
-CSV is read by `reader.BatchReader` (every column as a string, lines
+CSV is read by `reader.BatchReader` (every column as bytes, then checked UTF-8 strings, lines
 counted for messages); Parquet through `pyarrow.dataset`, its columns in
 their own types. Each batch comes with `where(i)`, the position of its row i
 for messages: "line 7 of a.csv" (physical line, header counted) or
@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 
-from hetgmp.data.reader import BatchReader, TableLayout
+from hetgmp.data.reader import BatchReader, TableLayout, decode_text, invalid_text
 from hetgmp.data.textsource import open_text
 from hetgmp.errors import HetGMPError
 
@@ -108,10 +109,16 @@ class CsvFile:
         with open_text(self.path) as source:
             reader = BatchReader(source, self.layout(used), self.options.block_size)
             emitted = 0
-            for batch in reader:
+            for raw in reader:
                 if len(reader.invalid_lines):
                     raise HetGMPError(f"{reader.first_invalid()}: fix or delete the row")
                 first = emitted
+                batch, text_ok = decode_text(raw)
+                if text_ok is not None:
+                    row = int(np.flatnonzero(~text_ok)[0])
+                    column, value = invalid_text(raw, row)
+                    raise HetGMPError(f"line {reader.line_of(first + row)} of {self.path}, column {column}: {value!r} is not "
+                                      "valid UTF-8: re-save the file as UTF-8, or fix or delete the row")
                 yield Batch(batch, lambda i, first=first: f"line {reader.line_of(first + i)} of {self.path}")
                 emitted += batch.num_rows
                 on_bytes(source.bytes_read())
