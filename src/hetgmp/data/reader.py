@@ -26,7 +26,7 @@ import array
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -63,6 +63,17 @@ def invalid_text(batch: pa.RecordBatch, row: int) -> tuple[str, bytes]:
         if not _is_utf8(value):
             return name, value
     raise ValueError(f"row {row} holds valid UTF-8 only")
+
+
+def decode_or_refuse(raw: pa.RecordBatch, where: Callable[[int], str], fix: str) -> pa.RecordBatch:
+    """decode_text, refusing a batch with invalid UTF-8: HetGMPError naming where(row), the column
+    and its bytes, and `fix` (for readers that may not skip rows)."""
+    batch, text_ok = decode_text(raw)
+    if text_ok is not None:
+        row = int(np.flatnonzero(~text_ok)[0])
+        column, value = invalid_text(raw, row)
+        raise HetGMPError(f"{where(row)}, column {column}: {value!r} is not valid UTF-8: {fix}")
+    return batch
 
 
 def _is_utf8(value: bytes | None) -> bool:

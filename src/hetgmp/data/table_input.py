@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 
-from hetgmp.data.reader import BatchReader, TableLayout, decode_text, invalid_text
+from hetgmp.data.reader import BatchReader, TableLayout, decode_or_refuse
 from hetgmp.data.textsource import open_text
 from hetgmp.errors import HetGMPError
 
@@ -113,12 +112,8 @@ class CsvFile:
                 if len(reader.invalid_lines):
                     raise HetGMPError(f"{reader.first_invalid()}: fix or delete the row")
                 first = emitted
-                batch, text_ok = decode_text(raw)
-                if text_ok is not None:
-                    row = int(np.flatnonzero(~text_ok)[0])
-                    column, value = invalid_text(raw, row)
-                    raise HetGMPError(f"line {reader.line_of(first + row)} of {self.path}, column {column}: {value!r} is not "
-                                      "valid UTF-8: re-save the file as UTF-8, or fix or delete the row")
+                batch = decode_or_refuse(raw, lambda i, first=first: f"line {reader.line_of(first + i)} of {self.path}",
+                                         "re-save the file as UTF-8, or fix or delete the row")
                 yield Batch(batch, lambda i, first=first: f"line {reader.line_of(first + i)} of {self.path}")
                 emitted += batch.num_rows
                 on_bytes(source.bytes_read())

@@ -25,7 +25,7 @@ from hetgmp.data import kernels
 from hetgmp.data.arrays import read_meta
 from hetgmp.data.avazu import AVAZU
 from hetgmp.data.criteo import CRITEO
-from hetgmp.data.reader import BatchReader, TableLayout, decode_text, invalid_text
+from hetgmp.data.reader import BatchReader, TableLayout, decode_or_refuse
 from hetgmp.data.textsource import open_text
 from hetgmp.data.vocab import VOCAB_FILE, load_vocab, string_buffers
 from hetgmp.errors import HetGMPError
@@ -94,12 +94,8 @@ class RawRows:
             rows = 0
             for raw in reader:
                 self._check_widths(reader)
-                batch, text_ok = decode_text(raw)
-                if text_ok is not None:
-                    row = int(np.flatnonzero(~text_ok)[0])
-                    column, value = invalid_text(raw, row)
-                    raise HetGMPError(f"line {reader.line_of(rows + row)}, column {column}: {value!r} is not valid UTF-8: "
-                                      "fix or delete that row (every row is scored, in order, so none is skipped)")
+                batch = decode_or_refuse(raw, lambda i, first=rows: f"line {reader.line_of(first + i)}",
+                                         "fix or delete that row (every row is scored, in order, so none is skipped)")
                 yield self._typed(batch, reader, rows)
                 rows += batch.num_rows
             self._check_widths(reader)
