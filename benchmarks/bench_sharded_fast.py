@@ -26,7 +26,7 @@ samples/s per worker, ms/step, rows fetched per step (mean over workers),
 bytes a worker sends per step (both exchange rounds and the dense all-reduce:
 fixed by the capacity) and peak device memory (above what was allocated as the
 mode started: the data, and what earlier modes left), beside the documented formula's
-(hetgmp.fastpath.footprint for the sharded step, hetgmp.embedding.memory for one GPU).
+(hetgmp.embedding.fixed.footprint for the sharded step, hetgmp.embedding.memory for one GPU).
 
 Data: Criteo-shaped ids (yardstick.criteo_batches: field f draws
 floor(card_f u^4), low ids hot) over --num-ids rows (fields capped so that
@@ -70,8 +70,8 @@ from hetgmp.distributed import init_distributed, shutdown  # noqa: E402
 from hetgmp.embedding import EmbeddingConfig, Placement  # noqa: E402
 from hetgmp.embedding.init import initial_rows  # noqa: E402
 from hetgmp.fastpath import FastStep, FastStepConfig  # noqa: E402
-from hetgmp.fastpath.capacity import find_capacities  # noqa: E402
-from hetgmp.fastpath.fixed_exchange import PUSH_ID, REQ_ID, FixedExchange  # noqa: E402
+from hetgmp.embedding.fixed.capacity import find_capacities  # noqa: E402
+from hetgmp.embedding.fixed.exchange import PUSH_ID, REQ_ID, FixedExchange  # noqa: E402
 from hetgmp.fastpath.sharded_step import ShardedFastStep, ShardedStepConfig  # noqa: E402
 from hetgmp.embedding.memory import memory_bytes  # noqa: E402
 from hetgmp.models import MODEL_NAMES, build_model, table_width  # noqa: E402
@@ -263,7 +263,7 @@ def sharded_step(args, ctx, work: Workload, placement: Placement, bound: int, cu
     cfg = ShardedStepConfig(capacity=capacity, distinct_capacity=None if args.pad_to_batch else distinct,
                             dense_lr=LR, amp=args.amp, compile=args.compile, cuda_graph=cuda_graph,
                             implicit_row_grad=implicit_row_grad(args, net), **variant)
-    return ShardedFastStep(net, table, placement, ctx, cfg)
+    return ShardedFastStep.build(net, table, placement, ctx, cfg)
 
 
 def run_sharded(args, ctx, work: Workload, placement: Placement, bound: int, **variant) -> dict:
@@ -271,7 +271,7 @@ def run_sharded(args, ctx, work: Workload, placement: Placement, bound: int, **v
     step = sharded_step(args, ctx, work, placement, bound, **variant)
     seconds = timed(step.step, work.batches, args, ctx.device, ahead=not args.no_ahead)
     step.check_overflow()
-    fetched = step.rows_fetched.double() / step.reads  # every read, warm-up included
+    fetched = step.rows_fetched.double() / step.table.reads  # every read, warm-up included
     dist.all_reduce(fetched)
     formula = sum(step.memory_bytes(args.batch, work.num_fields, work.num_dense).values())
     memory = peak_memory(ctx.device, before)

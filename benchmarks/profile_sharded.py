@@ -213,10 +213,10 @@ def timed(trainers: dict[str, Trainer], args, device) -> dict[str, dict[str, flo
 
 def fetched_per_step(trainer: Trainer, steps: int) -> float:
     """Rows received from owners per step, over `steps` more steps."""
-    before = trainer.emb.totals.as_dict()["rows_fetched"]
+    before = int(trainer.emb.totals.fetch[0])
     for _ in range(steps):
         trainer.step()
-    return (trainer.emb.totals.as_dict()["rows_fetched"] - before) / steps
+    return (int(trainer.emb.totals.fetch[0]) - before) / steps
 
 
 def counted_cpu(trainer: Trainer, steps: int) -> dict:

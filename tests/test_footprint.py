@@ -9,10 +9,10 @@ import torch
 from hetgmp.embedding import EmbeddingConfig
 from hetgmp.embedding.reference import plan_like, skewed_batches
 from hetgmp.embedding.store import RowStore
-from hetgmp.fastpath.capacity import remote_per_peer, round_up
-from hetgmp.fastpath.fixed_exchange import FixedExchange
-from hetgmp.fastpath.footprint import sharded_step_bytes
-from hetgmp.fastpath.sharded_rows import locate
+from hetgmp.embedding.fixed.capacity import remote_per_peer, round_up
+from hetgmp.embedding.fixed.exchange import FixedExchange
+from hetgmp.embedding.fixed.footprint import sharded_step_bytes
+from hetgmp.embedding.fixed.rows import locate
 
 
 def _held_bytes(*objects) -> int:

@@ -116,7 +116,7 @@ def _train_with_capacities_too_small(ctx, root, log_every):
                       sparse_optimizer="sgd", iter=8, log_every=log_every)
     run = build_run(cfg, ctx)
     window = StepWindow(cfg.log_every, ctx, 0)
-    steps = choose_steps(run, NonFiniteGuard(False, ctx.world_size), 0, window)
+    steps = choose_steps(run, NonFiniteGuard(False, ctx.world_size), 0, window, print)
     try:
         for step in range(cfg.iter):
             steps.train(step)

@@ -6,7 +6,8 @@ Adagrad (0 for SGD), in bytes:
 
     maps      E x (o + 4)                 owner (o = 2 bytes below 32768 workers, else 4) + slot (int32)
     rows      S x (4D + 8 + 8 + 4a)       value, version, stored id, accumulator
-    pending   M x (4D + 8 + 4a)           a mirror's unpushed delta, count, accumulator delta
+    mirrors   M x (4D + 8 + 4a)           a mirror's base (its row and accumulator as of its last
+                                          exchange with the owner) and unpushed count
     exchange  4 x U x P x (2(4 + D + a) + 4) + 8 x U x D
               worst-case words of one round (every id pushed and requested,
               every worker sending to this one, answered in full), plus the

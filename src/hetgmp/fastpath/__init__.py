@@ -3,9 +3,9 @@
     fast = FastStep(model, table_ED, FastStepConfig(lr=0.01, dense_lr=0.01))
     loss = fast.step(dense_BI, ids_BF, labels_B)
 
-`FastStep` trains one worker's whole table; `ShardedFastStep` a table split
-over workers (fixed-capacity exchanges, the whole step one graph, SGD or
-row-wise Adagrad).
+`FastStep` trains one worker's whole table; `ShardedFastStep` its share of a
+table split over workers (hetgmp.embedding.ShardedTable's stages, the whole
+step one graph, SGD or row-wise Adagrad).
 `ReferenceStep` trains the same way with plain autograd; tests and the GPU
 benchmark hold `FastStep` to it.
 """

@@ -25,6 +25,7 @@ from hetgmp.train.data import EvalBatches, contiguous_shard
 @torch.no_grad()
 def predict_shard(model: nn.Module, emb, batches: EvalBatches) -> torch.Tensor:
     """Logits of this worker's test shard, in row order (padding batches dropped)."""
+    emb.flush()  # every update at its owner first: the rows every worker reads are the trained ones
     was_training = model.training
     model.eval()
     out = []

@@ -3,9 +3,10 @@
 With one worker `train_loop` steps through the fast step instead
 (`hetgmp.train.fast`: one CUDA graph per step on a GPU), with several through
 the sharded fast step (`hetgmp.train.sharded_fast`; unless --optimizer adagrad
-or --skip-nonfinite);
-everything around the step (logs, evaluation, checkpoints, the NaN/inf check)
-is the same for all.
+or --skip-nonfinite, which the general step trains over the same sharded
+table); everything around the step (logs, evaluation, checkpoints, the
+NaN/inf check) is the same for all, and so is the table: a checkpoint of one
+step resumes in the other.
 
 Gradient convention: every worker back-propagates its local mean loss divided
 by the world size, dense gradients are all-reduced with SUM (one flattened
@@ -41,12 +42,13 @@ from hetgmp.train.data import Batch
 from hetgmp.train.agree import check_same_settings
 from hetgmp.train.evaluate import evaluate
 from hetgmp.train.fast import FastSteps
-from hetgmp.train.sharded_fast import ShardedFastSteps, ShardedFastTable
+from hetgmp.train.sharded_fast import ShardedFastSteps
 from hetgmp.train.liveness import start_heartbeat
 from hetgmp.train.logs import RunLog
 from hetgmp.train.nonfinite import NonFiniteGuard
 from hetgmp.train.rundir import with_model_folder
 from hetgmp.train.setup import Run, build_run
+from hetgmp.train.steps import Steps
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -113,7 +115,7 @@ def train_loop(run: Run, start: int, log: RunLog) -> dict[str, Any]:
     guard = NonFiniteGuard(cfg.skip_nonfinite, run.ctx.world_size)
     last: dict[str, Any] = {"step": start, "train": None, "eval": None, "checkpoint": None}
     clock = Clock()
-    steps = choose_steps(run, guard, start, window)
+    steps = choose_steps(run, guard, start, window, log.info)
     for step in range(start, run.total_steps):
         steps.train(step)
         window.add(steps.counters())
@@ -124,16 +126,18 @@ def train_loop(run: Run, start: int, log: RunLog) -> dict[str, Any]:
         if done % cfg.log_every == 0:
             last["train"] = report_train(run, window, done, clock, log)
         if cfg.val and cfg.eval_every and done % cfg.eval_every == 0:
+            steps.check_point()
             last["eval"] = run_eval(run, window, done, clock, log, last)
         if cfg.checkpoint_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+            steps.check_point()
             last["checkpoint"] = save(run, window, done, clock, last)
     return finish(run, window, clock, log, last)
 
 
-def choose_steps(run: Run, guard: NonFiniteGuard, start: int, window: "StepWindow") -> Any:
+def choose_steps(run: Run, guard: NonFiniteGuard, start: int, window: "StepWindow", note: Callable[[str], None]) -> Steps:
     """What trains each batch: the sharded fast step, the one-worker fast step or the general step."""
-    if isinstance(run.emb, ShardedFastTable):
-        return ShardedFastSteps(run.emb, run.stream, window, run.total_steps, run.cfg.log_every)
+    if isinstance(run.fast, ShardedFastStep):
+        return ShardedFastSteps(run.fast, run.stream, window, run.total_steps, run.cfg.log_every, run.scanned_steps, note)
     if run.fast:
         return FastSteps(run.fast, run.stream, window)
     return GeneralSteps(run, guard, start, window)
@@ -159,6 +163,9 @@ class GeneralSteps:
 
     def skipped(self) -> torch.Tensor:
         return self.guard.skipped()
+
+    def check_point(self) -> None:
+        """Nothing to check: the table's reads grow it as they need."""
 
 
 def train_step(run: Run, batch: Batch, next_batch: Batch | None, guard: NonFiniteGuard) -> tuple[torch.Tensor, torch.Tensor]:

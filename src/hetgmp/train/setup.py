@@ -18,7 +18,8 @@ from torch import nn
 
 from hetgmp.data.arrays import Dataset, load_dataset
 from hetgmp.distributed import DistContext
-from hetgmp.embedding import EmbeddingConfig, Placement, build_embedding
+from hetgmp.embedding import EmbeddingConfig, LocalEmbedding, Placement
+from hetgmp.embedding.fixed.table import ShardedTable
 from hetgmp.embedding.memory import check_batch_memory
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath import FastStep, ShardedFastStep
@@ -27,7 +28,7 @@ from hetgmp.train.checkpoint import fingerprint
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import BatchStream, EvalBatches, shard_sizes, steps_per_epoch, train_rows
 from hetgmp.train.fast import build_fast_step, describe_fast_step
-from hetgmp.train.sharded_fast import ShardedFastTable, build_sharded_fast_step, describe_sharded_fast_step
+from hetgmp.train.sharded_fast import build_sharded_fast_step, build_sharded_table, describe_sharded_fast_step
 from hetgmp.train.validate import check_rows
 
 
@@ -39,7 +40,7 @@ class Run:
     ctx: DistContext
     dataset: Dataset
     model: nn.Module
-    emb: Any  # LocalEmbedding, ShardedEmbedding (hetgmp.embedding) or ShardedFastTable (train/sharded_fast.py)
+    emb: LocalEmbedding | ShardedTable  # one worker's table, or its share of the sharded one
     dense_opt: torch.optim.Optimizer
     stream: BatchStream
     eval_batches: EvalBatches | None
@@ -50,6 +51,7 @@ class Run:
                                              # dense_opt; None: the general step
     step_note: str  # which step trains and why, for the start-up line
     mirrors_note: str  # how many rows each worker mirrors, ranked how, for the start-up line
+    scanned_steps: int  # steps whose batches the sharded table's capacities were measured on (0: one worker)
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """What a checkpoint of this run records about itself (see checkpoint.MUST_MATCH)."""
@@ -157,14 +159,15 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
         num_ids=meta.num_ids, dim=table_width(cfg.model, cfg.embed_dim), optimizer=cfg.sparse_optimizer,
         lr=cfg.sparse_lr, bound=cfg.bound, seed=cfg.seed, ids_per_batch=cfg.batch_size * meta.num_fields,
     )
-    if step_kind == "fast" and ctx.world_size > 1:
-        emb = build_sharded_fast_step(cfg, model, emb_cfg, placement, ctx, stream, total)
-        fast, how = emb.fast, describe_sharded_fast_step(emb.fast)
+    if ctx.world_size > 1:
+        emb, scanned = build_sharded_table(cfg, emb_cfg, placement, ctx, stream, total)
+        fast = build_sharded_fast_step(cfg, model, emb) if step_kind == "fast" else None
+        how = describe_sharded_fast_step(fast) if fast else None
     else:
-        emb = build_embedding(emb_cfg, placement, ctx)
+        emb, scanned = LocalEmbedding(emb_cfg, ctx.device), 0
         fast = build_fast_step(cfg, model, emb, stream) if step_kind == "fast" else None
         how = describe_fast_step(fast) if fast else None
     dense_opt = fast.optimizer if fast else build_dense_optimizer(cfg, list(model.parameters()))
     note = f"step {step_kind} ({why}" + (f"; {how})" if how else ")")
     return Run(cfg, ctx, dataset, model, emb, dense_opt, stream, eval_batches, per_epoch, total, plan_id, fast, note,
-               describe_mirrors(cfg, plan, placement))
+               describe_mirrors(cfg, plan, placement), scanned)

@@ -47,10 +47,10 @@ from typing import Callable
 
 import torch
 
-from hetgmp.embedding.exchange import MUST_FETCH
+from hetgmp.embedding.staleness import MUST_FETCH, due, outdated, refreshed, updates_locally
 from hetgmp.embedding.store import RowStore
-from hetgmp.fastpath.capacity import UniqueIds, peer_slots, unique_ids
-from hetgmp.fastpath.fixed_exchange import NOT_ANSWERED, FixedExchange
+from hetgmp.embedding.fixed.capacity import UniqueIds, peer_slots, unique_ids
+from hetgmp.embedding.fixed.exchange import NOT_ANSWERED, FixedExchange
 
 
 Adder = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
@@ -160,12 +160,19 @@ def index_add(target: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -
 
 
 def apply_pushes(store: RowStore, exchange: FixedExchange, add: Adder = index_add) -> None:
-    """Owner: add every received push (deltas add up; version += count)."""
-    ids, counts, delta = exchange.received_pushes()
+    """Owner: version += count for every received push, and add the deltas (with row-wise
+    Adagrad, their accumulator deltas too; gradient pushes wait for the owner's step, adagrad.py)."""
+    ids, counts, values = exchange.received_pushes()
     pushed = ids >= 0
     slot = torch.where(pushed, store.slot[ids.clamp(min=0)].long(), spread(len(ids), store))
-    add(store.rows, slot, torch.where(pushed.unsqueeze(1), delta, 0.0))
     add(store.version, slot, torch.where(pushed, counts, 0))
+    if not exchange.adagrad:  # every push a delta
+        add(store.rows, slot, torch.where(pushed.unsqueeze(1), values, 0.0))
+        return
+    acc_delta, gradient = exchange.received_adagrad()
+    delta = pushed & ~gradient
+    add(store.rows, slot, torch.where(delta.unsqueeze(1), values, 0.0))
+    add(store.acc, slot, torch.where(delta, acc_delta, 0.0))
 
 
 def serve(store: RowStore, exchange: FixedExchange, bound: int, lag: torch.Tensor) -> None:
@@ -175,9 +182,9 @@ def serve(store: RowStore, exchange: FixedExchange, bound: int, lag: torch.Tenso
     valid = ids >= 0
     slot = torch.where(valid, store.slot[ids.clamp(min=0)].long(), store.sink)
     version = store.version[slot]
-    outdated = valid & ((req_version == MUST_FETCH) | (req_version + bound < version))
-    exchange.write_answers(torch.where(outdated, version, NOT_ANSWERED), store.rows[slot])
-    fresh_lag = torch.where(valid & ~outdated, version - req_version, 0)
+    stale = valid & outdated(req_version, version, bound)
+    exchange.write_answers(torch.where(stale, version, NOT_ANSWERED), store.rows[slot], store.acc[slot] if exchange.adagrad else None)
+    fresh_lag = torch.where(valid & ~stale, version - req_version, 0)
     lag[0] = torch.maximum(lag[0], fresh_lag.max())
     lag[1] += (fresh_lag > 0).sum()
 
@@ -188,76 +195,121 @@ def answer(store: RowStore, exchange: FixedExchange, bound: int, lag: torch.Tens
     serve(store, exchange, bound, lag)
 
 
+def copies(store: RowStore, rows: torch.Tensor, with_acc: bool) -> torch.Tensor:
+    """[n, D + a]: the rows, and with_acc (a = 1: row-wise Adagrad where mirrors update locally,
+    FixedExchange.adagrad) their accumulators as a last column (the layout of `base` and of an answer)."""
+    if not with_acc:
+        return store.rows[rows]
+    return torch.cat([store.rows[rows], store.acc[rows].unsqueeze(1)], 1)
+
+
+def set_copies(store: RowStore, rows: torch.Tensor, values: torch.Tensor) -> None:
+    """Write `copies` back (the accumulators too if they are there)."""
+    dim = store.rows.shape[1]
+    store.rows[rows] = values[:, :dim].to(store.rows.dtype)
+    if values.shape[1] > dim:
+        store.acc[rows] = values[:, dim]
+
+
 def receive(store: RowStore, at: Located, exchange: FixedExchange, base: torch.Tensor, fetched: torch.Tensor) -> None:
     """Reader: put round B's answers in place (staging rows, refreshed mirrors); `fetched` (int64 [3]
     on the device) counts (rows answered, mirrors refreshed, mirrors read). One scatter over the R slots:
     slot r writes its mirror's row if it refreshes one, else its own staging row (the answer: garbage if
     none came, and unread)."""
-    version_R, answer_RD = exchange.answers()
+    version_R, answer_RA = exchange.answered_copies()
     r_R = torch.arange(exchange.slots, device=version_R.device)
     answered = at.slot_has & (version_R != NOT_ANSWERED)
     refresh = answered & at.slot_mirror
     target = torch.where(refresh, at.slot_local, staging(store) + r_R)
     base_at = torch.where(refresh, at.slot_pend, store.num_mirrors + r_R)
-    unpushed_RD = store.rows[target] - base[base_at]
-    store.rows[target] = torch.where(refresh.unsqueeze(1), answer_RD + unpushed_RD, answer_RD)
-    base[base_at] = answer_RD
+    copy_RA = refreshed(answer_RA, copies(store, target, exchange.adagrad), base[base_at])
+    set_copies(store, target, torch.where(refresh.unsqueeze(1), copy_RA, answer_RA))
+    base[base_at] = answer_RA
     store.version[target] = version_R
     fetched += torch.stack([answered.sum(), refresh.sum(), (at.slot_has & at.slot_mirror).sum()])
 
 
 def write(store: RowStore, at: Located, bound: int, exchange: FixedExchange, base: torch.Tensor, pushed: torch.Tensor,
-          add: Adder = index_add) -> None:
+          add: Adder = index_add, grads_U: torch.Tensor | None = None) -> None:
     """After the table's update: versions, mirrors' counts, and the pushes for the next round A
-    (the module docstring's table); `pushed` (a device scalar) counts the pushes."""
+    (the module docstring's table); `pushed` (a device scalar) counts the pushes.
+
+    grads_U (row-wise Adagrad): each distinct id's gradient sum. Rows not stored here push it
+    for the owner's step, and so do mirrors that do not update locally; due mirrors push their
+    unpushed delta and accumulator delta. The owner counts its own rows' updates at its step."""
+    if grads_U is not None and not updates_locally(bound, adagrad=True):
+        push_gradients(at, exchange, grads_U, pushed)
+        return
     counts = at.ids.counts_N
     new_count = store.pending_count[at.pend] + counts
-    due = at.mirror & (new_count > bound)
+    is_due = at.mirror & due(new_count, bound)
     # The same per slot (before the counts change below).
     new_count_R = store.pending_count[at.slot_pend] + at.slot_counts
-    due_R = at.slot_mirror & (new_count_R > bound)
-    versioned = at.own | due
-    add(store.version, torch.where(versioned, at.local, spread(len(counts), store)),
-        torch.where(at.own, counts, torch.where(due, new_count, 0)))
+    due_R = at.slot_mirror & due(new_count_R, bound)
+    if grads_U is None:  # SGD updated the own rows here
+        versioned, version_add = at.own | is_due, torch.where(at.own, counts, torch.where(is_due, new_count, 0))
+    else:
+        versioned, version_add = is_due, torch.where(is_due, new_count, 0)
+    add(store.version, torch.where(versioned, at.local, spread(len(counts), store)), version_add)
     # A due count goes back to 0; the others add zeros, spread (as above).
     pending_at = torch.where(at.mirror, at.pend, spread(len(counts), store) % len(store.pending_count))
-    add(store.pending_count, pending_at, torch.where(at.mirror, torch.where(due, counts - new_count, counts), 0))
-    # Per slot: staging rows push this step's delta, due mirrors what they have not pushed.
+    add(store.pending_count, pending_at, torch.where(at.mirror, torch.where(is_due, counts - new_count, counts), 0))
+    # Per slot: rows not stored here push this step's delta (or gradient), due mirrors what they have not pushed.
     push = (at.slot_has & ~at.slot_mirror) | due_R
-    _, answer_RD = exchange.answers()
     r_R = torch.arange(exchange.slots, device=push.device)
     base_at = torch.where(due_R, at.slot_pend, store.num_mirrors + r_R)
-    row_RD = store.rows[at.slot_local]
-    delta_RD = row_RD - torch.where(due_R.unsqueeze(1), base[base_at], answer_RD)
-    base[base_at] = row_RD
-    exchange.write_pushes(torch.where(push, at.slot_uid, -1), torch.where(push, torch.where(due_R, new_count_R, at.slot_counts), 0), delta_RD)
+    copy_RA = copies(store, at.slot_local, exchange.adagrad)
+    ids_R, counts_R = torch.where(push, at.slot_uid, -1), torch.where(push, torch.where(due_R, new_count_R, at.slot_counts), 0)
+    if grads_U is None:
+        _, answer_RD = exchange.answers()
+        exchange.write_pushes(ids_R, counts_R, copy_RA - torch.where(due_R.unsqueeze(1), base[base_at], answer_RD))
+    else:
+        unpushed_RA = copy_RA - base[base_at]
+        values_RD = torch.where(due_R.unsqueeze(1), unpushed_RA[:, :-1], grads_U[at.slot_u])
+        exchange.write_pushes(ids_R, counts_R, values_RD, torch.where(due_R, unpushed_RA[:, -1], 0.0), ~due_R)
+    base[base_at] = copy_RA
     pushed += push.sum()
 
 
-def flush_pending(store: RowStore, exchange: FixedExchange, base: torch.Tensor, rank: int, world: int) -> int:
-    """Push every mirror's unpushed delta (row - base) in rounds of at most C per peer, the owners
-    adding them as they arrive. Host syncs allowed (flush is rare); a collective. Returns the rows pushed."""
+def push_gradients(at: Located, exchange: FixedExchange, grads_U: torch.Tensor, pushed: torch.Tensor) -> None:
+    """Row-wise Adagrad where no mirror updates locally: every row read here and not owned pushes
+    its gradient sum and count, in the slot of its request."""
+    push = at.slot_has
+    exchange.write_pushes(torch.where(push, at.slot_uid, -1), torch.where(push, at.slot_counts, 0), grads_U[at.slot_u])
+    pushed += push.sum()
+
+
+def flush_pending(store: RowStore, exchange: FixedExchange, base: torch.Tensor, world: int, owner_step: Callable[[], None]) -> int:
+    """Push every mirror's unpushed delta (copy - base) in rounds of at most C per peer, the owners
+    applying each round as it arrives (`owner_step`). The last write's pushes must be sent before
+    (ShardedTable.send_queued). Host syncs allowed (flush is rare); a collective. Returns the rows pushed."""
     exchange.clear_requests()
-    exchange.round_a()  # the pushes the last step queued
-    apply_pushes(store, exchange)
     m, first = store.num_mirrors, store.num_primaries
     ids = store.ids[first : first + m]
     has = store.pending_count[:m] > 0
     owner = store.owner[ids].long()
-    pos, per_peer = peer_slots(owner, has, world)
-    unpushed = store.rows[first : first + m] - base[:m]
+    pos, per_peer = peer_slots(owner, has, world) if m else (owner, torch.zeros(world, dtype=torch.int64, device=ids.device))
+    mirror_rows = torch.arange(first, first + m, device=ids.device)
+    unpushed = copies(store, mirror_rows, exchange.adagrad) - base[:m]
     rounds = torch.div(per_peer.max() + exchange.capacity - 1, exchange.capacity, rounding_mode="floor").reshape(1)
     if world > 1:
         torch.distributed.all_reduce(rounds, op=torch.distributed.ReduceOp.MAX, group=exchange.group)
     for k in range(int(rounds.item())):
+        if not m:  # no mirror here: this worker only receives
+            exchange.clear_pushes()
+            exchange.round_a()
+            owner_step()
+            continue
         mine = has & (pos // exchange.capacity == k)
         source = exchange.sources(owner, torch.where(mine, pos % exchange.capacity, exchange.capacity))
         filled, pick = source < m, source.clamp(max=m - 1)  # a round runs only if some mirror has a delta
-        exchange.write_pushes(torch.where(filled, ids[pick], -1), torch.where(filled, store.pending_count[pick], 0), unpushed[pick])
+        values = torch.where(filled.unsqueeze(1), unpushed[pick], 0.0)
+        exchange.write_pushes(torch.where(filled, ids[pick], -1), torch.where(filled, store.pending_count[pick], 0), values[:, : store.rows.shape[1]],
+                              values[:, -1], torch.zeros_like(filled))
         exchange.round_a()
-        apply_pushes(store, exchange)
+        owner_step()
     store.version[first : first + m] += store.pending_count[:m]
-    base[:m] = store.rows[first : first + m]
+    base[:m] = copies(store, mirror_rows, exchange.adagrad)
     store.pending_count.zero_()
     exchange.clear_pushes()
     return int(has.sum().item())

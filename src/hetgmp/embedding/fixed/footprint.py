@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from hetgmp.embedding.config import EmbeddingConfig
 from hetgmp.embedding.memory import HIDDEN
-from hetgmp.fastpath.fixed_exchange import record_words
+from hetgmp.embedding.fixed.exchange import record_words
 
 
 def sharded_step_bytes(table: EmbeddingConfig, world: int, num_primaries: int, num_mirrors: int, capacity: int,

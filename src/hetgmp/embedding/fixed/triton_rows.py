@@ -1,6 +1,6 @@
 """The sharded fast step's per-slot stages as Triton kernels (imported only where Triton is).
 
-sharded_rows.py holds each stage in torch; compiled, inductor still makes
+rows.py holds each stage in torch; compiled, inductor still makes
 several kernels of each (an index_put, a gather, the int64 words, the counters
 apart), and on an H100 pair at batch 8192, d = 128 the four stages took 0.17 ms
 a step in about 45 kernels of 1-15 us. Here each stage reads and writes every
@@ -19,25 +19,40 @@ in before any row is served):
     write_ids     after write_slots (which reads the counts first): versions of own rows and
                   due mirrors, mirrors' pending counts
 
-Each computes what its sharded_rows namesake computes, element for element:
+Each computes what its rows.py namesake computes, element for element:
 tests/test_triton_rows.py holds them to it under Triton's interpreter. The
 grid's second axis splits a row's columns (BLOCK_D at a time); the per-slot
 words (ids, versions, counts, the counters) are written by its first block only.
-Records are int32 words (fixed_exchange.py): an int64 is two words, low first;
+Records are int32 words (exchange.py): an int64 is two words, low first;
 a float is its bits.
 """
 
 from __future__ import annotations
 
+import types
+from typing import Callable
+
 import torch
 import triton
 import triton.language as tl
 
-from hetgmp.embedding.exchange import MUST_FETCH
+from hetgmp.embedding import staleness
+from hetgmp.embedding.staleness import MUST_FETCH
 from hetgmp.embedding.store import RowStore
-from hetgmp.fastpath.fixed_exchange import ANS_ROW, ANS_VERSION, NOT_ANSWERED, PUSH_COUNT, PUSH_DELTA, PUSH_ID, REQ_ID, REQ_VERSION, FixedExchange
-from hetgmp.fastpath.sharded_rows import Adder, Located, staging
+from hetgmp.embedding.fixed.exchange import ANS_ROW, ANS_VERSION, NOT_ANSWERED, PUSH_COUNT, PUSH_DELTA, PUSH_ID, REQ_ID, REQ_VERSION, FixedExchange
+from hetgmp.embedding.fixed.rows import Adder, Located, staging
 from hetgmp.kernels.triton_gather import tile_shape
+
+
+
+def _jit(fn: Callable) -> triton.JITFunction:
+    """triton.jit of a plain-operator function defined elsewhere: Triton wants its language
+    among the function's globals, so the function is rebuilt over globals that have it."""
+    return triton.jit(types.FunctionType(fn.__code__, {**fn.__globals__, "tl": tl}, fn.__name__))
+
+
+# The staleness rule, compiled from its one definition.
+_outdated, _due, _refreshed = (_jit(fn) for fn in (staleness.outdated, staleness.due, staleness.refreshed))
 
 # Stages without rows take SMALL_BLOCK slots or ids a program (at 2048 the request stage ran
 # on 8 programs, 12 us).
@@ -109,9 +124,9 @@ def _apply_pushes_kernel(
 
 @triton.jit
 def _serve_kernel(
-    recv_ptr, W_A, send_ptr, W_B, store_slot_ptr, rows_ptr, version_ptr, lag_ptr, stride_rows, sink, bound, R, D,
-    MUST: tl.constexpr, NOT_ANS: tl.constexpr, REQ_V: tl.constexpr, REQ_I: tl.constexpr, ANS_V: tl.constexpr, ANS_R: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    recv_ptr, W_A, send_ptr, W_B, store_slot_ptr, rows_ptr, acc_ptr, version_ptr, lag_ptr, stride_rows, sink, bound, R, D,
+    NOT_ANS: tl.constexpr, REQ_V: tl.constexpr, REQ_I: tl.constexpr, ANS_V: tl.constexpr, ANS_R: tl.constexpr,
+    ANS_A: tl.constexpr, HAS_ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     inside = r < R
@@ -121,7 +136,7 @@ def _serve_kernel(
     slot = tl.where(valid, tl.load(store_slot_ptr + asked, mask=valid, other=0).to(tl.int64), sink)
     version = tl.load(version_ptr + slot, mask=inside, other=0)
     held = _load_int64(request + REQ_V, inside)
-    outdated = valid & ((held == MUST) | (held + bound < version))
+    outdated = valid & _outdated(held, version, bound)
     answer = send_ptr + r.to(tl.int64) * W_B
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     cells = inside[:, None] & (cols < D)[None, :]
@@ -129,6 +144,9 @@ def _serve_kernel(
     tl.store(answer[:, None] + ANS_R + cols[None, :], row.to(tl.int32, bitcast=True), mask=cells)
     if tl.program_id(1) == 0:
         _store_int64(answer + ANS_V, tl.where(outdated, version, NOT_ANS), inside)
+        if HAS_ACC:
+            acc = tl.load(acc_ptr + slot, mask=inside, other=0.0)
+            tl.store(answer + ANS_A, acc.to(tl.int32, bitcast=True), mask=inside)
         fresh_lag = tl.where(valid & (outdated == 0), version - held, 0)
         tl.atomic_max(lag_ptr, tl.max(fresh_lag, 0))
         tl.atomic_add(lag_ptr + 1, tl.sum((fresh_lag > 0).to(tl.int64), 0))
@@ -136,9 +154,10 @@ def _serve_kernel(
 
 @triton.jit
 def _receive_kernel(
-    recv_ptr, W, has_ptr, mirror_ptr, local_ptr, pend_ptr, rows_ptr, base_ptr, version_ptr, fetched_ptr,
+    recv_ptr, W, has_ptr, mirror_ptr, local_ptr, pend_ptr, rows_ptr, acc_ptr, base_ptr, version_ptr, fetched_ptr,
     stride_rows, stride_base, first_staging, M, R, D,
-    NOT_ANS: tl.constexpr, ANS_V: tl.constexpr, ANS_R: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    NOT_ANS: tl.constexpr, ANS_V: tl.constexpr, ANS_R: tl.constexpr, ANS_A: tl.constexpr, HAS_ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     inside = r < R
@@ -153,11 +172,17 @@ def _receive_kernel(
     value = tl.load(answer[:, None] + ANS_R + cols[None, :], mask=cells, other=0).to(tl.float32, bitcast=True)
     row_ptrs = rows_ptr + target[:, None] * stride_rows + cols[None, :]
     base_ptrs = base_ptr + base_at[:, None] * stride_base + cols[None, :]
-    unpushed = tl.load(row_ptrs, mask=cells, other=0.0).to(tl.float32) - tl.load(base_ptrs, mask=cells, other=0.0)
-    tl.store(row_ptrs, tl.where(refresh[:, None], value + unpushed, value).to(rows_ptr.dtype.element_ty), mask=cells)
+    copy = _refreshed(value, tl.load(row_ptrs, mask=cells, other=0.0).to(tl.float32), tl.load(base_ptrs, mask=cells, other=0.0))
+    tl.store(row_ptrs, tl.where(refresh[:, None], copy, value).to(rows_ptr.dtype.element_ty), mask=cells)
     tl.store(base_ptrs, value, mask=cells)
     if tl.program_id(1) == 0:
         tl.store(version_ptr + target, version, mask=inside)
+        if HAS_ACC:  # the accumulator: the base's last column, refreshed like the row
+            acc_value = tl.load(answer + ANS_A, mask=inside, other=0).to(tl.float32, bitcast=True)
+            acc_base_ptrs = base_ptr + base_at * stride_base + D
+            acc_copy = _refreshed(acc_value, tl.load(acc_ptr + target, mask=inside, other=0.0), tl.load(acc_base_ptrs, mask=inside, other=0.0))
+            tl.store(acc_ptr + target, tl.where(refresh, acc_copy, acc_value), mask=inside)
+            tl.store(acc_base_ptrs, acc_value, mask=inside)
         tl.atomic_add(fetched_ptr, tl.sum(answered.to(tl.int64), 0))
         tl.atomic_add(fetched_ptr + 1, tl.sum(refresh.to(tl.int64), 0))
         mirror_read = inside & (tl.load(has_ptr + r, mask=inside, other=0) != 0) & (tl.load(mirror_ptr + r, mask=inside, other=0) != 0)
@@ -177,7 +202,7 @@ def _write_slots_kernel(
     pend = tl.load(pend_ptr + r, mask=inside, other=0)
     counts = tl.load(counts_ptr + r, mask=inside, other=0)
     new_count = tl.load(pending_ptr + pend, mask=inside, other=0) + counts
-    due = inside & mirror & (new_count > bound)
+    due = inside & mirror & _due(new_count, bound)
     push = (inside & (tl.load(has_ptr + r, mask=inside, other=0) != 0) & (mirror == 0)) | due
     base_at = tl.where(due, pend, M + r)
     local = tl.load(local_ptr + r, mask=inside, other=0)
@@ -208,7 +233,7 @@ def _write_ids_kernel(
     counts = tl.load(counts_ptr + u, mask=inside, other=0)
     pend = tl.load(pend_ptr + u, mask=mirror, other=0)
     new_count = tl.load(pending_ptr + pend, mask=mirror, other=0) + counts
-    due = mirror & (new_count > bound)
+    due = mirror & _due(new_count, bound)
     # Distinct ids have distinct rows and pending slots: plain read-modify-writes.
     versioned = own | due
     local = tl.load(local_ptr + u, mask=versioned, other=0)
@@ -217,8 +242,13 @@ def _write_ids_kernel(
     tl.store(pending_ptr + pend, tl.where(due, 0, new_count), mask=mirror)
 
 
+def _acc(store: RowStore) -> torch.Tensor:
+    """The accumulator, or with SGD any float tensor in its place (the kernels then never read it)."""
+    return store.acc if store.acc is not None else store.rows
+
+
 def request(store: RowStore, at: Located, exchange: FixedExchange, overflow: torch.Tensor, capacity: int, distinct_capacity: int) -> None:
-    """sharded_rows.request."""
+    """rows.request."""
     send = exchange.send_a.view(exchange.slots, -1)
     _request_kernel[(triton.cdiv(exchange.slots, SMALL_BLOCK),)](
         send, send.shape[1], at.slot_uid, at.slot_mirror, at.slot_local, store.version, exchange.slots,
@@ -228,7 +258,7 @@ def request(store: RowStore, at: Located, exchange: FixedExchange, overflow: tor
 
 
 def apply_pushes(store: RowStore, exchange: FixedExchange, add: Adder | None = None) -> None:
-    """sharded_rows.apply_pushes (`add` is not used: the kernel adds atomically)."""
+    """rows.apply_pushes (`add` is not used: the kernel adds atomically)."""
     grid, block_r, block_d = _tiles(exchange.slots, store.rows.shape[1])
     recv = exchange.recv_a.view(exchange.slots, -1)
     _apply_pushes_kernel[grid](
@@ -238,36 +268,37 @@ def apply_pushes(store: RowStore, exchange: FixedExchange, add: Adder | None = N
 
 
 def serve(store: RowStore, exchange: FixedExchange, bound: int, lag: torch.Tensor) -> None:
-    """sharded_rows.serve."""
+    """rows.serve."""
     grid, block_r, block_d = _tiles(exchange.slots, store.rows.shape[1])
     recv, send = exchange.recv_a.view(exchange.slots, -1), exchange.send_b.view(exchange.slots, -1)
     _serve_kernel[grid](
-        recv, recv.shape[1], send, send.shape[1], store.slot, store.rows, store.version, lag, store.rows.stride(0),
-        store.sink, bound, exchange.slots, store.rows.shape[1], MUST=MUST_FETCH, NOT_ANS=NOT_ANSWERED,
-        REQ_V=REQ_VERSION, REQ_I=REQ_ID, ANS_V=ANS_VERSION, ANS_R=ANS_ROW, BLOCK_R=block_r, BLOCK_D=block_d,
+        recv, recv.shape[1], send, send.shape[1], store.slot, store.rows, _acc(store), store.version, lag, store.rows.stride(0),
+        store.sink, bound, exchange.slots, store.rows.shape[1], NOT_ANS=NOT_ANSWERED, REQ_V=REQ_VERSION, REQ_I=REQ_ID,
+        ANS_V=ANS_VERSION, ANS_R=ANS_ROW, ANS_A=exchange.ans_acc, HAS_ACC=exchange.adagrad, BLOCK_R=block_r, BLOCK_D=block_d,
     )
 
 
 def answer(store: RowStore, exchange: FixedExchange, bound: int, lag: torch.Tensor, add: Adder | None = None) -> None:
-    """sharded_rows.answer: the pushes in, then the answers."""
+    """rows.answer: the pushes in, then the answers."""
     apply_pushes(store, exchange)
     serve(store, exchange, bound, lag)
 
 
 def receive(store: RowStore, at: Located, exchange: FixedExchange, base: torch.Tensor, fetched: torch.Tensor) -> None:
-    """sharded_rows.receive."""
+    """rows.receive."""
     grid, block_r, block_d = _tiles(exchange.slots, store.rows.shape[1])
     recv = exchange.recv_b.view(exchange.slots, -1)
     _receive_kernel[grid](
-        recv, recv.shape[1], at.slot_has, at.slot_mirror, at.slot_local, at.slot_pend, store.rows, base, store.version, fetched,
+        recv, recv.shape[1], at.slot_has, at.slot_mirror, at.slot_local, at.slot_pend, store.rows, _acc(store), base, store.version, fetched,
         store.rows.stride(0), base.stride(0), staging(store), store.num_mirrors, exchange.slots, store.rows.shape[1],
-        NOT_ANS=NOT_ANSWERED, ANS_V=ANS_VERSION, ANS_R=ANS_ROW, BLOCK_R=block_r, BLOCK_D=block_d,
+        NOT_ANS=NOT_ANSWERED, ANS_V=ANS_VERSION, ANS_R=ANS_ROW, ANS_A=exchange.ans_acc, HAS_ACC=exchange.adagrad,
+        BLOCK_R=block_r, BLOCK_D=block_d,
     )
 
 
 def write(store: RowStore, at: Located, bound: int, exchange: FixedExchange, base: torch.Tensor, pushed: torch.Tensor,
           add: Adder | None = None) -> None:
-    """sharded_rows.write: the slots' pushes first (they read the pending counts), then the ids'."""
+    """rows.write: the slots' pushes first (they read the pending counts), then the ids'."""
     grid, block_r, block_d = _tiles(exchange.slots, store.rows.shape[1])
     send, recv = exchange.send_a.view(exchange.slots, -1), exchange.recv_b.view(exchange.slots, -1)
     _write_slots_kernel[grid](
