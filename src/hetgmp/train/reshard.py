@@ -43,7 +43,7 @@ checkpoints count the new run's steps.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -52,7 +52,9 @@ from hetgmp.embedding import Placement
 from hetgmp.errors import HetGMPError
 from hetgmp.train import checkpoint as ckpt
 from hetgmp.train.checkpoint import DamagedCheckpoint
-from hetgmp.train.setup import Run
+
+if TYPE_CHECKING:  # the scorer (serve/trained.py) merges rank files without importing the trainer
+    from hetgmp.train.setup import Run
 
 ROW_KEYS = ("values", "versions", "accumulator")  # the per-row tensors of a table's state_dict, beside "ids"
 
@@ -119,8 +121,9 @@ def replaced_state(folder: Path, saved_world_size: int, wanted: torch.Tensor, nu
 class RowAssembly:
     """One new rank's rows, filled by global id from the saved rank files in turn."""
 
-    def __init__(self, folder: Path, wanted: torch.Tensor, num_ids: int) -> None:
-        self.folder, self.wanted, self.num_ids = folder, wanted.long(), num_ids
+    def __init__(self, folder: Path, wanted: torch.Tensor, num_ids: int, keys: tuple[str, ...] = ROW_KEYS) -> None:
+        """keys: the per-row tensors to keep (the embedding state's ROW_KEYS that it holds)."""
+        self.folder, self.wanted, self.num_ids, self.keys = folder, wanted.long(), num_ids, keys
         self.source = torch.full((len(wanted),), -1, dtype=torch.int32)  # the saved rank each row came from
         self.rows: dict[str, torch.Tensor] = {}
 
@@ -137,7 +140,7 @@ class RowAssembly:
             raise DamagedCheckpoint(f"id {int(found[first])} has a row in both rank-{int(self.source[at[first]])}.pt and "
                                     f"rank-{saved_rank}.pt of {self.folder}: every id has one owner, whose file alone holds its row")
         self.source[at] = saved_rank
-        for key in ROW_KEYS:
+        for key in self.keys:
             if key in emb:
                 self._rows_like(key, emb[key])[at] = emb[key][mine]
 
@@ -153,7 +156,7 @@ class RowAssembly:
         uneven = [key for key in ROW_KEYS if key in emb and len(emb[key]) != len(ids)]
         if uneven:
             raise DamagedCheckpoint(f"{path} holds {len(ids)} ids but {', '.join(f'{len(emb[k])} {k}' for k in uneven)}: the checkpoint is damaged")
-        kinds = sorted(key for key in ROW_KEYS if key in emb)
+        kinds = sorted(key for key in self.keys if key in emb)
         if self.rows and kinds != sorted(self.rows):
             raise DamagedCheckpoint(f"{path} holds {', '.join(kinds)} per row but the rank files before it {', '.join(sorted(self.rows))}: "
                                     "the folder mixes files of different runs")
