@@ -106,19 +106,27 @@ def _saved_rows(folder, world_size):
     return {k: v[order] for k, v in merged.items()}, parts[0]["model"]
 
 
-@pytest.mark.parametrize("workers, plan", [(3, "plan3.npz"), (1, None)])
-def test_resumed_tables_hold_the_saved_rows_by_global_id(two_workers, workers, plan):
+def _checkpoint_of(root, saved_workers, name):
+    """A checkpoint folder of `saved_workers` (2: the uninterrupted run's at step SAVED_AT; 1: a run of 20 steps) and its step."""
+    if saved_workers == 2:
+        return _saved_at_cut(root, name), SAVED_AT
+    _ok(_train(root, name, 240, "--iter", "20"))
+    return root / name, 20
+
+
+@pytest.mark.parametrize("saved_workers, workers, plan", [(2, 3, "plan3.npz"), (2, 1, None), (1, 2, None)])
+def test_resumed_tables_hold_the_saved_rows_by_global_id(two_workers, saved_workers, workers, plan):
     root, _ = two_workers
     if plan and not (root / plan).is_file():
         _ok(hetgmp("partition", str(root / "ds"), "--parts", "3", "--output", str(root / plan), "--batch-size", "80"))
-    folder = _saved_at_cut(root, f"tables{workers}")
+    folder, saved_step = _checkpoint_of(root, saved_workers, f"tables-{saved_workers}-to-{workers}")
     cfg = TrainConfig(data=str(root / "ds"), embed_dim=8, epochs=4, batch_size=240 // workers, device="cpu", progress=False,
                       checkpoint_dir=str(folder), resume=True, partition=str(root / plan) if plan else None)
-    saved, dense = _saved_rows(folder / f"step-{SAVED_AT:06d}", 2)
+    saved, dense = _saved_rows(folder / f"step-{saved_step:06d}", saved_workers)
     owners = []
     for step, per_epoch, sd, served, model in run_workers(_resume_and_read, workers, args=(cfg,)):
         sd, served, model = _tensors(sd), torch.from_numpy(served), _tensors(model)
-        assert step == round(SAVED_AT * per_epoch / 35)  # the same epoch position; the 2-worker run had 35 steps an epoch
+        assert step == round(saved_step * per_epoch / 35)  # the same epoch position; the saved runs had 35 steps an epoch
         ids = sd["ids"]
         assert torch.equal(ids, torch.sort(ids).values) and len(ids)
         for key in ("values", "versions", "accumulator"):
