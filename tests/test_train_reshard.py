@@ -106,6 +106,7 @@ def test_an_id_no_file_holds_or_two_files_hold_is_refused(tmp_path):
     with pytest.raises(DamagedCheckpoint, match=rf"id {stolen} has a row in both rank-0.pt and rank-1.pt of .*twice"):
         reshard.replaced_state(folder, 2, torch.tensor([stolen]), NUM_IDS)
     assert len(reshard.replaced_state(folder, 2, torch.tensor([stolen + 1]), NUM_IDS)["embedding"]["ids"]) == 1
+    assert reshard.replaced_state(folder, 2, torch.tensor([], dtype=torch.int64), NUM_IDS)["embedding"]["values"].shape == (0, WIDTH)
 
     _rewrite_embedding(folder / "rank-1.pt", ids=both.flip(0))
     with pytest.raises(DamagedCheckpoint, match=r"rank-1.pt holds ids that are not ascending within the vocabulary 0..49"):

@@ -125,14 +125,15 @@ class RowAssembly:
         """keys: the per-row tensors to keep (the embedding state's ROW_KEYS that it holds)."""
         self.folder, self.wanted, self.num_ids, self.keys = folder, wanted.long(), num_ids, keys
         self.source = torch.full((len(wanted),), -1, dtype=torch.int32)  # the saved rank each row came from
+        self._lookup = torch.cat([self.wanted, torch.tensor([num_ids])])  # a sentinel past every id: searchsorted stays in range
         self.rows: dict[str, torch.Tensor] = {}
 
     def take(self, saved_rank: int, emb: dict[str, torch.Tensor]) -> None:
         """Copy the rows of wanted ids from one saved rank's embedding state."""
         path = self.folder / f"rank-{saved_rank}.pt"
         ids = self._checked_ids(path, emb)
-        at = torch.searchsorted(self.wanted, ids).clamp_(max=max(len(self.wanted) - 1, 0))
-        mine = self.wanted[at] == ids if len(self.wanted) else torch.zeros_like(ids, dtype=torch.bool)
+        at = torch.searchsorted(self._lookup, ids)
+        mine = self._lookup[at] == ids
         found, at = ids[mine], at[mine]
         again = self.source[at] >= 0
         if again.any():
@@ -165,6 +166,9 @@ class RowAssembly:
     def _rows_like(self, key: str, saved: torch.Tensor) -> torch.Tensor:
         if key not in self.rows:
             self.rows[key] = torch.zeros((len(self.wanted), *saved.shape[1:]), dtype=saved.dtype)
+        elif self.rows[key].shape[1:] != saved.shape[1:]:
+            raise DamagedCheckpoint(f"{self.folder} holds {key} of shape {tuple(saved.shape)} beside {tuple(self.rows[key].shape[1:])} per row "
+                                    "in an earlier rank file: the folder mixes files of different runs")
         return self.rows[key]
 
     def finish(self) -> dict[str, torch.Tensor]:
