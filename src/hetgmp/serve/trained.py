@@ -37,6 +37,8 @@ from hetgmp.embedding.init import initial_rows
 from hetgmp.errors import HetGMPError
 from hetgmp.models import build_model, table_width
 from hetgmp.train import checkpoint as ckpt
+from hetgmp.train.checkpoint import DamagedCheckpoint
+from hetgmp.train.reshard import RowAssembly
 
 _NEEDED = ("model", "embed_dim", "table_width", "num_fields", "num_dense", "num_ids", "world_size", "step")
 _MIXED_FIX = "the folder mixes files of different runs: point --checkpoint at the run's own --checkpoint-dir"
@@ -149,24 +151,23 @@ def merge_rank_files(folder: Path, meta: dict[str, Any]) -> tuple[dict[str, torc
 
     One rank file is in memory at a time, beside the table being filled.
     """
-    num_ids, width = int(meta["num_ids"]), int(meta["table_width"])
-    table_ED = torch.zeros(num_ids, width)
-    holder = torch.full((num_ids,), -1, dtype=torch.int32)  # the rank file each id's row came from
+    num_ids = int(meta["num_ids"])
+    table = RowAssembly(folder, torch.arange(num_ids), num_ids, keys=("values",))
     model_state: dict[str, torch.Tensor] = {}
     for rank in range(int(meta["world_size"])):
         state = ckpt.load_rank_state(folder, rank)
         _check_rank_state(folder, rank, state, meta)
-        ids, values = state["embedding"]["ids"].long(), state["embedding"]["values"]
-        _check_ids(folder, rank, ids, holder)
-        holder[ids] = rank
-        table_ED[ids] = values.float()
+        try:
+            table.take(rank, state["embedding"])
+        except DamagedCheckpoint as e:
+            raise HetGMPError(f"{e}; {_MIXED_FIX}") from e
         if rank == 0:
             model_state = state["model"]
-    unowned = torch.nonzero(holder < 0).squeeze(1)
-    if len(unowned):
-        raise HetGMPError(f"{len(unowned)} of the {num_ids} ids (e.g. {unowned[:5].tolist()}) have a row in none of the "
-                          f"{meta['world_size']} rank files of {folder}: the checkpoint is incomplete; {DAMAGED_FIX}")
-    return model_state, table_ED
+    try:
+        rows = table.finish()
+    except DamagedCheckpoint as e:
+        raise HetGMPError(f"{e}; {DAMAGED_FIX}") from e
+    return model_state, rows["values"].float()
 
 
 def _check_rank_state(folder: Path, rank: int, state: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -180,19 +181,3 @@ def _check_rank_state(folder: Path, rank: int, state: dict[str, Any], meta: dict
                           f"model {meta['model']} d={meta['embed_dim']}, rows {meta['table_width']} wide: {_MIXED_FIX}")
     if int(state.get("step", -1)) != int(meta["step"]):
         raise HetGMPError(f"{path} was saved at step {state.get('step')} but meta.json says step {meta['step']}: {_MIXED_FIX}")
-
-
-def _check_ids(folder: Path, rank: int, ids: torch.Tensor, holder: torch.Tensor) -> None:
-    """Every id in range and owned once: a second copy would be a mirror, never the authority."""
-    path = folder / f"rank-{rank}.pt"
-    bad = ids[(ids < 0) | (ids >= len(holder))]
-    if len(bad):
-        raise HetGMPError(f"{path} holds rows of ids {bad[:5].tolist()} outside the vocabulary 0..{len(holder) - 1} of meta.json: {_MIXED_FIX}")
-    if len(torch.unique(ids)) != len(ids):
-        raise HetGMPError(f"{path} holds some id twice: a rank file holds each row it owns once; the checkpoint is damaged; {DAMAGED_FIX}")
-    seen = holder[ids]
-    clash = torch.nonzero(seen >= 0).squeeze(1)
-    if len(clash):
-        first = int(clash[0])
-        raise HetGMPError(f"id {int(ids[first])} has a row in both rank-{int(seen[first])}.pt and rank-{rank}.pt of {folder}: "
-                          f"every id has one owner, whose file alone holds its row; {_MIXED_FIX}")

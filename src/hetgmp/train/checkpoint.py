@@ -18,7 +18,9 @@ filesystem.
 dicts, the embedding's `state_dict()` (this rank's primaries, versions and
 optimizer state, taken after `emb.flush()`), the RNG states and the step.
 `meta.json` records what the checkpoint belongs to; resuming with another
-model, dims, world size or plan is refused, naming every difference.
+model, dims, optimizers or vocabulary is refused, naming every difference.
+A resume on another number of workers or plan re-places the rows by global
+id (train/reshard.py).
 
 A run holds an exclusive lock on `.lock` in the folder for its whole life
 (rank 0, `claim_directory`; the file names its host and pid), refuses to
@@ -41,7 +43,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -54,9 +56,9 @@ from hetgmp.errors import HetGMPError
 KEEP = 2
 LATEST = "latest"
 LOCK = ".lock"
-# meta.json keys that must match for a checkpoint to be resumed.
-MUST_MATCH = ("model", "embed_dim", "table_width", "num_fields", "num_dense", "num_ids", "world_size", "plan",
-              "optimizer", "sparse_optimizer")
+# meta.json keys that must match for a checkpoint to be resumed (the worker count and plan need not: reshard.py).
+MUST_MATCH = ("model", "embed_dim", "table_width", "num_fields", "num_dense", "num_ids", "fields", "optimizer", "sparse_optimizer")
+RECORDED_LATER = ("fields",)  # keys that checkpoints of earlier versions lack: compared only where recorded
 
 
 class DamagedCheckpoint(HetGMPError):
@@ -154,9 +156,12 @@ def resume_candidates(directory: Path) -> tuple[list[Path], list[str]]:
     return complete[::-1], skipped
 
 
-def load_checkpoint(directory: str | Path, expected: dict[str, Any], ctx: DistContext) -> tuple[Path, dict[str, Any]] | None:
+def load_checkpoint(directory: str | Path, expected: dict[str, Any], ctx: DistContext,
+                    read_state: Callable[[Path, dict[str, Any]], dict[str, Any]]) -> tuple[Path, dict[str, Any]] | None:
     """Collective: this rank's state from the newest checkpoint every rank can read, or None
-    when the folder holds none. A damaged one is skipped, and said so on rank 0's stderr."""
+    when the folder holds none. `read_state(folder, its meta.json)` reads this rank's state
+    (raising DamagedCheckpoint for an unreadable one). A damaged one is skipped, and said so
+    on rank 0's stderr."""
     directory = Path(directory)
     candidates, skipped = resume_candidates(directory)
     if not candidates and not skipped:
@@ -165,8 +170,7 @@ def load_checkpoint(directory: str | Path, expected: dict[str, Any], ctx: DistCo
     for folder in candidates:
         problem, state = None, None
         try:
-            check_meta(folder, expected)
-            state = load_rank_state(folder, ctx.rank)
+            state = read_state(folder, check_meta(folder, expected))
         except DamagedCheckpoint as e:
             problem = str(e)
         if not _every_rank_ok(problem is None, ctx):
@@ -300,13 +304,14 @@ def read_meta(folder: Path) -> dict[str, Any]:
 
 
 def check_meta(folder: Path, expected: dict[str, Any]) -> dict[str, Any]:
-    """Read meta.json and refuse a checkpoint of another model, dims, world size or plan."""
+    """Read meta.json and refuse a checkpoint of another model, dims, optimizers or vocabulary."""
     saved = read_meta(folder)
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {expected.get(k)!r}" for k in MUST_MATCH if saved.get(k) != expected.get(k)]
+    compared = [k for k in MUST_MATCH if k in saved or k not in RECORDED_LATER]
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {expected.get(k)!r}" for k in compared if saved.get(k) != expected.get(k)]
     if diffs:
         raise HetGMPError(
             f"checkpoint {folder} belongs to another run ({'; '.join(diffs)}): "
-            "resume with the same --model, --embed-dim, optimizers, dataset, plan and worker count, "
+            "resume with the same --model, --embed-dim, optimizers and dataset (the worker count and plan may differ), "
             "or choose a new --checkpoint-dir"
         )
     return saved

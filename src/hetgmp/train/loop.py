@@ -27,6 +27,7 @@ import dataclasses
 import os
 import shlex
 import time
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -37,6 +38,7 @@ from hetgmp.distributed import DistContext, init_distributed, shutdown
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath import ShardedFastStep
 from hetgmp.train import checkpoint as ckpt
+from hetgmp.train import reshard
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import Batch
 from hetgmp.train.agree import check_same_settings
@@ -99,7 +101,7 @@ def cpu_threads(local_world_size: int) -> int:
 
 def describe(run: Run, start: int) -> str:
     cfg, ctx = run.cfg, run.ctx
-    where = f"resumed at step {start}" if start else "from scratch"
+    where = f"resumed at step {start}{run.resume_note}" if start else "from scratch"
     if cfg.resume and not start:
         where += f" (no checkpoint in {cfg.checkpoint_dir} yet)"
     return (
@@ -374,11 +376,13 @@ def finish(run: Run, window: StepWindow, clock: Clock, log: RunLog, last: dict[s
 
 
 def resume(run: Run) -> int:
-    """Restore the newest intact checkpoint; returns the step to continue from (0 if none)."""
-    found = ckpt.load_checkpoint(run.cfg.checkpoint_dir, run.checkpoint_meta(), run.ctx)
+    """Restore the newest intact checkpoint, of any worker count and plan (its rows re-placed
+    by global id, train/reshard.py); returns the step to continue from (0 if none)."""
+    found = ckpt.load_checkpoint(run.cfg.checkpoint_dir, run.checkpoint_meta(), run.ctx, partial(reshard.resume_state, run))
     if found is None:
         return 0
-    _, state = found
+    folder, state = found
+    run.resume_note = reshard.describe_resume(ckpt.read_meta(folder), run)
     run.model.load_state_dict(state["model"])
     run.dense_opt.load_state_dict(ckpt.optimizer_state_for(run.dense_opt, state["dense_optimizer"]))
     run.emb.load_state_dict(state["embedding"])

@@ -52,6 +52,8 @@ class Run:
     step_note: str  # which step trains and why, for the start-up line
     mirrors_note: str  # how many rows each worker mirrors, ranked how, for the start-up line
     scanned_steps: int  # steps whose batches the sharded table's capacities were measured on (0: one worker)
+    placement: Placement | None  # who owns and mirrors each row; None: one worker holds every row
+    resume_note: str = ""  # how a resume placed the rows, for the start-up line (train/reshard.py)
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """What a checkpoint of this run records about itself (see checkpoint.MUST_MATCH)."""
@@ -62,6 +64,7 @@ class Run:
             "num_fields": meta.num_fields, "num_dense": int(self.dataset.train.dense.shape[1]),
             "num_ids": meta.num_ids, "world_size": self.ctx.world_size, "plan": self.plan_id,
             "optimizer": self.cfg.optimizer, "sparse_optimizer": self.cfg.sparse_optimizer,
+            "steps_per_epoch": self.steps_per_epoch,  # where a resume on another worker count continues (reshard.py)
             "config_hash": self.cfg.config_hash(), "data": str(self.dataset.directory),
             # For scoring (hetgmp.serve): the vocabulary it was trained on, and the seed its rows were drawn from.
             "fields": list(meta.fields), "seed": self.cfg.seed,
@@ -170,4 +173,4 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
     dense_opt = fast.optimizer if fast else build_dense_optimizer(cfg, list(model.parameters()))
     note = f"step {step_kind} ({why}" + (f"; {how})" if how else ")")
     return Run(cfg, ctx, dataset, model, emb, dense_opt, stream, eval_batches, per_epoch, total, plan_id, fast, note,
-               describe_mirrors(cfg, plan, placement), scanned)
+               describe_mirrors(cfg, plan, placement), scanned, placement)
