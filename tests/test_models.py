@@ -13,6 +13,9 @@ from hetgmp.errors import HetGMPError
 from hetgmp.models import MODEL_NAMES, ORIGINAL_LR, build_model, table_width
 
 F, I, D, B = 26, 13, 16, 64
+# HET-GMP's own models: the SPEC's layer sizes and its N(0, 0.01) bias-free init
+# (the DLRM family's are in test_models_dlrm.py).
+HETGMP_MODELS = ("wdl", "dcn", "dfm")
 
 
 def _inputs(name, batch=B, fields=F, dense=I, dim=D, seed=0):
@@ -40,7 +43,7 @@ def test_parameter_counts_match_the_spec_layer_sizes():
         "dcn": 2 * (flat + I) + (flat + I) * 256 + 256 * 256 * 2 + (flat + I + 256),
         "dfm": flat * 256 + 256 * 256 + 256,
     }
-    for name in MODEL_NAMES:
+    for name in HETGMP_MODELS:
         assert _count(build_model(name, F, I, D)) == expected[name], name
     assert _count(build_model("wdl", 22, 0, D)) == 22 * D  # no dense tower without dense features
     assert set(ORIGINAL_LR) == set(MODEL_NAMES)
@@ -49,7 +52,7 @@ def test_parameter_counts_match_the_spec_layer_sizes():
 
 def test_init_is_normal_with_std_001_and_no_biases():
     torch.manual_seed(0)
-    for name in MODEL_NAMES:
+    for name in HETGMP_MODELS:
         model = build_model(name, F, I, D)
         weights = torch.cat([p.detach().flatten() for p in model.parameters()])
         assert abs(weights.mean().item()) < 1e-3 and weights.std().item() == pytest.approx(0.01, rel=0.02)
