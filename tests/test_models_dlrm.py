@@ -7,10 +7,11 @@ import itertools
 import pytest
 import torch
 
+from hetgmp.embedding.memory import HIDDEN, batch_bytes
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath import FastStep, FastStepConfig
-from hetgmp.models import (DCNV2_MLPERF, DLRM_KAGGLE, DLRM_MLPERF, MODELS, DCNv2Shape, DLRMShape, build_model,
-                           has_dense_part, has_row_weights)
+from hetgmp.models import (DCNV2_MLPERF, DLRM_KAGGLE, DLRM_MLPERF, MODEL_NAMES, MODELS, DCNv2Shape, DLRMShape, build_model,
+                           has_dense_part, has_row_weights, model_size)
 from hetgmp.models.dlrm import upper_pairs
 
 SMALL_DLRM = DLRMShape(bottom=(7, 5), top=(6, 4))
@@ -109,6 +110,21 @@ def test_presets_have_the_published_layer_sizes():
     # Without dense features: no bottom MLP, the pairs of the F rows alone.
     assert build_model("dlrm", 22, 0, 8, shape=SMALL_DLRM).top[0].in_features == 22 * 21 // 2
     assert build_model("dcnv2", 22, 0, 8, shape=SMALL_DCNV2).top[0].in_features == 22 * 8
+
+
+def test_model_size_is_the_built_models_for_the_memory_check():
+    for name in MODEL_NAMES:
+        model, size = build_model(name, 26, 13, 16), model_size(name, 26, 13, 16)
+        assert size.parameters == sum(p.numel() for p in model.parameters()) and size.layer_width == model.layer_width(), name
+    assert model_size("wdl", 26, 13, 16).layer_width == HIDDEN + 1  # the three 256-wide layers and the logit
+    k = 27 * 128  # MLPerf's DCNv2: the linear layers' outputs, x0 and three cross outputs
+    dcnv2 = model_size("dcnv2", 26, 13, 128)
+    assert dcnv2.layer_width == (512 + 256 + 128) + 3 * (512 + k) + (1024 + 1024 + 512 + 256 + 1) + 4 * k
+    assert dcnv2.parameters == 16_044_545
+    n = 27  # DLRM: the MLPs' outputs, the stacked vectors, their dots, the pairs and the top input
+    assert model_size("dlrm", 26, 13, 16).layer_width == (512 + 256 + 64 + 16) + (512 + 256 + 1) + n * (n + 16) + 351 + 367
+    extra = batch_bytes(8192, 26, 13, 128, dcnv2.layer_width, dcnv2.parameters) - batch_bytes(8192, 26, 13, 128)
+    assert extra == 8192 * 24 * (dcnv2.layer_width - HIDDEN) + 16 * dcnv2.parameters
 
 
 def test_upper_pairs_are_the_strict_upper_triangle():

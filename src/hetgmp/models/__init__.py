@@ -16,7 +16,10 @@ wdl, dcn and dfm are HET-GMP's models; dlrm and dcnv2 the DLRM family's
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from hetgmp.errors import HetGMPError
 from hetgmp.models.bags import POOL_MODES, pool_bags
@@ -68,6 +71,24 @@ def build_model(name: str, num_fields: int, num_dense: int, embed_dim: int, shap
     return MODELS[name](**sizes, shape=shape)
 
 
+@dataclass(frozen=True)
+class ModelSize:
+    """What the memory formulas need of a model (embedding/memory.py batch_bytes)."""
+
+    parameters: int
+    layer_width: int  # CTRModel.layer_width(): floats per sample its layers write
+
+
+def model_size(name: str, num_fields: int, num_dense: int, embed_dim: int, shape: Any = None) -> ModelSize:
+    """The named model's real parameter count and layer width, built on the meta device (no memory),
+    so that memory can be checked before the model is built.
+
+    Example: model_size("dcnv2", 26, 13, 128).parameters == 16_044_545 (MLPerf's DLRM-DCNv2)."""
+    with torch.device("meta"):
+        model = build_model(name, num_fields, num_dense, embed_dim, shape)
+    return ModelSize(sum(p.numel() for p in model.parameters()), model.layer_width())
+
+
 def _check_shape(name: str, shape: Any) -> None:
     widths = [*shape.bottom, *shape.top]
     if any(w < 1 for w in widths) or getattr(shape, "cross_rank", 0) < 0 or getattr(shape, "cross_layers", 0) < 0:
@@ -75,7 +96,7 @@ def _check_shape(name: str, shape: Any) -> None:
 
 
 __all__ = [
-    "MODEL_NAMES", "ORIGINAL_LR", "POOL_MODES", "SHAPES", "build_model", "table_width", "pool_bags",
+    "MODEL_NAMES", "ORIGINAL_LR", "POOL_MODES", "SHAPES", "ModelSize", "build_model", "model_size", "table_width", "pool_bags",
     "CTRModel", "has_row_weights", "has_dense_part",
     "WDL", "DCN", "DeepFM", "DLRM", "DLRMShape", "DLRM_KAGGLE", "DLRM_MLPERF", "DCNv2", "DCNv2Shape", "DCNV2_MLPERF",
 ]

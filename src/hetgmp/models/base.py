@@ -12,6 +12,11 @@ model states on its class whether it has them, so a step asks the class
                            no embedding row (FastStepConfig.overlap)
 
 Example: WDL declares both; DCN neither, so has_row_weights(DCN(...)) is False.
+
+`layer_width()` sizes the memory formulas' model term (embedding/memory.py):
+the floats per sample its layers write, by default the output widths of its
+linear layers; a model that writes more (DLRM's dot products, DCNv2's cross
+layers) adds them.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ class CTRModel(nn.Module):
 
     def forward(self, dense_BI: torch.Tensor, emb_BFD: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def layer_width(self) -> int:
+        """Floats per sample the forward writes beyond its input (each also gets a gradient)."""
+        return sum(m.out_features for m in self.modules() if isinstance(m, nn.Linear))
 
 
 def has_row_weights(model: nn.Module) -> bool:

@@ -66,6 +66,11 @@ class DCNv2(CTRModel):
         self.cross = nn.ModuleList(CrossLayer(width, shape.cross_rank) for _ in range(shape.cross_layers))
         self.top = dlrm_mlp([width, *shape.top, 1], relu_last=False)
 
+    def layer_width(self) -> int:
+        """The linear layers' outputs, plus x0 and each cross layer's x_{l+1} (K each)."""
+        width = self.top[0].in_features
+        return super().layer_width() + width * (1 + len(self.cross))
+
     def forward(self, dense_BI: torch.Tensor, emb_BFD: torch.Tensor) -> torch.Tensor:
         x0_BK = emb_BFD.flatten(1)
         if self.bottom is not None:

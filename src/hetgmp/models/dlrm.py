@@ -54,9 +54,9 @@ class DLRM(CTRModel):
         super().__init__()
         self.shape = shape
         self.bottom = dlrm_mlp([num_dense, *shape.bottom, embed_dim], relu_last=True) if num_dense else None
-        vectors = num_fields + (1 if num_dense else 0)
+        self.vectors, self.embed_dim = num_fields + (1 if num_dense else 0), embed_dim
         # Not in the state dict: it follows from the sizes, which the checkpoint records.
-        self.register_buffer("pair_index", upper_pairs(vectors), persistent=False)
+        self.register_buffer("pair_index", upper_pairs(self.vectors), persistent=False)
         top_in = len(self.pair_index) + (embed_dim if num_dense else 0)
         self.top = dlrm_mlp([top_in, *shape.top, 1], relu_last=False)
 
@@ -66,6 +66,12 @@ class DLRM(CTRModel):
         bottom_BD = self.bottom(dense_BI)
         pairs_BP = self.interact(torch.cat([bottom_BD[:, None], emb_BFD], 1))
         return self.top(torch.cat([bottom_BD, pairs_BP], 1)).squeeze(1)
+
+    def layer_width(self) -> int:
+        """The MLPs' outputs, plus the n stacked vectors, their n x n dots, the pairs and the
+        top MLP's input (without dense features two of these are views: an allowance)."""
+        pairs = len(self.pair_index)
+        return super().layer_width() + self.vectors * (self.vectors + self.embed_dim) + pairs + self.top[0].in_features
 
     def interact(self, vectors_BND: torch.Tensor) -> torch.Tensor:
         """The dot products of the pairs i < j of the n vectors: (B, n (n - 1) / 2)."""
