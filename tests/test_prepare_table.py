@@ -149,6 +149,8 @@ def test_vocab_decodes_every_id_back_to_its_value(tmp_path):
     ds = load_dataset(prepare([tmp_path / "a.parquet"], tmp_path / "ds", bag_sizes={"tags": 3}))
     vocab, info = load_vocab(tmp_path / "ds"), ds.meta.extra["vocab"]["field_info"]
     assert [f["name"] for f in info] == ["user", "item", "tags"] and info[2]["padding_id"] == 0
+    assert ds.meta.padding_ids == [None, None, 0]
+    assert ds.meta.padding_columns().tolist() == [-1, -1] + [ds.meta.offsets[2]] * 3
     assert info[2]["truncated_bags"] == sum(1 for r in rows if r["tags"] and len(r["tags"]) > 3)
     sparse = np.concatenate([ds.train.sparse, ds.test.sparse])
     source = [rows[i] for i in shuffled_order(len(rows), 3)]

@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_flag(p, "--test-fraction", type=float, range=Range(0, 1, low_open=True, high_open=True), default=0.1, help="fraction of rows in the test split")
     add_flag(p, "--force", action="store_true", help="replace an existing output directory")
     add_flag(p, "--save-groups", action="store_true", help="also write each row's community (train_groups.npy, test_groups.npy)")
+    add_flag(p, "--multi-hot-sizes", default=None, metavar="K1,K2,...",
+             help="multi-hot bags: ids per row of each of the 26 fields (e.g. MLPerf's 3,2,1,2,6,1,1,1,1,7,3,8,1,6,9,5,1,1,1,12,"
+                  "100,27,10,3,1,1), or one number for all; a bag holds 1 to K ids, padded with its field's padding id "
+                  "(local id 0); default: one id per field")
     add_flag(p, "--progress", action=argparse.BooleanOptionalAction, default=None,
              help="a progress bar on stderr; by default from 500k rows on, and only when stderr is a terminal")
     defaults = {f.name: f.default for f in dataclasses.fields(SynthConfig)}
@@ -58,12 +62,19 @@ def show_progress(asked: bool | None, rows: int) -> bool:
     return asked if asked is not None else rows >= 500_000 and sys.stderr.isatty()
 
 
+def _bags(sizes: list[int]) -> str:
+    return f" ({sum(sizes)} ids a row in bags)" if sum(sizes) > len(sizes) else ""
+
+
 def run(args: argparse.Namespace) -> int:
     from hetgmp.compiling import announce_compiles
+    from hetgmp.data.synth_world import parse_bag_sizes
     from hetgmp.data.synthetic import generate_synthetic
 
-    announce_compiles(args.prog)
     knobs = {name: getattr(args, name) for _, name, _, _ in _KNOBS}
+    if args.multi_hot_sizes is not None:
+        knobs["bag_sizes"] = parse_bag_sizes(args.multi_hot_sizes)
+    announce_compiles(args.prog)
     meta = generate_synthetic(
         args.output, args.rows, seed=args.seed, scale=args.scale, test_fraction=args.test_fraction,
         force=args.force, progress=show_progress(args.progress, args.rows), save_groups=args.save_groups, **knobs,
@@ -71,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     extra = meta.extra
     print(
         f"wrote {args.output}: {meta.train_rows} train + {meta.test_rows} test rows, {meta.num_ids} ids over "
-        f"{meta.num_fields} fields, click rate {extra['click_rate']:.4f}, planted AUC {extra['planted_auc']:.4f} "
+        f"{meta.num_fields} fields{_bags(meta.bag_sizes)}, click rate {extra['click_rate']:.4f}, planted AUC {extra['planted_auc']:.4f} "
         f"(train {extra['planted_auc_train']:.4f}), {extra['seconds']:.1f} s"
     )
     return 0

@@ -8,7 +8,9 @@ Layout of DIR (N train rows, M test rows, F sparse fields, I dense features):
     train_labels.npy        float32 (N,)     0.0 or 1.0
     test_*                  the same with M rows
     meta.json               {"fields": [...], "offsets": [...], "num_ids": E,
-                             "train_rows": N, "test_rows": M, "seed": S, ...}
+                             "train_rows": N, "test_rows": M, "seed": S, ...}; multi-hot data adds
+                             "bag_sizes": [...] and "padding_ids": [...] (each field's local id
+                             filling bags shorter than their size, null where none)
 
 Global ids: field f's local id j becomes offsets[f] + j, offsets being the
 running sum of the previous fields' sizes. Example with fields [3, 2]:
@@ -77,6 +79,24 @@ class DatasetMeta:
         return list(sizes)
 
     @property
+    def padding_ids(self) -> list[int | None]:
+        """Each field's local padding id (meta.json's "padding_ids"), None where the field has none
+        (all None when absent): the id that fills a bag shorter than its size."""
+        ids = self.extra.get("padding_ids")
+        if ids is None:
+            return [None] * self.num_fields
+        if len(ids) != self.num_fields or not all(i is None or (isinstance(i, int) and 0 <= i < n) for i, n in zip(ids, self.fields)):
+            raise HetGMPError(f"meta.json's padding_ids {ids} must hold, for each of the {self.num_fields} fields, null or a local id "
+                              "below the field's size: re-run `hetgmp prepare`")
+        return list(ids)
+
+    def padding_columns(self) -> np.ndarray:
+        """(id_columns,) int64: the global padding id of each sparse column's field, -1 where none,
+        so that `sparse == meta.padding_columns()` marks the padding slots (pool_bags' pad_mask)."""
+        per_field = [-1 if i is None else offset + i for i, offset in zip(self.padding_ids, self.offsets)]
+        return np.repeat(np.array(per_field, dtype=np.int64), self.bag_sizes)
+
+    @property
     def id_columns(self) -> int:
         """Columns of the sparse arrays: sum(bag_sizes), field by field."""
         return sum(self.bag_sizes)
@@ -86,7 +106,7 @@ class DatasetMeta:
         if self.id_columns != self.num_fields:
             raise HetGMPError(
                 f"{directory} holds multi-hot bags (meta.json bag_sizes {self.bag_sizes}), and {command} takes one id per field: "
-                "prepare the data without --multi-hot (or with --bag-size COL=1 for each bag column)"
+                "prepare the data without --multi-hot (or with --bag-size COL=1 for each bag column), or synthesise it without --multi-hot-sizes"
             )
 
     def id_dtype(self) -> np.dtype:

@@ -32,6 +32,16 @@ How one row is drawn (26 sparse fields, 13 dense features):
    sum over `PAIRS` of <v[a, id_a], v[b, id_b]>, with w ~ N(0, signal·FIELD_SIGNAL[f])
    and v ~ N(0, signal·pair_scale/sqrt(k)) factor vectors (an FM-style cross term).
 
+Multi-hot (`bag_sizes`, `hetgmp synth --multi-hot-sizes`): field f of bag
+size K_f > 1 draws K_f ids per row as above (each column its own draw), and
+the row's bag holds the first 1 + floor(K_f·u) of them, u uniform: between 1
+and K_f ids, the other columns hold the field's padding id. That id is raw
+id 0 of the field (the drawn ids are shifted up by one), always marked used,
+so it is local id 0 after compaction; its weight and factor are zero. In the
+logit, w[f, id_f] and v[f, id_f] become their means over the bag's ids
+(padding excluded): mean pooling, which every id of the bag moves. With all
+sizes 1 (the default) the rows are those of the one-hot generator, bit for bit.
+
 Example (scale 1e-4, so caps [2, 2, 1013, ...]): a row of group 7 draws field 2
 (cap 1013 > large_field 1000 in that config) from group 7's pool with
 probability 0.8, field 0 always globally; its raw global id in field 2 is
@@ -88,6 +98,7 @@ class SynthConfig:
     dense_signal: float = 0.19
     click_rate: float = 0.25
     chunk_rows: int = 1_000_000
+    bag_sizes: tuple[int, ...] = ()  # ids per row of each field; () = one-hot
 
     def num_groups(self) -> int:
         return self.groups if self.groups > 0 else int(min(4096, max(16, self.rows // 500)))
@@ -96,8 +107,12 @@ class SynthConfig:
         """Vocabulary caps: Criteo's sizes times `scale`, at least 2 each."""
         return np.array([max(2, int(round(v * self.scale))) for v in CRITEO_FIELD_SIZES], dtype=np.int64)
 
+    def bags(self) -> np.ndarray:
+        """(F,) int64: each field's bag size, all 1 when one-hot."""
+        return np.array(self.bag_sizes or (1,) * len(CRITEO_FIELD_SIZES), dtype=np.int64)
+
     def to_json(self) -> dict:
-        return {**asdict(self), "groups": self.num_groups()}
+        return {**asdict(self), "groups": self.num_groups(), "bag_sizes": self.bags().tolist()}
 
 
 @dataclass
@@ -106,7 +121,9 @@ class World:
 
     config: SynthConfig
     caps: np.ndarray  # (F,) int64
+    padded: np.ndarray  # (F,) int64: 1 where the field has bags (raw id 0 is then its padding id), else 0
     raw_offsets: np.ndarray  # (F,) int64: field f's raw ids start here in the raw global space
+    bag_start: np.ndarray  # (F + 1,) int64: field f's bag is columns bag_start[f]:bag_start[f + 1]
     perm: np.ndarray  # (F, 2) int64: popularity rank -> raw id, (mul, add)
     slot_perm: np.ndarray  # (F, 2) int64: pool slot -> raw id, (mul, add)
     large: np.ndarray  # (L,) field indices drawn partly from group pools
@@ -134,11 +151,36 @@ def validate(config: SynthConfig) -> None:
         (0 < config.click_rate < 1, f"--click-rate {config.click_rate}: must be in (0, 1)"),
         (config.chunk_rows >= 1, f"--chunk-rows {config.chunk_rows}: must be at least 1"),
         (config.groups >= 0, f"--groups {config.groups}: must be 0 (automatic) or positive"),
-        (int(config.caps().sum()) < 2**31, f"--scale {config.scale}: {int(config.caps().sum())} raw ids exceed int32; use --scale below 60"),
+        (int(config.caps().sum()) < 2**31 - len(CRITEO_FIELD_SIZES), f"--scale {config.scale}: {int(config.caps().sum())} raw ids exceed int32; use --scale below 60"),
     ]
     for ok, message in rules:
         if not ok:
             raise HetGMPError(message)
+    check_bag_sizes(config.bag_sizes)
+
+
+def check_bag_sizes(sizes: tuple[int, ...], given: str | None = None) -> None:
+    """() or one integer >= 1 per field, else a HetGMPError naming --multi-hot-sizes (and `given`, the flag's text)."""
+    fields = len(CRITEO_FIELD_SIZES)
+    if sizes and len(sizes) != fields:
+        raise HetGMPError(f"--multi-hot-sizes has {len(sizes)} sizes, but there are {fields} fields: give {fields} sizes, or one for all")
+    bad = [k for k in sizes if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1]
+    if bad:
+        raise HetGMPError(f"--multi-hot-sizes {given or ','.join(map(str, sizes))}: {bad[0]} is not a bag size (an integer >= 1 ids per row)")
+
+
+def parse_bag_sizes(text: str) -> tuple[int, ...]:
+    """--multi-hot-sizes: "3,2,1,..." (one per field) or "4" (for all); checked by check_bag_sizes.
+
+    Example: parse_bag_sizes("2") == (2,) * 26."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise HetGMPError(f"--multi-hot-sizes {text!r}: expected integers separated by commas, e.g. 3,2,1,... "
+                          f"(one per field) or one number for all {len(CRITEO_FIELD_SIZES)} fields") from None
+    sizes = sizes * len(CRITEO_FIELD_SIZES) if len(sizes) == 1 else sizes
+    check_bag_sizes(sizes, text)
+    return sizes
     test_rows = int(round(config.rows * config.test_fraction))
     if test_rows < 1 or test_rows >= config.rows:
         raise HetGMPError(f"--rows {config.rows} with --test-fraction {config.test_fraction} leaves an empty split: raise --rows")
@@ -206,12 +248,16 @@ def build_world(config: SynthConfig) -> World:
     step = np.maximum(1, np.rint(pool_size * (1.0 - config.pool_overlap))).astype(np.int64)
     pool_start = np.cumsum(step, axis=0) - step
     pool_span, pool_inv_a = zipf_span(pool_size, config.pool_zipf)
-    raw_offsets = np.cumsum(caps) - caps
-    factors, factor_base = _pair_factors(config, caps, raw_offsets, rng(4))
+    bags = config.bags()
+    padded = (bags > 1).astype(np.int64)
+    raw_offsets = np.cumsum(caps + padded) - caps - padded
+    factors, factor_base = _pair_factors(config, caps, padded, raw_offsets, rng(4))
     return World(
         config=config,
         caps=caps,
+        padded=padded,
         raw_offsets=raw_offsets,
+        bag_start=np.concatenate([[0], np.cumsum(bags)]),
         perm=perm,
         slot_perm=slot_perm,
         large=large,
@@ -221,31 +267,40 @@ def build_world(config: SynthConfig) -> World:
         pool_inv_a=pool_inv_a,
         pool_start=pool_start,
         activity=rng(2).standard_normal(groups),
-        weights=_field_weights(config, caps, rng(3)),
+        weights=_field_weights(config, caps, padded, rng(3)),
         factors=factors,
         factor_base=factor_base,
         dense=_dense_params(config, rng(5)),
     )
 
 
-def _field_weights(config: SynthConfig, caps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    weights = np.empty(int(caps.sum()), dtype=np.float32)
+def _field_weights(config: SynthConfig, caps: np.ndarray, padded: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per raw global id; a padding id's weight is 0 (the draws are those of the one-hot world)."""
+    weights = np.zeros(int((caps + padded).sum()), dtype=np.float32)
     start = 0
     for f, v in enumerate(caps):
-        block = weights[start : start + int(v)]
+        block = weights[start + int(padded[f]) : start + int(padded[f] + v)]
         rng.standard_normal(out=block, dtype=np.float32)
         block *= np.float32(config.signal * FIELD_SIGNAL[f])
-        start += int(v)
+        start += int(padded[f] + v)
     return weights
 
 
-def _pair_factors(config: SynthConfig, caps: np.ndarray, raw_offsets: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Factor vectors of the pair fields stacked in field order, and each field's base row."""
+def _pair_factors(config: SynthConfig, caps: np.ndarray, padded: np.ndarray, raw_offsets: np.ndarray,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Factor vectors of the pair fields stacked in field order (a zero row for a padding id),
+    and each field's base row."""
     fields = sorted({f for pair in PAIRS for f in pair})
     std = config.signal * config.pair_scale / math.sqrt(PAIR_RANK)
-    factors = rng.standard_normal((int(caps[fields].sum()), PAIR_RANK), dtype=np.float32) * np.float32(std)
+    drawn = rng.standard_normal((int(caps[fields].sum()), PAIR_RANK), dtype=np.float32) * np.float32(std)
+    sizes = caps[fields] + padded[fields]
+    starts = np.cumsum(sizes) - sizes
+    keep = np.ones(int(sizes.sum()), dtype=bool)
+    keep[starts[padded[fields] == 1]] = False
+    factors = np.zeros((int(sizes.sum()), PAIR_RANK), dtype=np.float32)
+    factors[keep] = drawn
     base = np.zeros(len(caps), dtype=np.int64)
-    base[fields] = np.cumsum(caps[fields]) - caps[fields] - raw_offsets[fields]
+    base[fields] = starts - raw_offsets[fields]
     return factors, base
 
 
@@ -260,26 +315,53 @@ def _dense_params(config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
     return np.stack([mu, sigma, miss, load, coef])
 
 
-def sample_chunk(world: World, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """n rows: (raw global ids (n, F) int32, dense (n, 13) float32, logit (n,) float32, group (n,) int32).
+def padding_raw_ids(world: World) -> np.ndarray:
+    """(F,) int64: each field's raw global padding id, -1 for a field without bags."""
+    return np.where(world.padded == 1, world.raw_offsets, -1)
 
-    Draw order from `rng`: groups, the id uniforms (n, F + L), pool choices (n, L), dense normals
-    and missing-cell uniforms; the kernels only transform them.
+
+def _columns(world: World) -> tuple[np.ndarray, np.ndarray]:
+    """(column c's field (C,), column c's pool-uniform index (C,), -1 outside the large fields)."""
+    column_field = np.repeat(np.arange(len(world.caps)), np.diff(world.bag_start))
+    in_pool = world.pool_of_field[column_field] >= 0
+    pool_column = np.where(in_pool, np.cumsum(in_pool) - 1, -1)
+    return column_field, pool_column
+
+
+def _pad_bags(world: World, lengths_u: np.ndarray, raw: np.ndarray) -> None:
+    """Keep 1 + floor(K u) ids of each bag (u: one uniform per row and bag field), padding the rest."""
+    for p, f in enumerate(np.flatnonzero(world.padded)):
+        start, size = world.bag_start[f], world.bag_start[f + 1] - world.bag_start[f]
+        length = 1 + (lengths_u[:, p] * size).astype(np.int64)
+        raw[:, start : start + size][np.arange(size) >= length[:, None]] = world.raw_offsets[f]
+
+
+def sample_chunk(world: World, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """n rows: (raw global ids (n, C) int32, C = sum of bag sizes, dense (n, 13) float32, logit (n,) float32,
+    group (n,) int32).
+
+    Draw order from `rng`: groups, the id uniforms (n, C + Lc) (Lc: columns of large fields),
+    pool choices (n, Lc), dense normals and missing-cell uniforms, then the bag lengths (n, bag
+    fields); the kernels only transform them. One-hot, C = F and Lc = L: the one-hot draws.
     """
     from hetgmp.data import synth_kernels as k
 
-    cfg, num_fields = world.config, len(world.caps)
+    cfg = world.config
     mu, sigma, miss, load, coef = world.dense
+    column_field, pool_column = _columns(world)
+    columns, pool_columns = len(column_field), int(pool_column.max()) + 1
     group = zipf_rank(rng.random(n), cfg.num_groups(), cfg.group_exponent).astype(np.int32)
-    u = rng.random((n, num_fields + len(world.large)))
-    pooled = rng.random((n, len(world.large)), dtype=np.float32) < np.float32(cfg.in_group)
-    raw = np.empty((n, num_fields), dtype=np.int32)
+    u = rng.random((n, columns + pool_columns))
+    pooled = rng.random((n, pool_columns), dtype=np.float32) < np.float32(cfg.in_group)
+    raw = np.empty((n, columns), dtype=np.int32)
     cap_span, inv_a = zipf_span(world.caps, cfg.zipf)
-    k.draw_ids(u, pooled, group, world.caps, cap_span, world.perm, world.slot_perm, world.pool_of_field, world.pool_size,
-               world.pool_span, world.pool_start, world.raw_offsets, inv_a, world.pool_inv_a, raw)
+    k.draw_ids(u, pooled, group, column_field, pool_column, world.caps, cap_span, world.perm, world.slot_perm, world.pool_of_field,
+               world.pool_size, world.pool_span, world.pool_start, world.raw_offsets + world.padded, inv_a, world.pool_inv_a, raw)
     del u
     dense = np.empty((n, NUM_DENSE), dtype=np.float32)
     k.dense_features(rng.standard_normal((n, NUM_DENSE)), rng.random((n, NUM_DENSE)), world.activity[group], mu, sigma, miss, load, dense)
+    _pad_bags(world, rng.random((n, int(world.padded.sum()))), raw)
     z = np.empty(n, dtype=np.float32)
-    k.planted_logit(raw, dense, world.weights, coef, world.factors, world.factor_base, np.array(PAIRS, dtype=np.int64), z)
+    k.planted_logit(raw, dense, world.weights, coef, world.factors, world.factor_base, np.array(PAIRS, dtype=np.int64),
+                    world.bag_start, padding_raw_ids(world), z)
     return raw, dense, z, group

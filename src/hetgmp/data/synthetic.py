@@ -21,6 +21,10 @@ global id (field offsets included). Example with caps [3, 4], used raw ids
 [0,1,1, 1,0,0,1], cumsum-1 -> raw global 1->0, 2->1, 3->2, 6->3; fields [2, 2],
 offsets [0, 2].
 
+Multi-hot (`bag_sizes`): a row holds sum(bag_sizes) ids, field by field;
+meta.json gains "bag_sizes" and "padding_ids" (local id 0 of each bag field,
+null for the one-hot fields) and the planted logit mean-pools each bag.
+
 Rows are i.i.d., so the test split is simply the last `test_fraction` of
 them. The same arguments (chunk_rows included) give byte-identical arrays
 for any thread count; across CPUs and library versions exp/pow may round
@@ -41,7 +45,7 @@ from tqdm import tqdm
 from hetgmp.atomic import atomic_directory
 from hetgmp.auc import exact_auc, logloss
 from hetgmp.data.arrays import DatasetMeta, array_name, write_meta
-from hetgmp.data.synth_world import CRITEO_FIELD_SIZES, NUM_DENSE, SynthConfig, World, build_world, sample_chunk, validate
+from hetgmp.data.synth_world import NUM_DENSE, SynthConfig, World, build_world, padding_raw_ids, sample_chunk, validate
 
 
 class _SplitFile:
@@ -109,7 +113,8 @@ def solve_bias(logits: np.ndarray, click_rate: float, tol: float = 1e-9) -> floa
 def _draw_pass(world: World, files: dict[str, _SplitFile], bar: tqdm) -> tuple[np.ndarray, np.ndarray]:
     """Pass 1: write raw ids, dense and groups; return (used-id bitmap, logits)."""
     cfg = world.config
-    used = np.zeros(int(world.caps.sum()), dtype=bool)
+    used = np.zeros(int((world.caps + world.padded).sum()), dtype=bool)
+    used[padding_raw_ids(world)[world.padded == 1]] = True  # always an id, even if every bag were full
     logits = np.empty(cfg.rows, dtype=np.float32)
     for c, start, n in _chunks(cfg):
         raw, dense, z, group = sample_chunk(world, np.random.default_rng([cfg.seed, 0, c]), n)
@@ -137,7 +142,7 @@ def _encode_pass(cfg: SynthConfig, files: dict[str, _SplitFile], lut: np.ndarray
 
 
 def _open_files(directory: Path, cfg: SynthConfig, train_rows: int, save_groups: bool) -> dict[str, _SplitFile]:
-    kinds = {"sparse": (np.int32, len(CRITEO_FIELD_SIZES)), "dense": (np.float32, NUM_DENSE), "labels": (np.float32, None)}
+    kinds = {"sparse": (np.int32, int(cfg.bags().sum())), "dense": (np.float32, NUM_DENSE), "labels": (np.float32, None)}
     if save_groups:
         kinds["groups"] = (np.int32, None)
     return {k: _SplitFile(directory, k, dt, w, train_rows, cfg.rows) for k, (dt, w) in kinds.items()}
@@ -172,6 +177,9 @@ def _write_dataset(directory: Path, world: World, progress: bool, save_groups: b
         "generator": cfg.to_json(),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    if cfg.bag_sizes:
+        # Raw id 0 of a bag field is its padding id, and stays local id 0 (see synth_world).
+        extra.update(bag_sizes=cfg.bags().tolist(), padding_ids=[0 if p else None for p in world.padded], planted_pooling="mean")
     meta = DatasetMeta(fields=fields, num_ids=sum(fields), train_rows=train_rows, test_rows=test_rows, seed=cfg.seed, num_dense=NUM_DENSE, extra=extra)
     write_meta(directory, meta)
     return meta

@@ -194,7 +194,7 @@ def _meta(spec: TableSpec, codecs: list[FieldCodec], files: list[Path], rows: in
                   "field_info": [c.describe() for c in codecs]},
     }
     if spec.multi_hot:
-        extra["bag_sizes"] = [c.width for c in codecs]
+        extra.update(bag_sizes=[c.width for c in codecs], padding_ids=[c.padding_id for c in codecs])
     return DatasetMeta(fields=fields, num_ids=sum(fields), train_rows=train, test_rows=test, seed=config.seed, num_dense=len(spec.dense), extra=extra)
 
 

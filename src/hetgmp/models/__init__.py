@@ -1,26 +1,43 @@
 """CTR models (SPEC §4): single-device modules that receive the embeddings.
 
-Every model has forward(dense_BI, emb_BFD) -> logits_B: dense features (B, I),
-the batch's embedding rows (B, F, table_width), and one logit per sample (no
-sigmoid; train with BCE-with-logits). The embedding runtime owns the tables.
+Every model is a `CTRModel` with forward(dense_BI, emb_BFD) -> logits_B: dense
+features (B, I), the batch's embedding rows (B, F, table_width), and one
+logit per sample (no sigmoid; train with BCE-with-logits). The embedding
+runtime owns the tables. The fast steps' optional hooks are declared on the
+class (models/base.py: has_row_weights, has_dense_part).
 
     model = build_model("dfm", num_fields=26, num_dense=13, embed_dim=16)
     table_width("dfm", 16) == 17   # DeepFM's rows carry a first-order weight
+    build_model("dcnv2", 26, 13, 128, shape=DCNv2Shape(cross_rank=0))  # full-rank cross layers
+
+wdl, dcn and dfm are HET-GMP's models; dlrm and dcnv2 the DLRM family's
+(DLRM's Criteo Kaggle shape, MLPerf's DLRM-DCNv2 shape).
 """
 
 from __future__ import annotations
 
-from torch import nn
+from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 from hetgmp.errors import HetGMPError
+from hetgmp.models.bags import POOL_MODES, pool_bags
+from hetgmp.models.base import CTRModel, has_dense_part, has_row_weights
 from hetgmp.models.dcn import DCN
+from hetgmp.models.dcnv2 import DCNV2_MLPERF, DCNv2, DCNv2Shape
 from hetgmp.models.deepfm import DeepFM
+from hetgmp.models.dlrm import DLRM, DLRM_KAGGLE, DLRM_MLPERF, DLRMShape
 from hetgmp.models.wdl import WDL
 
-MODELS: dict[str, type[nn.Module]] = {"wdl": WDL, "dcn": DCN, "dfm": DeepFM}
+MODELS: dict[str, type[CTRModel]] = {"wdl": WDL, "dcn": DCN, "dfm": DeepFM, "dlrm": DLRM, "dcnv2": DCNv2}
 MODEL_NAMES = tuple(MODELS)
-# The learning rates the original script used with plain SGD.
-ORIGINAL_LR = {"wdl": 0.01, "dcn": 0.003, "dfm": 0.001}
+# The shape dataclass each model's `shape=` takes (models without one take no options).
+SHAPES: dict[str, type] = {"dlrm": DLRMShape, "dcnv2": DCNv2Shape}
+# The learning rates for plain SGD: the original script's for wdl, dcn and dfm; DLRM's reference
+# Criteo Kaggle run for dlrm; dcnv2 has no published SGD rate (MLPerf trains it with Adagrad), and
+# takes DLRM's.
+ORIGINAL_LR = {"wdl": 0.01, "dcn": 0.003, "dfm": 0.001, "dlrm": 0.1, "dcnv2": 0.1}
 
 
 def _check_name(name: str) -> None:
@@ -34,8 +51,9 @@ def table_width(name: str, embed_dim: int) -> int:
     return embed_dim + 1 if name == "dfm" else embed_dim
 
 
-def build_model(name: str, num_fields: int, num_dense: int, embed_dim: int) -> nn.Module:
-    """The named model, its weights drawn from N(0, 0.01) (CPU, float32)."""
+def build_model(name: str, num_fields: int, num_dense: int, embed_dim: int, shape: Any = None) -> CTRModel:
+    """The named model (CPU, float32): HET-GMP's drawn from N(0, 0.01), the DLRM family's as DLRM's
+    reference initialises them. `shape` (dlrm, dcnv2 only) replaces the default layer sizes."""
     _check_name(name)
     sizes = {"num_fields": num_fields, "num_dense": num_dense, "embed_dim": embed_dim}
     bad = {k: v for k, v in sizes.items() if v < (0 if k == "num_dense" else 1)}
@@ -44,7 +62,41 @@ def build_model(name: str, num_fields: int, num_dense: int, embed_dim: int) -> n
             f"cannot build {name}: {bad} out of range (num_fields and embed_dim must be >= 1, num_dense >= 0); "
             "check the dataset's meta.json and --embed-dim"
         )
-    return MODELS[name](**sizes)
+    if shape is None:
+        return MODELS[name](**sizes)
+    if not isinstance(shape, SHAPES.get(name, ())):
+        wanted = SHAPES[name].__name__ if name in SHAPES else "none (its layer sizes are fixed)"
+        raise HetGMPError(f"cannot build {name} with shape {shape!r}: it takes {wanted}")
+    _check_shape(name, shape)
+    return MODELS[name](**sizes, shape=shape)
 
 
-__all__ = ["MODEL_NAMES", "ORIGINAL_LR", "build_model", "table_width", "WDL", "DCN", "DeepFM"]
+@dataclass(frozen=True)
+class ModelSize:
+    """What the memory formulas need of a model (embedding/memory.py batch_bytes)."""
+
+    parameters: int
+    layer_width: int  # CTRModel.layer_width(): floats per sample its layers write
+
+
+def model_size(name: str, num_fields: int, num_dense: int, embed_dim: int, shape: Any = None) -> ModelSize:
+    """The named model's real parameter count and layer width, built on the meta device (no memory),
+    so that memory can be checked before the model is built.
+
+    Example: model_size("dcnv2", 26, 13, 128).parameters == 16_044_545 (MLPerf's DLRM-DCNv2)."""
+    with torch.device("meta"):
+        model = build_model(name, num_fields, num_dense, embed_dim, shape)
+    return ModelSize(sum(p.numel() for p in model.parameters()), model.layer_width())
+
+
+def _check_shape(name: str, shape: Any) -> None:
+    widths = [*shape.bottom, *shape.top]
+    if any(w < 1 for w in widths) or getattr(shape, "cross_rank", 0) < 0 or getattr(shape, "cross_layers", 0) < 0:
+        raise HetGMPError(f"cannot build {name} with {shape}: layer widths must be >= 1, cross_rank and cross_layers >= 0")
+
+
+__all__ = [
+    "MODEL_NAMES", "ORIGINAL_LR", "POOL_MODES", "SHAPES", "ModelSize", "build_model", "model_size", "table_width", "pool_bags",
+    "CTRModel", "has_row_weights", "has_dense_part",
+    "WDL", "DCN", "DeepFM", "DLRM", "DLRMShape", "DLRM_KAGGLE", "DLRM_MLPERF", "DCNv2", "DCNv2Shape", "DCNV2_MLPERF",
+]

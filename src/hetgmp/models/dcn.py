@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hetgmp.models.base import CTRModel
 from hetgmp.models.layers import HIDDEN, INIT_STD, aligned_linear, normal_linear, relu_tower
 
 
-class DCN(nn.Module):
+class DCN(CTRModel):
     """forward(dense_BI, emb_BFD) -> logits_B (no sigmoid)."""
 
     def __init__(self, num_fields: int, num_dense: int, embed_dim: int) -> None:

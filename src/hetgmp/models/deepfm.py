@@ -18,12 +18,12 @@ the embeddings only); they are accepted so every model has one signature.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
+from hetgmp.models.base import CTRModel
 from hetgmp.models.layers import HIDDEN, relu_tower
 
 
-class DeepFM(nn.Module):
+class DeepFM(CTRModel):
     """forward(dense_BI, emb_BFD) -> logits_B (no sigmoid); emb_BFD is d+1 wide."""
 
     def __init__(self, num_fields: int, num_dense: int, embed_dim: int) -> None:

@@ -1,5 +1,7 @@
 """Layer builders shared by the CTR models: bias-free linear layers drawn from
-N(0, 0.01), as in the original, and the ReLU towers built from them."""
+N(0, 0.01), as in the original, and the ReLU towers built from them; and the
+biased layers of the DLRM family (DLRM, DCNv2), initialised as DLRM's
+reference code does."""
 
 from __future__ import annotations
 
@@ -33,6 +35,31 @@ def relu_tower(sizes: Sequence[int]) -> nn.Sequential:
         if i:
             layers.append(nn.ReLU())
         layers.append(normal_linear(n_in, n_out))
+    return nn.Sequential(*layers)
+
+
+def dlrm_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+    """An `nn.Linear` initialised as DLRM's reference: weights from N(0, sqrt(2 / (in + out))),
+    the bias from N(0, sqrt(1 / out))."""
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    nn.init.normal_(layer.weight, mean=0.0, std=(2.0 / (in_features + out_features)) ** 0.5)
+    if bias:
+        nn.init.normal_(layer.bias, mean=0.0, std=(1.0 / out_features) ** 0.5)
+    return layer
+
+
+def dlrm_mlp(sizes: Sequence[int], relu_last: bool) -> nn.Sequential:
+    """`dlrm_linear` layers through `sizes`, a ReLU after each but the last unless `relu_last`
+    (DLRM's bottom MLP ends in a ReLU, its top MLP in the logit).
+
+    Example: dlrm_mlp([13, 512, 16], relu_last=True) is
+    Linear(13, 512) -> ReLU -> Linear(512, 16) -> ReLU.
+    """
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(dlrm_linear(n_in, n_out))
+        if relu_last or i < len(sizes) - 2:
+            layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 
 

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from hetgmp.models.base import CTRModel
 from hetgmp.models.layers import HIDDEN, aligned_linear, normal_linear, relu_tower
 
 
-class WDL(nn.Module):
+class WDL(CTRModel):
     """forward(dense_BI, emb_BFD) -> logits_B (no sigmoid)."""
+
+    provides_row_weights = True
+    provides_dense_part = True
 
     def __init__(self, num_fields: int, num_dense: int, embed_dim: int) -> None:
         super().__init__()

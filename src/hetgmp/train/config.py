@@ -51,7 +51,8 @@ def _f(default: Any, help: str, **flag: Any) -> Any:
 @dataclass
 class TrainConfig:
     data: str = _f(None, "dataset directory (from `hetgmp prepare` or `hetgmp synth`)", required=True)
-    model: str = _f("wdl", "model: wdl (Wide&Deep), dcn (Deep&Cross) or dfm (DeepFM)")
+    model: str = _f("wdl", "model: wdl (Wide&Deep), dcn (Deep&Cross), dfm (DeepFM), dlrm (DLRM, dot interaction) or dcnv2 "
+                    "(DCN V2 in MLPerf's DLRM-DCNv2 shape: 3 cross layers of rank 512)")
     embed_dim: int = _f(16, "embedding dimension d (DeepFM's table is d+1 wide)", range=POSITIVE)
     batch_size: int = _f(4096, "samples per step on each worker", range=POSITIVE)
     iter: int | None = _f(None, "training steps (overrides --epochs)", range=POSITIVE)
