@@ -90,6 +90,7 @@ from hetgmp.fastpath.config import AMP_MODES, DENSE_OPTIMIZERS, autocast, dense_
 from hetgmp.fastpath.inputs import Batch, InputBuffers
 from hetgmp.fastpath.step import nan_unless_finite
 from hetgmp.kernels import Rank1Grad
+from hetgmp.models.base import has_row_weights
 from hetgmp.kernels.gather import id_dtype
 
 
@@ -202,7 +203,7 @@ class ShardedFastStep:
         # Its own group: a caller's collectives between steps cannot interleave with the step's.
         self.group = dist.new_group(backend=ctx.backend, pg_options=_high_priority(ctx.backend))
         self.model = model
-        if cfg.implicit_row_grad and not hasattr(model, "row_weights"):
+        if cfg.implicit_row_grad and not has_row_weights(model):
             raise HetGMPError(f"implicit_row_grad needs a model whose rows reach the logit through one linear layer "
                               f"(with row_weights(), as WDL); {type(model).__name__} has none: leave implicit_row_grad off")
         self._logit_grad: torch.Tensor | None = None  # implicit_row_grad: dloss/dlogit of the step

@@ -58,6 +58,7 @@ from hetgmp.fastpath.ahead import SortAhead
 from hetgmp.fastpath.captured import GraphReplay, beside, join
 from hetgmp.fastpath.config import BatchSource, FastStepConfig, autocast, dense_optimizer, matmul_precision
 from hetgmp.fastpath.inputs import InputBuffers
+from hetgmp.models.base import has_dense_part, has_row_weights
 from hetgmp.kernels import Rank1Grad, new_scratch, resolve_backend, sparse_update
 from hetgmp.kernels.gather import SortedIds, gather_rows, id_dtype, sort_ids
 
@@ -103,7 +104,7 @@ class FastStep:
         self.model = model
         self._forward = self._compiled(model)
         # Split forward (FastStepConfig.overlap): the dense part first, then the head on the rows.
-        self._split = cfg.overlap and hasattr(model, "dense_part") and hasattr(model, "head")
+        self._split = cfg.overlap and has_dense_part(model)
         if self._split:
             self._dense_part, self._head = self._compiled(model.dense_part), self._compiled(model.head)
         self.table_ED = table_ED.detach()
@@ -116,7 +117,7 @@ class FastStep:
         self.kernel = resolve_backend(cfg.kernel, self.device)
         self.use_graph = cfg.cuda_graph and self.device.type == "cuda"
         self._sparse_stream = torch.cuda.Stream(self.device) if cfg.overlap and self.device.type == "cuda" else None
-        if cfg.implicit_row_grad and not hasattr(model, "row_weights"):
+        if cfg.implicit_row_grad and not has_row_weights(model):
             raise HetGMPError(f"implicit_row_grad needs a model whose rows reach the logit through one linear layer "
                               f"(one with row_weights(), as WDL); {type(model).__name__} has none")
         self._kept: tuple[torch.Tensor, torch.Tensor] | None = None  # implicit_row_grad: (dloss/dlogit, row weight)

@@ -57,6 +57,7 @@ from torch import nn
 
 from hetgmp.embedding import LocalEmbedding
 from hetgmp.fastpath import FastStep, FastStepConfig
+from hetgmp.models.base import has_row_weights
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import BatchStream
 
@@ -98,12 +99,6 @@ class EpochCursor:
         self.cursor += self.stream.batch_size
         batch = self.stream.rows.take(idx)
         return batch.dense, batch.ids, batch.labels
-
-
-def has_row_weights(model: nn.Module) -> bool:
-    """Whether the model's rows reach its logit through one linear layer (`row_weights()`, as WDL),
-    so the fast steps can make the rows' gradient in the update (implicit_row_grad)."""
-    return hasattr(model, "row_weights")
 
 
 def build_fast_step(cfg: TrainConfig, model: nn.Module, emb: LocalEmbedding, stream: BatchStream) -> FastStep:

@@ -40,7 +40,8 @@ from hetgmp.errors import HetGMPError
 from hetgmp.fastpath import ShardedFastStep, ShardedStepConfig
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import BatchStream
-from hetgmp.train.fast import StepRecorder, has_row_weights
+from hetgmp.models.base import has_row_weights
+from hetgmp.train.fast import StepRecorder
 
 SCAN_EPOCHS = 10        # epochs of batches whose capacities are measured before the run (all of a shorter run)
 CAPACITY_ROOM = 1.1     # measured capacities get 10% more, then round up (capacity.round_up)
