@@ -130,3 +130,11 @@ def test_cli_end_to_end_and_force(tmp_path):
     bad = _cli("--rows", "1", "--output", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "argument --rows: must be at least 2, got 1" in bad.stderr and not (tmp_path / "bad").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli"]
+
+
+def test_a_split_left_empty_is_refused(tmp_path, capsys):
+    from hetgmp.cli import main
+
+    assert main(["synth", "--rows", "10", "--test-fraction", "0.01", "--output", str(tmp_path / "ds")]) == 2
+    assert "--rows 10 with --test-fraction 0.01 leaves an empty split: raise --rows" in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists()

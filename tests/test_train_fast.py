@@ -12,11 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from hetgmp import fastpath
 from hetgmp.cli import main
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath import FastStep, FastStepConfig
-from hetgmp.train import config as train_config
 from hetgmp.train.checkpoint import optimizer_state_for
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import BatchStream, EpochOrders, Rows, epoch_seed
@@ -68,10 +66,6 @@ def _assert_trained_alike(a, b, table_tol=TABLE_TOL):
     torch.testing.assert_close(a["dense_optimizer"]["state"], b["dense_optimizer"]["state"], rtol=1e-4, atol=1e-10)
     assert a["dense_optimizer"]["param_groups"] == b["dense_optimizer"]["param_groups"]
 
-
-def test_the_trainers_choices_are_the_fast_steps():
-    assert train_config.AMP_MODES == fastpath.AMP_MODES
-    assert train_config.FAST_DENSE_OPTIMIZERS == fastpath.DENSE_OPTIMIZERS
 
 
 @pytest.mark.parametrize("optimizer, sparse_optimizer, lr, sparse_lr, table_tol", OPTIMIZERS)

@@ -156,6 +156,9 @@ def validate(config: SynthConfig) -> None:
     for ok, message in rules:
         if not ok:
             raise HetGMPError(message)
+    test_rows = int(round(config.rows * config.test_fraction))
+    if test_rows < 1 or test_rows >= config.rows:
+        raise HetGMPError(f"--rows {config.rows} with --test-fraction {config.test_fraction} leaves an empty split: raise --rows")
     check_bag_sizes(config.bag_sizes)
 
 
@@ -181,9 +184,6 @@ def parse_bag_sizes(text: str) -> tuple[int, ...]:
     sizes = sizes * len(CRITEO_FIELD_SIZES) if len(sizes) == 1 else sizes
     check_bag_sizes(sizes, text)
     return sizes
-    test_rows = int(round(config.rows * config.test_fraction))
-    if test_rows < 1 or test_rows >= config.rows:
-        raise HetGMPError(f"--rows {config.rows} with --test-fraction {config.test_fraction} leaves an empty split: raise --rows")
 
 
 def zipf_span(n: np.ndarray | int, s: float) -> tuple[np.ndarray, float]:

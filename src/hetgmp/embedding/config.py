@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hetgmp.choices import SPARSE_OPTIMIZERS as OPTIMIZERS
 from hetgmp.errors import HetGMPError
-
-OPTIMIZERS = ("sgd", "rowwise_adagrad")
 
 
 @dataclass

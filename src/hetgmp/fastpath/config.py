@@ -10,14 +10,10 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from hetgmp.embedding.config import OPTIMIZERS as EMBEDDING_OPTIMIZERS
+from hetgmp.choices import AMP_MODES, SPARSE_OPTIMIZERS
+from hetgmp.choices import DENSE_OPTIMIZERS, FAST_DENSE_OPTIMIZERS
 from hetgmp.errors import HetGMPError
 from hetgmp.kernels import DEFAULT_EPS
-
-DENSE_OPTIMIZERS = ("sgd", "adam")
-# The embedding runtime's names: the trainer passes its --sparse-optimizer through.
-SPARSE_OPTIMIZERS = EMBEDDING_OPTIMIZERS
-AMP_MODES = ("none", "bf16")
 GATHERS = ("sorted", "plain")
 # A batch drawn on the device with no host sync, e.g. rows picked by a
 # device-side cursor over an epoch's permutation: called once per step, inside
@@ -109,7 +105,7 @@ class FastStepConfig:
         """Raise HetGMPError naming every field out of range."""
         bad = []
         for name, value, allowed in (
-            ("dense_optimizer", self.dense_optimizer, DENSE_OPTIMIZERS),
+            ("dense_optimizer", self.dense_optimizer, FAST_DENSE_OPTIMIZERS),
             ("sparse_optimizer", self.sparse_optimizer, SPARSE_OPTIMIZERS),
             ("amp", self.amp, AMP_MODES),
             ("gather", self.gather, GATHERS),
@@ -130,16 +126,20 @@ class FastStepConfig:
 
 def dense_optimizer(params: list[nn.Parameter], name: str, lr: float, device: torch.device,
                     skip_nonfinite: bool = False) -> torch.optim.Optimizer:
-    """SGD, or Adam whose step counter lives on the GPU so a graph can replay it.
+    """The dense optimizer of every step: SGD, Adam or Adagrad (the fast steps take SGD and Adam).
 
-    On CUDA both are the fused (one-kernel) versions: the foreach SGD step took
-    17 us of a 250 us step on an H100 (WDL, batch 8192, d = 16).
+    On CUDA SGD and Adam are the fused (one-kernel) versions, and Adam keeps its step counter
+    on the GPU so a graph can replay it: the foreach SGD step took 17 us of a 250 us step on
+    an H100 (WDL, batch 8192, d = 16). Skipping a non-finite step (found_inf) needs Adam's
+    fused kernel on any device.
     """
+    if name not in DENSE_OPTIMIZERS:
+        raise HetGMPError(f"--optimizer must be one of {', '.join(DENSE_OPTIMIZERS)}, not {name!r}")
     cuda = device.type == "cuda"
     if name == "adam":
-        # Skipping a non-finite step needs Adam's fused kernel (it reads found_inf) on any device.
-        fused = True if cuda or skip_nonfinite else None
-        return torch.optim.Adam(params, lr=lr, capturable=cuda, fused=fused)
+        return torch.optim.Adam(params, lr=lr, capturable=cuda, fused=True if cuda or skip_nonfinite else None)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr)
     return torch.optim.SGD(params, lr=lr, fused=True if cuda else None)
 
 

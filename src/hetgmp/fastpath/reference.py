@@ -11,10 +11,10 @@ fast step that shares none of its sparse machinery.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hetgmp.fastpath.config import FastStepConfig, autocast, dense_optimizer, matmul_precision
+from hetgmp.fastpath.objective import ctr_loss
 
 
 class ReferenceStep:
@@ -43,7 +43,7 @@ class ReferenceStep:
                 rows_BFD = rows_BFD.to(torch.bfloat16)
             with autocast(self.cfg, self.device):
                 logits_B = self.model(dense_BI, rows_BFD)
-            loss = F.binary_cross_entropy_with_logits(logits_B.float(), labels_B.float())
+            loss = ctr_loss(logits_B, labels_B)
             self.optimizer.zero_grad(set_to_none=True)
             self.table_ED.grad = None
             loss.backward()

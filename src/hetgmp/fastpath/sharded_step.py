@@ -74,7 +74,6 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from hetgmp.distributed import DistContext
@@ -86,9 +85,9 @@ from hetgmp.embedding.fixed.table import ShardedTable
 from hetgmp.embedding.placement import Placement
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath.captured import GraphReplay, beside, join
-from hetgmp.fastpath.config import AMP_MODES, DENSE_OPTIMIZERS, autocast, dense_optimizer, matmul_precision
+from hetgmp.fastpath.config import AMP_MODES, FAST_DENSE_OPTIMIZERS, autocast, dense_optimizer, matmul_precision
 from hetgmp.fastpath.inputs import Batch, InputBuffers
-from hetgmp.fastpath.step import nan_unless_finite
+from hetgmp.fastpath.objective import correct_count, ctr_loss, nan_unless_finite
 from hetgmp.kernels import Rank1Grad
 from hetgmp.models.base import has_row_weights
 from hetgmp.kernels.gather import id_dtype
@@ -147,8 +146,8 @@ class ShardedStepConfig:
     def check(self, table: EmbeddingConfig, world: int) -> None:
         """Raise HetGMPError naming every setting this step cannot train with."""
         bad = []
-        if self.dense_optimizer not in DENSE_OPTIMIZERS:
-            bad.append(f"dense_optimizer={self.dense_optimizer!r} (--optimizer): choose {' or '.join(DENSE_OPTIMIZERS)}")
+        if self.dense_optimizer not in FAST_DENSE_OPTIMIZERS:
+            bad.append(f"dense_optimizer={self.dense_optimizer!r} (--optimizer): choose {' or '.join(FAST_DENSE_OPTIMIZERS)}")
         if self.amp not in AMP_MODES:
             bad.append(f"amp={self.amp!r} (choose {', '.join(AMP_MODES)})")
         if self.capacity < 1:
@@ -336,8 +335,8 @@ class ShardedFastStep:
                 logits_B = self._forward(dense_BI, emb_BFD)
             if implicit:
                 logits_B.register_hook(self._keep_logit_grad)
-            loss = F.binary_cross_entropy_with_logits(logits_B.float(), labels_B.float())
-            self.correct.copy_(((logits_B.detach() > 0) == (labels_B > 0.5)).sum())
+            loss = ctr_loss(logits_B, labels_B)
+            self.correct.copy_(correct_count(logits_B, labels_B))
             self._point_grads_at_flat()
             (loss / self.world).backward()
         work = dist.all_reduce(self.flat_grad, group=self.group, async_op=True)

@@ -28,18 +28,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from hetgmp.choices import AMP_MODES, DENSE_OPTIMIZERS, DEVICES, FAST_DENSE_OPTIMIZERS, SPARSE_OPTIMIZERS, STEPS
 from hetgmp.cliflags import ABOVE_ZERO, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Range, add_flag
 from hetgmp.errors import HetGMPError
 from hetgmp.train.tensorboard import require_tensorboard
 
-DENSE_OPTIMIZERS = ("sgd", "adam", "adagrad")
-SPARSE_OPTIMIZERS = ("sgd", "rowwise_adagrad")
-DEVICES = ("cpu", "cuda", "auto")
-STEPS = ("auto", "fast", "general")
-# hetgmp.fastpath.AMP_MODES, spelled out here: this module loads no torch (a test holds them equal).
-AMP_MODES = ("none", "bf16")
-# What the fast step trains (hetgmp.fastpath.DENSE_OPTIMIZERS); --sparse-optimizer's choices all are.
-FAST_DENSE_OPTIMIZERS = ("sgd", "adam")
 
 
 def _f(default: Any, help: str, **flag: Any) -> Any:

@@ -32,11 +32,11 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from hetgmp.distributed import DistContext, init_distributed, shutdown
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath import ShardedFastStep
+from hetgmp.fastpath.objective import correct_count, ctr_loss
 from hetgmp.train import checkpoint as ckpt
 from hetgmp.train import reshard
 from hetgmp.train.config import TrainConfig
@@ -178,7 +178,7 @@ def train_step(run: Run, batch: Batch, next_batch: Batch | None, guard: NonFinit
     """
     emb_BFD = guard.gate(run.emb(batch.ids))
     logits_B = run.model(batch.dense, emb_BFD)
-    loss = F.binary_cross_entropy_with_logits(logits_B, batch.labels)
+    loss = ctr_loss(logits_B, batch.labels)
     guard.begin(loss.detach())
     run.dense_opt.zero_grad(set_to_none=False)
     (loss / run.ctx.world_size).backward()
@@ -186,7 +186,7 @@ def train_step(run: Run, batch: Batch, next_batch: Batch | None, guard: NonFinit
     run.emb.step(next_ids=None if next_batch is None else next_batch.ids)
     guard.before_dense_step(run.dense_opt, finish_all_reduce())
     run.dense_opt.step()
-    correct = ((logits_B.detach() > 0) == (batch.labels > 0.5)).sum()
+    correct = correct_count(logits_B, batch.labels)
     return guard.loss_record(loss.detach()), correct
 
 

@@ -21,8 +21,8 @@ from hetgmp.distributed import DistContext
 from hetgmp.embedding import EmbeddingConfig, LocalEmbedding, Placement
 from hetgmp.embedding.fixed.table import ShardedTable
 from hetgmp.embedding.memory import check_batch_memory
-from hetgmp.errors import HetGMPError
 from hetgmp.fastpath import FastStep, ShardedFastStep
+from hetgmp.fastpath.config import dense_optimizer
 from hetgmp.models import build_model, table_width
 from hetgmp.train.checkpoint import fingerprint
 from hetgmp.train.config import TrainConfig
@@ -104,17 +104,6 @@ def describe_mirrors(cfg: TrainConfig, plan, placement: Placement | None) -> str
     return note + ")"
 
 
-def build_dense_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr)
-    if cfg.optimizer == "adam":
-        # Fused Adam skips a step on the device when told `found_inf` (--skip-nonfinite, see nonfinite.py).
-        return torch.optim.Adam(params, lr=cfg.lr, fused=True if cfg.skip_nonfinite else None)
-    if cfg.optimizer == "adagrad":
-        return torch.optim.Adagrad(params, lr=cfg.lr)
-    raise HetGMPError(f"--optimizer must be sgd, adam or adagrad, not {cfg.optimizer!r}")
-
-
 def broadcast_parameters(model: nn.Module, ctx: DistContext) -> None:
     """Copy rank 0's parameters and buffers to every rank (one flattened collective)."""
     if ctx.world_size == 1:
@@ -170,7 +159,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
         emb, scanned = LocalEmbedding(emb_cfg, ctx.device), 0
         fast = build_fast_step(cfg, model, emb, stream) if step_kind == "fast" else None
         how = describe_fast_step(fast) if fast else None
-    dense_opt = fast.optimizer if fast else build_dense_optimizer(cfg, list(model.parameters()))
+    dense_opt = fast.optimizer if fast else dense_optimizer(list(model.parameters()), cfg.optimizer, cfg.lr, ctx.device, cfg.skip_nonfinite)
     note = f"step {step_kind} ({why}" + (f"; {how})" if how else ")")
     return Run(cfg, ctx, dataset, model, emb, dense_opt, stream, eval_batches, per_epoch, total, plan_id, fast, note,
                describe_mirrors(cfg, plan, placement), scanned, placement)
