@@ -1,6 +1,6 @@
 """The names a run chooses among, each list defined once (no torch: the CLI's flags read them).
 
-    DENSE_OPTIMIZERS       --optimizer, the dense layers'; the fast steps capture FAST_DENSE_OPTIMIZERS
+    DENSE_OPTIMIZERS       --optimizer, the dense layers' (every step takes each)
     SPARSE_OPTIMIZERS      --sparse-optimizer, the embedding table's (every step trains both)
     AMP_MODES              --amp, autocast of the fast steps' forward
     STEPS                  --step: auto picks the fast step where it can run
@@ -8,7 +8,6 @@
 """
 
 DENSE_OPTIMIZERS = ("sgd", "adam", "adagrad")
-FAST_DENSE_OPTIMIZERS = ("sgd", "adam")
 SPARSE_OPTIMIZERS = ("sgd", "rowwise_adagrad")
 AMP_MODES = ("none", "bf16")
 STEPS = ("auto", "fast", "general")

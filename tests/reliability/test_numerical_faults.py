@@ -115,16 +115,24 @@ def test_skipped_batches_change_nothing(poisoned, tmp_path, optimizer):
         assert torch.equal(states[0]["embedding"][key], states[1]["embedding"][key])
 
 
-def test_two_workers_skip_through_the_cli(poisoned, tmp_path):
-    """The flag through `--nproc 2`: rank 0 holds the bad row; counted over workers, the run finishes."""
-    metrics = tmp_path / "m.jsonl"
-    done = hetgmp("train", "--data", str(poisoned / "one"), "--nproc", "2", "--batch-size", "50", "--iter", "20",
-                  "--log-every", "10", "--device", "cpu", "--no-progress", "--skip-nonfinite", "--metrics", str(metrics))
-    assert done.returncode == 0, done.stderr[-3000:]
+@pytest.mark.parametrize("optimizer", ["adam", "adagrad"])
+def test_two_workers_skip_through_the_cli(poisoned, tmp_path, optimizer):
+    """The flag through `--nproc 2`: rank 0 holds the bad row; counted over workers, the run finishes,
+    and the sharded fast step skips exactly as the general step does (same losses)."""
+    records = {}
+    for step in ("auto", "general"):
+        metrics = tmp_path / f"{step}.jsonl"
+        done = hetgmp("train", "--data", str(poisoned / "one"), "--nproc", "2", "--batch-size", "50", "--iter", "20",
+                      "--log-every", "10", "--device", "cpu", "--no-progress", "--skip-nonfinite", "--metrics", str(metrics),
+                      "--step", step, "--optimizer", optimizer)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert re.search(r"TRAIN step 10 .* skipped 1 non-finite batches", done.stdout), done.stdout
+        records[step] = [json.loads(line) for line in open(metrics)]
     expected = bad_steps(BAD_ROW, ROWS // 2, 50, 20)
-    records = [json.loads(line) for line in open(metrics)]
-    assert sum(r["skipped_batches"] for r in records) == len(expected) == 2
-    assert re.search(r"TRAIN step 10 .* skipped 1 non-finite batches", done.stdout), done.stdout
+    assert sum(r["skipped_batches"] for r in records["auto"]) == len(expected) == 2
+    for fast, general in zip(records["auto"], records["general"], strict=True):
+        assert fast["skipped_batches"] == general["skipped_batches"]
+        assert fast["loss"] == pytest.approx(general["loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("skip", [False, True])

@@ -12,8 +12,8 @@ benchmark hold `FastStep` to it.
 
 from hetgmp.fastpath.reference import ReferenceStep
 from hetgmp.fastpath.sharded_step import ShardedFastStep, ShardedStepConfig
-from hetgmp.fastpath.config import AMP_MODES, FAST_DENSE_OPTIMIZERS, SPARSE_OPTIMIZERS, FastStepConfig
+from hetgmp.fastpath.config import AMP_MODES, DENSE_OPTIMIZERS, SPARSE_OPTIMIZERS, FastStepConfig
 from hetgmp.fastpath.step import FastStep
 
-__all__ = ["AMP_MODES", "FAST_DENSE_OPTIMIZERS", "SPARSE_OPTIMIZERS", "FastStep", "FastStepConfig", "ReferenceStep",
+__all__ = ["AMP_MODES", "DENSE_OPTIMIZERS", "SPARSE_OPTIMIZERS", "FastStep", "FastStepConfig", "ReferenceStep",
            "ShardedFastStep", "ShardedStepConfig"]

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from hetgmp.choices import AMP_MODES, SPARSE_OPTIMIZERS
-from hetgmp.choices import DENSE_OPTIMIZERS, FAST_DENSE_OPTIMIZERS
+from hetgmp.choices import DENSE_OPTIMIZERS
 from hetgmp.errors import HetGMPError
+from hetgmp.fastpath.dense_adagrad import CapturableAdagrad
 from hetgmp.kernels import DEFAULT_EPS
 GATHERS = ("sorted", "plain")
 # A batch drawn on the device with no host sync, e.g. rows picked by a
@@ -105,7 +106,7 @@ class FastStepConfig:
         """Raise HetGMPError naming every field out of range."""
         bad = []
         for name, value, allowed in (
-            ("dense_optimizer", self.dense_optimizer, FAST_DENSE_OPTIMIZERS),
+            ("dense_optimizer", self.dense_optimizer, DENSE_OPTIMIZERS),
             ("sparse_optimizer", self.sparse_optimizer, SPARSE_OPTIMIZERS),
             ("amp", self.amp, AMP_MODES),
             ("gather", self.gather, GATHERS),
@@ -126,7 +127,7 @@ class FastStepConfig:
 
 def dense_optimizer(params: list[nn.Parameter], name: str, lr: float, device: torch.device,
                     skip_nonfinite: bool = False) -> torch.optim.Optimizer:
-    """The dense optimizer of every step: SGD, Adam or Adagrad (the fast steps take SGD and Adam).
+    """The dense optimizer of every step: SGD, Adam or Adagrad (fastpath/dense_adagrad.py).
 
     On CUDA SGD and Adam are the fused (one-kernel) versions, and Adam keeps its step counter
     on the GPU so a graph can replay it: the foreach SGD step took 17 us of a 250 us step on
@@ -139,7 +140,7 @@ def dense_optimizer(params: list[nn.Parameter], name: str, lr: float, device: to
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, capturable=cuda, fused=True if cuda or skip_nonfinite else None)
     if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr)
+        return CapturableAdagrad(params, lr=lr)
     return torch.optim.SGD(params, lr=lr, fused=True if cuda else None)
 
 

@@ -85,7 +85,7 @@ from hetgmp.embedding.fixed.table import ShardedTable
 from hetgmp.embedding.placement import Placement
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath.captured import GraphReplay, beside, join
-from hetgmp.fastpath.config import AMP_MODES, FAST_DENSE_OPTIMIZERS, autocast, dense_optimizer, matmul_precision
+from hetgmp.fastpath.config import AMP_MODES, DENSE_OPTIMIZERS, autocast, dense_optimizer, matmul_precision
 from hetgmp.fastpath.inputs import Batch, InputBuffers
 from hetgmp.fastpath.objective import correct_count, ctr_loss, nan_unless_finite
 from hetgmp.kernels import Rank1Grad
@@ -126,6 +126,12 @@ class ShardedStepConfig:
         rows' [B F, D] gradient and the update does not read it (as FastStepConfig's).
     flag_nonfinite: the step returns a NaN loss when the rows' or the dense
         weights' gradient holds a NaN or inf (one fused norm), as FastStep does.
+    skip_nonfinite: a worker whose loss or gradients hold a NaN or inf contributes nothing
+        to the step, as the trainer's general step (train/nonfinite.py): its rows' and dense
+        gradients are zeroed before they leave it (rows' versions still count the batch), its
+        returned loss is 0 and `skipped` (a device scalar) is 1.0; the others go on. The
+        workers' count of bad batches rides in the dense all-reduce: when all were bad, Adam
+        skips through found_inf. Not with implicit_row_grad.
     """
 
     capacity: int
@@ -142,12 +148,13 @@ class ShardedStepConfig:
     read_ahead: bool = True
     implicit_row_grad: bool = False
     flag_nonfinite: bool = False
+    skip_nonfinite: bool = False
 
     def check(self, table: EmbeddingConfig, world: int) -> None:
         """Raise HetGMPError naming every setting this step cannot train with."""
         bad = []
-        if self.dense_optimizer not in FAST_DENSE_OPTIMIZERS:
-            bad.append(f"dense_optimizer={self.dense_optimizer!r} (--optimizer): choose {' or '.join(FAST_DENSE_OPTIMIZERS)}")
+        if self.dense_optimizer not in DENSE_OPTIMIZERS:
+            bad.append(f"dense_optimizer={self.dense_optimizer!r} (--optimizer): choose {' or '.join(DENSE_OPTIMIZERS)}")
         if self.amp not in AMP_MODES:
             bad.append(f"amp={self.amp!r} (choose {', '.join(AMP_MODES)})")
         if self.capacity < 1:
@@ -160,6 +167,8 @@ class ShardedStepConfig:
             bad.append("kernel='reference' (it waits for the device: choose auto, triton or torch)")
         if world < 2:
             bad.append(f"world size {world}: the sharded step needs 2 or more workers; use FastStep on one")
+        if self.implicit_row_grad and self.skip_nonfinite:
+            bad.append("implicit_row_grad=True with skip_nonfinite=True (a skipped step must zero the rows' gradient first)")
         if bad:
             raise HetGMPError("sharded fast step: " + "; ".join(bad))
 
@@ -210,8 +219,13 @@ class ShardedFastStep:
         # H100); compiled, inductor fuses them.
         self._forward = torch.compile(model, dynamic=False) if cfg.compile else model
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.flat_grad = torch.zeros(sum(p.numel() for p in self.params), device=ctx.device)
-        self.optimizer = dense_optimizer(self.params, cfg.dense_optimizer, cfg.dense_lr, ctx.device)
+        # skip_nonfinite: one more element, the workers' count of non-finite gradients, summed with the rest.
+        self.flat_grad = torch.zeros(sum(p.numel() for p in self.params) + int(cfg.skip_nonfinite), device=ctx.device)
+        self.optimizer = dense_optimizer(self.params, cfg.dense_optimizer, cfg.dense_lr, ctx.device, cfg.skip_nonfinite)
+        self.skipped = torch.zeros((), device=ctx.device) if cfg.skip_nonfinite else None
+        self._all_skipped = torch.zeros((), device=ctx.device)  # skip_nonfinite: 1.0 when every worker's batch was bad
+        if cfg.skip_nonfinite and self.optimizer.defaults.get("fused"):
+            self.optimizer.found_inf = self._all_skipped  # fused Adam reads it on the device and skips its step
         self.correct = torch.zeros((), dtype=torch.int64, device=ctx.device)
         self.record: Callable[[torch.Tensor, torch.Tensor], None] | None = None
         self.steps = 0
@@ -339,11 +353,14 @@ class ShardedFastStep:
             self.correct.copy_(correct_count(logits_B, labels_B))
             self._point_grads_at_flat()
             (loss / self.world).backward()
-        work = dist.all_reduce(self.flat_grad, group=self.group, async_op=True)
         # The rows' gradient, or what it is made of: dloss/dlogit and the row weights as this
         # forward used them (the dense optimizer changes them only after the update below).
         grad_ND = (Rank1Grad(self._logit_grad, self.model.row_weights().detach()) if implicit
                    else emb_BFD.grad.reshape(B * nf, -1).contiguous())
+        loss = loss.detach()
+        if self.cfg.skip_nonfinite:
+            loss, grad_ND = self._skip_if_nonfinite(loss, grad_ND)
+        work = dist.all_reduce(self.flat_grad, group=self.group, async_op=True)
         t.write(at, grad_ND)
         if ahead:  # (a capture may wait only on streams it forked)
             join(self._ahead_stream, self.device)
@@ -351,8 +368,9 @@ class ShardedFastStep:
             with beside(self._exchange_stream, self.device):
                 t.fetch(self._slots[1 - parity])
         work.wait()
-        loss = loss.detach()
-        if self.cfg.flag_nonfinite:  # after the wait: a worker's bad gradient reaches every worker's flat sum
+        if self.cfg.skip_nonfinite and self.optimizer.defaults.get("fused"):
+            self._all_skipped.copy_(self.flat_grad[-1] >= self.world)
+        elif self.cfg.flag_nonfinite:  # after the wait: a worker's bad gradient reaches every worker's flat sum
             # (dloss/dlogit finite with the dense weights' gradients makes the rows' finite)
             loss = nan_unless_finite(loss, [self._logit_grad if implicit else grad_ND, self.flat_grad])
         self.optimizer.step()
@@ -361,6 +379,15 @@ class ShardedFastStep:
         if read_next:
             join(self._exchange_stream, self.device)
         return loss
+
+    def _skip_if_nonfinite(self, loss: torch.Tensor, grad_ND: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Before anything leaves this worker: (loss or 0, the rows' gradient or zeros), the dense
+        gradients zeroed in place and this worker's verdict in the flat buffer's last element."""
+        bad = ~torch.isfinite(nan_unless_finite(loss, [grad_ND, self.flat_grad]))
+        self.flat_grad.masked_fill_(bad, 0.0)
+        self.flat_grad[-1:].copy_(bad.float().reshape(1))
+        self.skipped.copy_(bad.reshape(()))
+        return loss.masked_fill(bad, 0.0), grad_ND.masked_fill(bad, 0.0)
 
     def _keep_logit_grad(self, grad_B: torch.Tensor) -> None:
         """The logits' gradient hook (implicit_row_grad)."""

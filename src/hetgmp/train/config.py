@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from hetgmp.choices import AMP_MODES, DENSE_OPTIMIZERS, DEVICES, FAST_DENSE_OPTIMIZERS, SPARSE_OPTIMIZERS, STEPS
+from hetgmp.choices import AMP_MODES, DENSE_OPTIMIZERS, DEVICES, SPARSE_OPTIMIZERS, STEPS
 from hetgmp.cliflags import ABOVE_ZERO, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Range, add_flag
 from hetgmp.errors import HetGMPError
 from hetgmp.train.tensorboard import require_tensorboard
@@ -74,9 +74,9 @@ class TrainConfig:
                                "(in a log file the TRAIN lines every --log-every steps show progress)")
     skip_nonfinite: bool = _f(False, "skip a worker's batch whose loss or gradients are NaN/inf (counted as skipped_batches) instead of stopping the run")
     step: str = _f("auto", "training step: fast (the whole step with fixed shapes, one CUDA graph on a GPU, eager on "
-                   "CPU; on several workers the sharded fast step), general (the embedding runtime's step, which also "
-                   "takes --optimizer adagrad, and --skip-nonfinite on several workers) or auto (fast where "
-                   "it can run; the start-up line says which runs and why)", choices=STEPS)
+                   "CPU; on several workers the sharded fast step), general (autograd through the same table, step by "
+                   "step, the reference the fast steps are tested against) or auto (= fast; the start-up line says "
+                   "which runs)", choices=STEPS)
     amp: str = _f("none", "bf16: the model's forward in bf16 autocast (fast step only; the table, the weights and "
                   "the optimizers stay fp32)", choices=AMP_MODES)
     compile: bool = _f(False, "torch.compile the model inside the fast step (compiled during its warm-up steps)")
@@ -95,27 +95,15 @@ class TrainConfig:
             require_tensorboard()
         self.choose_step(self.nproc)
 
-    def fast_step_obstacle(self, world_size: int) -> str | None:
-        """Why the fast step cannot train this run on `world_size` workers, or None if it can."""
-        if self.optimizer not in FAST_DENSE_OPTIMIZERS:
-            return f"--optimizer {self.optimizer}: the fast step's dense optimizers are {' and '.join(FAST_DENSE_OPTIMIZERS)}"
-        if world_size > 1 and self.skip_nonfinite:
-            return f"--skip-nonfinite on {world_size} workers: the sharded fast step cannot skip a batch"
-        return None
-
     def choose_step(self, world_size: int) -> tuple[str, str]:
-        """("fast" or "general", why) for a run on `world_size` workers; raises on a
-        --step fast that cannot run, or fast-step-only flags on the general step."""
-        obstacle = self.fast_step_obstacle(world_size)
-        if self.step == "fast" and obstacle:
-            raise HetGMPError(f"--step fast cannot run with {obstacle}; use --step auto (which falls back to the general step) or --step general")
-        if self.step == "general" or obstacle:
-            why = "--step general" if self.step == "general" else f"the fast step cannot run with {obstacle}"
+        """("fast" or "general", why) for a run on `world_size` workers (every option runs on the fast
+        step; --step general asks for the eager one); raises on fast-step-only flags with --step general."""
+        if self.step == "general":
             fast_only = [flag for flag, on in ((f"--amp {self.amp}", self.amp != "none"), ("--compile", self.compile)) if on]
             if fast_only:
-                raise HetGMPError(f"only the fast step takes {' and '.join(fast_only)}, and this run takes the general step ({why}): "
-                                  f"drop {'them' if len(fast_only) > 1 else 'it'}")
-            return "general", why
+                raise HetGMPError(f"only the fast step takes {' and '.join(fast_only)}, and this run takes the general step "
+                                  f"(--step general): drop {'them' if len(fast_only) > 1 else 'it'}")
+            return "general", "--step general"
         workers = "one worker" if world_size == 1 else f"{world_size} workers, sharded"
         return "fast", f"--step {self.step}, {workers}"
 

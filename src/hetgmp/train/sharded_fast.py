@@ -73,7 +73,9 @@ def build_sharded_fast_step(cfg: TrainConfig, model: nn.Module, table: ShardedTa
     """The sharded fast step over the run's table, with the run's optimizers."""
     step_cfg = ShardedStepConfig(
         capacity=table.capacity, distinct_capacity=table.distinct_capacity, dense_lr=cfg.lr, dense_optimizer=cfg.optimizer,
-        amp=cfg.amp, compile=cfg.compile, flag_nonfinite=True, implicit_row_grad=has_row_weights(model), kernel=table.kernel,
+        amp=cfg.amp, compile=cfg.compile, flag_nonfinite=True, skip_nonfinite=cfg.skip_nonfinite, kernel=table.kernel,
+        # WDL's rows enter the logit linearly: the update makes their gradient from dloss/dlogit.
+        implicit_row_grad=has_row_weights(model) and not cfg.skip_nonfinite,
     )
     return ShardedFastStep(model, table, step_cfg)
 
@@ -158,4 +160,5 @@ class ShardedFastSteps:
         return counters
 
     def skipped(self) -> torch.Tensor:
-        raise HetGMPError("the sharded fast step cannot skip batches (--skip-nonfinite takes the general step)")
+        """1.0 if the last step's batch was skipped (--skip-nonfinite, on every worker alike), as a device scalar."""
+        return self.fast.skipped
