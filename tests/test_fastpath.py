@@ -24,6 +24,8 @@ from hetgmp.models import build_model, table_width  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS, DENSE, ROWS, BATCH = 3, 2, 40, 16
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
+# With a GPU and Triton compiled (TRITON_INTERPRET=0) the comparisons run on it, graphs and kernels included.
+DEVICE = torch.device("cuda" if os.environ["TRITON_INTERPRET"] != "1" and torch.cuda.is_available() else "cpu")
 
 
 def _batches(n, seed=0):
@@ -61,10 +63,10 @@ def test_fast_step_counts_versions_and_correct_samples():
 def _compare(model_name, cfg, steps=4):
     torch.manual_seed(0)
     dim = 4
-    model = build_model(model_name, FIELDS, DENSE, dim)
+    model = build_model(model_name, FIELDS, DENSE, dim).to(DEVICE)
     # A larger init than N(0, 0.01) so that the embeddings move the loss visibly.
-    table = torch.randn(ROWS, table_width(model_name, dim)) * 0.3
-    batches = _batches(steps)
+    table = (torch.randn(ROWS, table_width(model_name, dim)) * 0.3).to(DEVICE)
+    batches = [tuple(t.to(DEVICE) for t in b) for b in _batches(steps)]
     fast = _train(FastStep, model, table, cfg, batches)
     ref = _train(ReferenceStep, model, table, cfg, batches)
     torch.testing.assert_close(fast[1], ref[1], rtol=0, atol=1e-5)
