@@ -16,7 +16,7 @@ from hetgmp.errors import HetGMPError
 from workers import run_workers
 
 CPU = torch.device("cpu")
-NUM_IDS, FIELDS, LOCAL_BATCH, STEPS, DIM = 400, 3, 24, 20, 4
+NUM_IDS, FIELDS, LOCAL_BATCH, STEPS, DIM = 400, 3, 24, 12, 4
 DENSE_LR = 0.1
 LR = {"sgd": 0.5, "rowwise_adagrad": 0.05}
 EQUIVALENCE = [(opt, kind) for opt in LR for kind in ("plan", "random")]
@@ -145,7 +145,7 @@ def test_ids_outside_the_table_are_refused_by_every_worker(two_workers):
 
 
 def test_bound_zero_four_workers_equal_one_worker():
-    cases = [("sgd", "plan"), ("rowwise_adagrad", "plan")]
+    cases = [("rowwise_adagrad", "plan")]
     _assert_matches_reference(run_workers(_equivalence, 4, (cases,)), 4, cases)
 
 

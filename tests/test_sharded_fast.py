@@ -223,7 +223,7 @@ def test_versions_travel_as_the_words_of_an_int64():
     assert torch.equal(_from_words(_to_words(versions)), versions)
 
 
-LONG, FLUSH_AT, RELOAD_AT = 24, 7, 15  # steps of the bounded-staleness comparison; a flush, a checkpoint round trip
+LONG, FLUSH_AT, RELOAD_AT = 20, 6, 12  # steps of the bounded-staleness comparison; a flush, a checkpoint round trip
 
 
 def _layer_step(table, model, dense_opt, batch, following, world):

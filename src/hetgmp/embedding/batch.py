@@ -9,14 +9,6 @@
 
 The table's optimizer then reads `leaf_UD.grad` (the gradient summed over
 occurrences) and the occurrence counts.
-
-The sharded table finds the unique ids without waiting for the device
-(`sorted_unique`): one sort, and the tensors keep the batch's length N until
-the host learns U from the exchange it waits for anyway (`trim`):
-
-    ids     = [9, 5, 9, 2]        sorted = [2, 5, 9, 9]
-    uids_U  = [2, 5, 9, 0]        counts_U = [1, 1, 2, 0]   (U = 3, padded to N = 4)
-    inverse = [2, 1, 2, 0]        bounds = [2, 9]           (smallest and largest id)
 """
 
 from __future__ import annotations
@@ -35,9 +27,7 @@ class BatchRows:
     inverse: torch.Tensor   # int64, shape of ids
     rows_UD: torch.Tensor   # float32 values read for the batch
     leaf_UD: torch.Tensor | None = None
-    owner_U: torch.Tensor | None = None  # sharded tables: owning rank of each unique id
-    slot_U: torch.Tensor | None = None   # sharded tables: local slot, -1 if not stored here
-    counts_U: torch.Tensor | None = None  # occurrences of each unique id (0 in the padding)
+    counts_U: torch.Tensor | None = None  # occurrences of each unique id
 
     @classmethod
     def of(cls, ids: torch.Tensor, device: torch.device, num_ids: int) -> BatchRows:
@@ -49,31 +39,6 @@ class BatchRows:
             # and saves a device-side assert (which kills the process) on a bad id.
             check_id_range(*uids_U[[0, -1]].tolist(), num_ids)
         return cls(ids, uids_U, inverse, torch.empty(0, device=device))
-
-    @classmethod
-    def sorted_unique(cls, ids: torch.Tensor, device: torch.device) -> tuple[BatchRows, torch.Tensor]:
-        """Unique ids by one sort, padded to the batch's length; and int64 [3] (U, smallest id,
-        largest id) on the device, for the host to read with the exchange's sizes. No wait."""
-        flat = ids.to(device=device, dtype=torch.int64).reshape(-1)
-        if len(flat) == 0:
-            empty = torch.zeros(0, dtype=torch.int64, device=device)
-            return cls(ids, empty, empty.reshape(ids.shape), torch.empty(0, device=device), counts_U=empty), empty.new_zeros(3)
-        sorted_ids, seg, inverse = sorted_segments(flat)
-        # Each distinct id read at its run's first sorted position (binary searches on the
-        # ascending run numbers): a scatter of every occurrence to its run would aim a hot id's
-        # thousands of occurrences at one address, and on a GPU such writes queue.
-        starts = torch.searchsorted(seg, torch.arange(len(seg) + 1, device=device))
-        counts = starts[1:] - starts[:-1]
-        uids = torch.where(counts > 0, sorted_ids[starts[:-1].clamp(max=len(seg) - 1)], 0)
-        sizes = torch.cat([seg[-1:] + 1, sorted_ids[:1], sorted_ids[-1:]])
-        return cls(ids, uids, inverse.reshape(ids.shape), torch.empty(0, device=device), counts_U=counts), sizes
-
-    def trim(self, unique: int, num_ids: int, bounds: tuple[int, int]) -> None:
-        """Drop the padding once the host knows U; ids outside [0, num_ids) are refused here."""
-        if unique:
-            check_id_range(*bounds, num_ids)
-        self.uids_U, self.counts_U = self.uids_U[:unique], self.counts_U[:unique]
-        self.owner_U, self.slot_U = self.owner_U[:unique], self.slot_U[:unique]
 
     def output(self, requires_grad: bool) -> torch.Tensor:
         """(ids.shape, D) embeddings; with requires_grad, a fresh leaf captures the gradient."""
@@ -122,16 +87,3 @@ def check_id_range(low: int, high: int, num_ids: int) -> None:
             f"the batch holds id {low if low < 0 else high} but the embedding table has ids 0..{num_ids - 1}: "
             "the dataset's ids and the table's num_ids (meta.json) disagree; re-run `hetgmp prepare`"
         )
-
-
-def sorted_segments(values_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """unique() without its wait for the device: one sort of N >= 1 values gives them in
-    order, each sorted value's segment (its index among the distinct values) and each
-    value's segment (the inverse), all of length N.
-
-    values = [9, 5, 9] -> sorted [5, 9, 9], seg [0, 1, 1], inverse [1, 0, 1]"""
-    sorted_v, order = torch.sort(values_N)
-    starts = torch.zeros(len(values_N), dtype=torch.int64, device=values_N.device)  # 1 where a value differs from the one before
-    torch.ne(sorted_v[1:], sorted_v[:-1], out=starts[1:])
-    seg = torch.cumsum(starts, 0)
-    return sorted_v, seg, torch.empty_like(seg).scatter_(0, order, seg)

@@ -86,6 +86,7 @@ from hetgmp.embedding.placement import Placement
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath.captured import GraphReplay, beside, join
 from hetgmp.fastpath.config import AMP_MODES, DENSE_OPTIMIZERS, autocast, dense_optimizer, matmul_precision
+from hetgmp.fastpath.flat_grads import FlatGradients
 from hetgmp.fastpath.inputs import Batch, InputBuffers
 from hetgmp.fastpath.objective import correct_count, ctr_loss, nan_unless_finite
 from hetgmp.kernels import Rank1Grad
@@ -219,8 +220,8 @@ class ShardedFastStep:
         # H100); compiled, inductor fuses them.
         self._forward = torch.compile(model, dynamic=False) if cfg.compile else model
         self.params = [p for p in model.parameters() if p.requires_grad]
-        # skip_nonfinite: one more element, the workers' count of non-finite gradients, summed with the rest.
-        self.flat_grad = torch.zeros(sum(p.numel() for p in self.params) + int(cfg.skip_nonfinite), device=ctx.device)
+        # skip_nonfinite: the spare element sums the workers' count of non-finite gradients.
+        self.flat = FlatGradients(self.params, ctx.device)
         self.optimizer = dense_optimizer(self.params, cfg.dense_optimizer, cfg.dense_lr, ctx.device, cfg.skip_nonfinite)
         self.skipped = torch.zeros((), device=ctx.device) if cfg.skip_nonfinite else None
         self._all_skipped = torch.zeros((), device=ctx.device)  # skip_nonfinite: 1.0 when every worker's batch was bad
@@ -271,8 +272,7 @@ class ShardedFastStep:
 
     @property
     def bytes_per_step(self) -> int:
-        allreduce_bytes = 2 * (self.world - 1) * self.flat_grad.numel() * 4 // self.world
-        return self.table.exchange.bytes_to_others() + allreduce_bytes
+        return self.table.exchange.bytes_to_others() + self.flat.bytes_per_worker(self.world)
 
     # ---- training ----
 
@@ -351,7 +351,7 @@ class ShardedFastStep:
                 logits_B.register_hook(self._keep_logit_grad)
             loss = ctr_loss(logits_B, labels_B)
             self.correct.copy_(correct_count(logits_B, labels_B))
-            self._point_grads_at_flat()
+            self.flat.point()
             (loss / self.world).backward()
         # The rows' gradient, or what it is made of: dloss/dlogit and the row weights as this
         # forward used them (the dense optimizer changes them only after the update below).
@@ -360,7 +360,7 @@ class ShardedFastStep:
         loss = loss.detach()
         if self.cfg.skip_nonfinite:
             loss, grad_ND = self._skip_if_nonfinite(loss, grad_ND)
-        work = dist.all_reduce(self.flat_grad, group=self.group, async_op=True)
+        work = self.flat.all_reduce(self.group, self.world)
         t.write(at, grad_ND)
         if ahead:  # (a capture may wait only on streams it forked)
             join(self._ahead_stream, self.device)
@@ -369,10 +369,10 @@ class ShardedFastStep:
                 t.fetch(self._slots[1 - parity])
         work.wait()
         if self.cfg.skip_nonfinite and self.optimizer.defaults.get("fused"):
-            self._all_skipped.copy_(self.flat_grad[-1] >= self.world)
+            self._all_skipped.copy_(self.flat.spare[0] >= self.world)
         elif self.cfg.flag_nonfinite:  # after the wait: a worker's bad gradient reaches every worker's flat sum
             # (dloss/dlogit finite with the dense weights' gradients makes the rows' finite)
-            loss = nan_unless_finite(loss, [self._logit_grad if implicit else grad_ND, self.flat_grad])
+            loss = nan_unless_finite(loss, [self._logit_grad if implicit else grad_ND, self.flat.buffer])
         self.optimizer.step()
         if self.record is not None:
             self.record(loss, self.correct)
@@ -383,24 +383,15 @@ class ShardedFastStep:
     def _skip_if_nonfinite(self, loss: torch.Tensor, grad_ND: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Before anything leaves this worker: (loss or 0, the rows' gradient or zeros), the dense
         gradients zeroed in place and this worker's verdict in the flat buffer's last element."""
-        bad = ~torch.isfinite(nan_unless_finite(loss, [grad_ND, self.flat_grad]))
-        self.flat_grad.masked_fill_(bad, 0.0)
-        self.flat_grad[-1:].copy_(bad.float().reshape(1))
+        bad = ~torch.isfinite(nan_unless_finite(loss, [grad_ND, self.flat.buffer]))
+        self.flat.buffer.masked_fill_(bad, 0.0)
+        self.flat.spare.copy_(bad.float().reshape(1))
         self.skipped.copy_(bad.reshape(()))
         return loss.masked_fill(bad, 0.0), grad_ND.masked_fill(bad, 0.0)
 
     def _keep_logit_grad(self, grad_B: torch.Tensor) -> None:
         """The logits' gradient hook (implicit_row_grad)."""
         self._logit_grad = grad_B
-
-    def _point_grads_at_flat(self) -> None:
-        """Zero the flat buffer and make every .grad a view of it, so backward accumulates
-        straight into the buffer the all-reduce sends (no copies in or out)."""
-        self.flat_grad.zero_()
-        offset = 0
-        for p in self.params:
-            p.grad = self.flat_grad[offset : offset + p.numel()].view_as(p)
-            offset += p.numel()
 
     # ---- between steps (collectives, eager, may sync) ----
 
@@ -439,7 +430,7 @@ class ShardedFastStep:
         """This worker's device memory by the documented formula (embedding/fixed/footprint.py), term by term."""
         t, s = self.table, self.table.store
         return sharded_step_bytes(t.config, self.world, s.num_primaries, s.num_mirrors, t.capacity, t.distinct_capacity,
-                                  batch, num_fields, num_dense, self.flat_grad.numel(), self.cfg.amp == "bf16")
+                                  batch, num_fields, num_dense, self.flat.buffer.numel(), self.cfg.amp == "bf16")
 
     @property
     def max_lag_served(self) -> int:

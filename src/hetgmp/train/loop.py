@@ -36,6 +36,7 @@ import torch.distributed as dist
 from hetgmp.distributed import DistContext, init_distributed, shutdown
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath import ShardedFastStep
+from hetgmp.fastpath.flat_grads import FlatGradients
 from hetgmp.fastpath.objective import correct_count, ctr_loss
 from hetgmp.train import checkpoint as ckpt
 from hetgmp.train import reshard
@@ -151,13 +152,14 @@ class GeneralSteps:
 
     def __init__(self, run: Run, guard: NonFiniteGuard, start: int, window: "StepWindow") -> None:
         self.run, self.guard, self.window = run, guard, window
+        self.flat = FlatGradients([p for p in run.model.parameters() if p.requires_grad], run.ctx.device)
         self.batch = run.stream.batch(start) if start < run.total_steps else None
 
     def train(self, step: int) -> None:
         """Train batch `step`; its loss and correct count go to the window."""
         run = self.run
         next_batch = run.stream.batch(step + 1) if step + 1 < run.total_steps else None
-        self.window.record(*train_step(run, self.batch, next_batch, self.guard))
+        self.window.record(*train_step(run, self.batch, next_batch, self.guard, self.flat))
         self.batch = next_batch
 
     def counters(self) -> Any:
@@ -170,46 +172,29 @@ class GeneralSteps:
         """Nothing to check: the table's reads grow it as they need."""
 
 
-def train_step(run: Run, batch: Batch, next_batch: Batch | None, guard: NonFiniteGuard) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(run: Run, batch: Batch, next_batch: Batch | None, guard: NonFiniteGuard,
+               flat: FlatGradients) -> tuple[torch.Tensor, torch.Tensor]:
     """One step; returns the loss to record (see nonfinite.py) and the correct count as device scalars.
 
-    The dense all-reduce runs while the table exchanges rows (`emb.step` uses
+    The dense gradients accumulate in `flat`, whose spare element carries the worker's
+    non-finite flag; their all-reduce runs while the table exchanges rows (`emb.step` uses
     its own process group), and the dense optimizer steps once it is done.
     """
     emb_BFD = guard.gate(run.emb(batch.ids))
     logits_B = run.model(batch.dense, emb_BFD)
     loss = ctr_loss(logits_B, batch.labels)
     guard.begin(loss.detach())
-    run.dense_opt.zero_grad(set_to_none=False)
+    flat.point()
     (loss / run.ctx.world_size).backward()
-    finish_all_reduce = start_gradient_all_reduce(run, guard)
+    guard.flag_dense(flat.buffer)
+    work = flat.all_reduce(None, run.ctx.world_size)
     run.emb.step(next_ids=None if next_batch is None else next_batch.ids)
-    guard.before_dense_step(run.dense_opt, finish_all_reduce())
+    if work is not None:
+        work.wait()
+    guard.before_dense_step(run.dense_opt, flat.spare[0])
     run.dense_opt.step()
     correct = correct_count(logits_B, batch.labels)
     return guard.loss_record(loss.detach()), correct
-
-
-def start_gradient_all_reduce(run: Run, guard: NonFiniteGuard) -> Callable[[], torch.Tensor]:
-    """Start SUMming the dense gradients over workers in one flattened buffer whose spare
-    last element carries the worker's non-finite flag; the returned function waits,
-    writes the sums back into `.grad` and returns the number of bad workers (a device scalar)."""
-    params = [p for p in run.model.parameters() if p.requires_grad]
-    grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
-    flat = torch.cat([*grads, torch.zeros(1, dtype=grads[0].dtype, device=grads[0].device)])
-    guard.flag_dense(flat)
-    work = dist.all_reduce(flat, async_op=True) if run.ctx.world_size > 1 else None
-
-    def finish() -> torch.Tensor:
-        if work is not None:
-            work.wait()
-        offset = 0
-        for p in params:
-            p.grad = flat[offset: offset + p.numel()].view_as(p)
-            offset += p.numel()
-        return flat[-1]
-
-    return finish
 
 
 class Clock:

@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 
 from hetgmp.distributed import DistContext
+from hetgmp.embedding.batch import check_id_range
 from hetgmp.embedding.config import EmbeddingConfig, check_state_dict
 from hetgmp.embedding.counters import StepCounters
 from hetgmp.embedding.fixed import rows as torch_stages
@@ -261,7 +262,7 @@ class ShardedTable:
     def located_read(self, ids_BF: torch.Tensor) -> Located:
         """Locate and read a batch, growing the capacities first if it needs more (a collective)."""
         ids_N = ids_BF.reshape(-1).to(self.device)
-        check_id_range(ids_N, self.config.num_ids)
+        check_ids(ids_N, self.config.num_ids)
         while True:  # twice at most: ids past a cut U are not counted per peer until U grows
             at = self.locate(ids_N)
             need = torch.cat([at.per_peer.max().reshape(1), at.ids.distinct]).clamp(min=1)
@@ -396,16 +397,10 @@ class LayerState:
     leaf: torch.Tensor | None = None
 
 
-def check_id_range(ids_N: torch.Tensor, num_ids: int) -> None:
+def check_ids(ids_N: torch.Tensor, num_ids: int) -> None:
     """Refuse ids outside the table (a wait for the device: the layer interface only)."""
-    if len(ids_N) == 0:
-        return
-    low, high = int(ids_N.min()), int(ids_N.max())
-    if low < 0 or high >= num_ids:
-        raise HetGMPError(
-            f"the batch holds id {low if low < 0 else high} but the embedding table has ids 0..{num_ids - 1}: "
-            "the dataset's ids and the table's num_ids (meta.json) disagree; re-run `hetgmp prepare`"
-        )
+    if len(ids_N):
+        check_id_range(int(ids_N.min()), int(ids_N.max()), num_ids)
 
 
 def gather_primaries(ids_N: torch.Tensor, values_N: torch.Tensor, num_ids: int, group: dist.ProcessGroup | None = None) -> torch.Tensor:
