@@ -109,7 +109,7 @@ def test_implicit_row_gradient_matches_reference(kernel, overlap):
     cfg = FastStepConfig(lr=0.5, dense_lr=0.5, kernel=kernel, implicit_row_grad=True, overlap=overlap, flag_nonfinite=True)
     _compare("wdl", cfg)
     with pytest.raises(HetGMPError, match="implicit_row_grad needs a model.*DCN has none"):
-        FastStep(build_model("dcn", FIELDS, DENSE, 4), torch.zeros(ROWS, 4), cfg)
+        FastStep(build_model("dcn", FIELDS, DENSE, 4).to(DEVICE), torch.zeros(ROWS, 4, device=DEVICE), cfg)
 
 
 def test_sort_ahead_trains_the_source_batches_in_order():
