@@ -84,7 +84,7 @@ def _bound0_worker(ctx, placement, arrays, compile, ahead, optimizer, implicit):
 # 3 workers: one's rank lies between its peers' blocks. compile: the model and the bookkeeping
 # around the rounds compiled. ahead: each batch located and read a step ahead (as the benchmarks and
 # the trainer run it), with a flush and resync after the third step.
-# Row-wise Adagrad: each row's one step at its owner, on every worker's gradient (sharded_adagrad.py).
+# Row-wise Adagrad: each row's one step at its owner, on every worker's gradient (embedding/fixed/adagrad.py).
 # implicit: the rows' gradient made by the update from dloss/dlogit and WDL's row weights.
 @pytest.mark.parametrize("world, compile, ahead, optimizer, implicit", [
     (WORLD, False, False, "sgd", False), (3, False, True, "sgd", True), (WORLD, True, True, "sgd", False),

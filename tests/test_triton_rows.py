@@ -25,7 +25,7 @@ from hetgmp.embedding import EmbeddingConfig  # noqa: E402
 from hetgmp.embedding.staleness import MUST_FETCH  # noqa: E402
 from hetgmp.embedding.reference import plan_like, skewed_batches  # noqa: E402
 from hetgmp.embedding.store import RowStore  # noqa: E402
-from hetgmp.embedding.fixed import rows as sharded_rows, triton_rows  # noqa: E402
+from hetgmp.embedding.fixed import rows as torch_rows, triton_rows  # noqa: E402
 from hetgmp.embedding.fixed.exchange import ANS_ROW, NOT_ANSWERED, PUSH_DELTA, FixedExchange  # noqa: E402
 
 WORLD, RANK, IDS, DIM, FIELDS, BATCH, CAPACITY, BOUND = 3, 1, 300, 20, 4, 24, 24, 3
@@ -50,7 +50,7 @@ class State:
         s.pending_count.copy_(torch.randint(0, 2 * BOUND, s.pending_count.shape, generator=gen))
         self.base = torch.randn(s.num_mirrors + self.exchange.slots, dim + int(adagrad), generator=gen).to(DEVICE)
         batch = torch.as_tensor(ids[0, RANK * BATCH : (RANK + 1) * BATCH]).reshape(-1).to(DEVICE)
-        self.at = sharded_rows.locate(s, self.exchange, batch, RANK, IDS, distinct_capacity=len(batch) * 3 // 4)
+        self.at = torch_rows.locate(s, self.exchange, batch, RANK, IDS, distinct_capacity=len(batch) * 3 // 4)
         self._receive_records(gen, placement.owner)
         self.overflow = torch.tensor([1, 3, 5], device=DEVICE)
         self.lag = torch.tensor([1, 2], device=DEVICE)
@@ -106,7 +106,7 @@ def test_kernel_matches_the_torch_stage(stage, seed):
     want = State(seed)
     got = copy.deepcopy(want)
     before = {k: v.clone() for k, v in want.tensors().items()}
-    STAGES[stage](sharded_rows, want)
+    STAGES[stage](torch_rows, want)
     STAGES[stage](triton_rows, got)
     changed = [k for k, v in want.tensors().items() if not torch.equal(v, before[k])]
     assert changed, f"{stage} changed nothing: the case does not test it"
@@ -124,7 +124,7 @@ def test_kernel_matches_the_torch_stage_with_accumulators(stage, dim):
     want = State(4, dim=dim, adagrad=True)
     got = copy.deepcopy(want)
     acc_before, base_before = want.store.acc.clone(), want.base[:, -1].clone()
-    STAGES[stage](sharded_rows, want)
+    STAGES[stage](torch_rows, want)
     STAGES[stage](triton_rows, got)
     if stage == "receive":
         assert not torch.equal(want.store.acc, acc_before) and not torch.equal(want.base[:, -1], base_before), "accumulators untouched"
@@ -137,7 +137,7 @@ def test_wide_rows_split_into_column_blocks():
     want = State(2, dim=200)
     got = copy.deepcopy(want)
     for stage in ("answer", "receive", "write"):
-        STAGES[stage](sharded_rows, want)
+        STAGES[stage](torch_rows, want)
         STAGES[stage](triton_rows, got)
     for name, expected in want.tensors().items():
         torch.testing.assert_close(got.tensors()[name], expected, rtol=0, atol=1e-6, equal_nan=True, msg=name)

@@ -1,7 +1,7 @@
 """The single-worker table: the reference every sharded run is held to.
 
 One (E, D) table on the device, a version (update count) per row and, for
-row-wise Adagrad, an accumulator per row. Same interface as ShardedEmbedding.
+row-wise Adagrad, an accumulator per row. Same interface as ShardedTable (fixed/table.py).
 """
 
 from __future__ import annotations

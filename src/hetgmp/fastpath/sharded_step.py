@@ -238,7 +238,7 @@ class ShardedFastStep:
         # and a stream beside.
         self._slots: tuple[Located, Located] | None = None
         self._parity = 0
-        self._read_ahead_at: int | None = None  # table.reads after the last step's read ahead (None: none)
+        self._read_ahead_at: int | None = None  # table.staging_epoch after the last step's read ahead (None: none)
         self._generation = table.generation
         self._ahead_stream = torch.cuda.Stream(ctx.device) if ctx.device.type == "cuda" else None
         # Reading a step ahead: the rounds on a third stream, beside the dense update.
@@ -291,7 +291,7 @@ class ShardedFastStep:
             self._generation = t.generation
         self.steps += 1
         ahead = next_ids_BF is not None
-        read_ahead = self._read_ahead_at is not None and self._read_ahead_at == t.reads
+        read_ahead = self._read_ahead_at is not None and self._read_ahead_at == t.staging_epoch
         if read_ahead and not ahead:
             # This batch's rows were read with the last step's pushes; reading it again would send them twice.
             raise HetGMPError("ShardedFastStep.step: the last call read this batch ahead (it was given next_ids_BF), "
@@ -305,15 +305,15 @@ class ShardedFastStep:
         read_next = ahead and self.cfg.read_ahead
         if read_next and not read_ahead:  # the first step, or the first after a flush: read the batch first
             t.fetch(self._slots[parity])
-        reads = t.reads
+        reads, epoch = t.reads, t.staging_epoch
         if not self.use_graph:
             loss = self._train(dense_BI, ids_BF, labels_B, next_ids_BF, parity)
         else:
             inputs = self._inputs.load(dense_BI, ids_BF, labels_B)
             next_ids = self._next_ids.load(next_ids_BF)[0] if ahead else None
             loss = self._replay(("ahead", parity) if ahead else "step", lambda: self._train(*inputs, next_ids, parity))
-        t.after_fused_step(reads + 1, queued=not read_next)  # a replay runs no Python: set what _train's calls set
-        self._read_ahead_at = t.reads if read_next else None
+        t.after_fused_step(reads + 1, epoch + 1, queued=not read_next)  # a replay runs no Python: set what _train's calls set
+        self._read_ahead_at = t.staging_epoch if read_next else None
         return loss
 
     def input_buffers(self) -> Batch:

@@ -191,8 +191,8 @@ class FixedExchange:
 
     def answers(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(version int64 [R], row float32 [R, D]) answered at each slot (views of the receive buffer)."""
-        flat = self.recv_b.view(self.slots, -1)
-        return _from_words(flat[:, ANS_VERSION : ANS_VERSION + 2]), flat[:, ANS_ROW : ANS_ROW + self.dim].view(torch.float32)
+        version_R, copy_RA = self.answered_copies()
+        return version_R, copy_RA[:, : self.dim]
 
     def answered_copies(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(version int64 [R], copy float32 [R, D + a]): the answered row, and with row-wise Adagrad

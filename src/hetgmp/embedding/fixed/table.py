@@ -139,7 +139,9 @@ class ShardedTable:
         self.own: OwnGradients | None = None       # row-wise Adagrad's per-id sums (U long), made at the first write
         self._scratch: torch.Tensor | None = None  # the Triton Adagrad kernel's, for the owner's step
         self.generation = 0       # grows with every grow(): what holds the table's buffers must rebuild
-        self.reads = 0            # reads so far: the staging rows hold the last read's rows
+        self.reads = 0            # reads (both rounds) so far
+        self.staging_epoch = 0    # grows with every read, flush, resync and grow: a batch read at another
+                                  # epoch has lost its staging rows or may miss pushed deltas
         self._queued = False      # whether round A's push records hold a write not yet sent
         self._layer = LayerState()
         self.counters = StepCounters()  # the last layer step's traffic (device scalars)
@@ -167,6 +169,7 @@ class ShardedTable:
         ex.round_b()
         st.receive(s, at, ex, self.base, c.fetch)
         self.reads += 1
+        self.staging_epoch += 1
 
     def _owner_step(self, answer: Callable | None) -> None:
         """Owner, between the rounds: the pushes in (with row-wise Adagrad: one step per row), then
@@ -204,10 +207,10 @@ class ShardedTable:
             st.write(s, at, cfg.bound, self.exchange, self.base, self.totals.pushed, st.add)
         self._queued = True
 
-    def after_fused_step(self, reads: int, queued: bool) -> None:
+    def after_fused_step(self, reads: int, staging_epoch: int, queued: bool) -> None:
         """The host's bookkeeping after a step the fused step ran, perhaps as a graph replay
-        (which runs no Python): `reads` so far, and whether its write's pushes are still queued."""
-        self.reads, self._queued = reads, queued
+        (which runs no Python): reads and epoch so far, and whether its write's pushes are still queued."""
+        self.reads, self.staging_epoch, self._queued = reads, staging_epoch, queued
 
     def _allocate_sums(self, distinct: int) -> None:
         """Row-wise Adagrad's per-id sums and the owner's scratch (eager: before any capture)."""
@@ -222,7 +225,7 @@ class ShardedTable:
         """(ids.shape, D) rows for training, the gradient captured for step(): the rows the
         last step(next_ids=...) read if `ids_BF` is that tensor, else read now (a collective)."""
         layer = self._layer
-        if layer.next is None or layer.next_ids is not ids_BF or layer.reads != self.reads:
+        if layer.next is None or layer.next_ids is not ids_BF or layer.epoch != self.staging_epoch:
             layer.next = self.located_read(ids_BF)
         at, layer.next, layer.next_ids = layer.next, None, None
         leaf = self.rows(at).view(*ids_BF.shape, -1).requires_grad_(True)
@@ -239,7 +242,7 @@ class ShardedTable:
         layer.last = layer.leaf = None
         if next_ids is not None:
             layer.next, layer.next_ids = self.located_read(next_ids), next_ids
-            layer.reads = self.reads
+            layer.epoch = self.staging_epoch
         self._count_step()
 
     def _traffic(self) -> tuple[torch.Tensor, int]:
@@ -290,7 +293,7 @@ class ShardedTable:
         m = self.store.num_mirrors
         self.base = torch.cat([self.base[:m], self.base.new_zeros(self.exchange.slots, self.base.shape[1])])
         self.own = self._scratch = None
-        self.reads += 1  # rows read before are gone with the staging rows
+        self.staging_epoch += 1  # rows read before are gone with the staging rows
         self.generation += 1
 
     def _new_exchange(self, capacity: int) -> FixedExchange:
@@ -325,7 +328,7 @@ class ShardedTable:
         self.send_queued()
         s, ex = self.store, self.exchange
         self.totals.pushed += flush_pending(s, ex, self.base, self.world, lambda: self._owner_step(None))
-        self.reads += 1  # a read ahead is no longer current
+        self.staging_epoch += 1  # a read ahead is no longer current
 
     @torch.no_grad()
     def resync(self) -> None:
@@ -335,7 +338,7 @@ class ShardedTable:
         self.store.pending_count.zero_()
         self.exchange.clear_pushes()
         self._queued = False
-        self.reads += 1
+        self.staging_epoch += 1
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """This worker's primaries: ids, values, versions (and accumulators), after a flush."""
@@ -392,7 +395,7 @@ class LayerState:
 
     next: Located | None = None
     next_ids: torch.Tensor | None = None
-    reads: int = -1          # the table's reads when `next` was read: a later read overwrote its staging rows
+    epoch: int = -1          # the table's staging epoch when `next` was read (a later one: read it again)
     last: Located | None = None
     leaf: torch.Tensor | None = None
 
