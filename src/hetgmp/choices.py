@@ -5,6 +5,7 @@
     AMP_MODES              --amp, autocast of the fast steps' forward
     STEPS                  --step: auto picks the fast step where it can run
     DEVICES                --device
+    POOL_MODES             --bag-pooling, how a multi-hot bag becomes one row (models/bags.py)
 """
 
 DENSE_OPTIMIZERS = ("sgd", "adam", "adagrad")
@@ -12,3 +13,4 @@ SPARSE_OPTIMIZERS = ("sgd", "rowwise_adagrad")
 AMP_MODES = ("none", "bf16")
 STEPS = ("auto", "fast", "general")
 DEVICES = ("cpu", "cuda", "auto")
+POOL_MODES = ("sum", "mean")

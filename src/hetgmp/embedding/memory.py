@@ -20,16 +20,17 @@ Worked example: E = 33,762,577 (Criteo), D = 128, P = 8, SGD, random owners
 
 A single-worker table has no maps, no pending state and no exchange (S = E).
 
-The batch itself, per sample of F fields, I dense features, rows D wide, in bytes
+The batch itself, per sample of F fields holding L ids (L = F one-hot, the
+sum of the bag sizes multi-hot), I dense features, rows D wide, in bytes
 (`batch_bytes`, checked before the model is built), with H the model's layer
 width (`hetgmp.models.model_size`: the floats per sample its layers write; 768,
 the three 256-wide layers, when not given) and P its parameters:
 
-    ids       16 F                        the batch's ids and the next batch's (int64)
+    ids       16 L                        the batch's ids and the next batch's (int64)
     inputs    8 (I + 1)                   dense features and label
-    rows      12 F D                      the rows the model reads, their gradient, a sum
-    model     24 (F D + I + H)            activations and gradients: six fp32 copies of the input
-                                          and of the layers' outputs (an allowance)
+    rows      12 L D                      the rows read, their gradient, a sum
+    model     24 (F D + I + H)            activations and gradients: six fp32 copies of the
+                                          (pooled) input and of the layers' outputs (an allowance)
 plus, once a batch, 16 P: weights, their gradient, slack for the optimizer.
 
 Worked example: Criteo (F = 26, I = 13), D = 16: 34 kB a sample, 282 MB for a
@@ -72,23 +73,26 @@ def available_bytes(device: torch.device) -> int:
 HIDDEN = 3 * 256  # the deep part's widths (SPEC section 4), HET-GMP's three models
 
 
-def batch_bytes(batch: int, num_fields: int, num_dense: int, dim: int, layer_width: int = HIDDEN, num_params: int = 0) -> int:
-    """The batch formula above: bytes one step of `batch` samples holds."""
-    per_sample = 16 * num_fields + 8 * (num_dense + 1) + 12 * num_fields * dim + 24 * (num_fields * dim + num_dense + layer_width)
+def batch_bytes(batch: int, num_fields: int, num_dense: int, dim: int, layer_width: int = HIDDEN, num_params: int = 0,
+                columns: int | None = None) -> int:
+    """The batch formula above: bytes one step of `batch` samples holds (columns: L, default F)."""
+    ids = num_fields if columns is None else columns
+    per_sample = 16 * ids + 8 * (num_dense + 1) + 12 * ids * dim + 24 * (num_fields * dim + num_dense + layer_width)
     return batch * per_sample + 16 * num_params
 
 
 def check_batch_memory(batch: int, num_fields: int, num_dense: int, dim: int, device: torch.device,
-                       layer_width: int = HIDDEN, num_params: int = 0) -> int:
+                       layer_width: int = HIDDEN, num_params: int = 0, columns: int | None = None) -> int:
     """Raise HetGMPError before allocating when a step of `batch` samples cannot fit in free memory
-    (layer_width and num_params: `hetgmp.models.model_size` of the model to train)."""
-    need, free = batch_bytes(batch, num_fields, num_dense, dim, layer_width, num_params), available_bytes(device)
+    (layer_width and num_params: `hetgmp.models.model_size` of the model to train; columns: ids per sample)."""
+    need, free = batch_bytes(batch, num_fields, num_dense, dim, layer_width, num_params, columns), available_bytes(device)
     if need > free:
-        per_sample = batch_bytes(1, num_fields, num_dense, dim, layer_width)
+        per_sample = batch_bytes(1, num_fields, num_dense, dim, layer_width, columns=columns)
         gib, fits = 1 << 30, max(0, free - 16 * num_params) // per_sample
+        ids = num_fields if columns is None else columns
         raise HetGMPError(
             f"--batch-size {batch:,} needs about {need / gib:.1f} GiB per worker on {device} ({per_sample:,} bytes a sample: "
-            f"{num_fields} ids, {num_dense} dense features, {num_fields} rows of {dim} and the model's activations) but only "
+            f"{ids} ids, {num_dense} dense features, {ids} rows of {dim} and the model's activations) but only "
             f"{free / gib:.1f} GiB is free: use --batch-size {fits:,} or less (leaving room for the table: less still), or more workers"
         )
     return need

@@ -80,6 +80,7 @@ from hetgmp.distributed import DistContext
 from hetgmp.embedding.config import EmbeddingConfig
 from hetgmp.embedding.fixed.capacity import round_up
 from hetgmp.embedding.fixed.footprint import sharded_step_bytes
+from hetgmp.embedding.memory import HIDDEN
 from hetgmp.embedding.fixed.rows import Located
 from hetgmp.embedding.fixed.table import ShardedTable
 from hetgmp.embedding.placement import Placement
@@ -90,7 +91,8 @@ from hetgmp.fastpath.flat_grads import FlatGradients
 from hetgmp.fastpath.inputs import Batch, InputBuffers
 from hetgmp.fastpath.objective import correct_count, ctr_loss, nan_unless_finite
 from hetgmp.kernels import Rank1Grad
-from hetgmp.models.base import has_row_weights
+from hetgmp.models.bags import Bags, pool_rows
+from hetgmp.models.base import CTRModel, has_row_weights
 from hetgmp.kernels.gather import id_dtype
 
 
@@ -204,21 +206,23 @@ class ShardedFastStep:
     which then captures its graphs anew.
     """
 
-    def __init__(self, model: nn.Module, table: ShardedTable, cfg: ShardedStepConfig) -> None:
+    def __init__(self, model: nn.Module, table: ShardedTable, cfg: ShardedStepConfig, bags: Bags | None = None) -> None:
         cfg.check(table.config, table.world)
         ctx = table.ctx
         self.table, self.cfg, self.ctx, self.device = table, cfg, ctx, ctx.device
         self.rank, self.world = ctx.rank, ctx.world_size
         # Its own group: a caller's collectives between steps cannot interleave with the step's.
         self.group = dist.new_group(backend=ctx.backend, pg_options=_high_priority(ctx.backend))
-        self.model = model
-        if cfg.implicit_row_grad and not has_row_weights(model):
+        self.model, self.bags = model, bags
+        if cfg.implicit_row_grad and (not has_row_weights(model) or bags is not None):
             raise HetGMPError(f"implicit_row_grad needs a model whose rows reach the logit through one linear layer "
-                              f"(with row_weights(), as WDL); {type(model).__name__} has none: leave implicit_row_grad off")
+                              f"(with row_weights(), as WDL) and one row per field; {type(model).__name__} "
+                              f"{'has none' if bags is None else 'pools bags'}: leave implicit_row_grad off")
         self._logit_grad: torch.Tensor | None = None  # implicit_row_grad: dloss/dlogit of the step
         # Eagerly the bookkeeping around the rounds is a few hundred small kernels (1-3 us each on an
         # H100); compiled, inductor fuses them.
-        self._forward = torch.compile(model, dynamic=False) if cfg.compile else model
+        pooled = lambda dense_BI, rows_BLD, ids_BL: model(dense_BI, pool_rows(bags, rows_BLD, ids_BL))  # noqa: E731
+        self._forward = torch.compile(pooled, dynamic=False) if cfg.compile else pooled
         self.params = [p for p in model.parameters() if p.requires_grad]
         # skip_nonfinite: the spare element sums the workers' count of non-finite gradients.
         self.flat = FlatGradients(self.params, ctx.device)
@@ -245,12 +249,13 @@ class ShardedFastStep:
         self._exchange_stream = torch.cuda.Stream(ctx.device) if ctx.device.type == "cuda" else None
 
     @classmethod
-    def build(cls, model: nn.Module, config: EmbeddingConfig, placement: Placement, ctx: DistContext, cfg: ShardedStepConfig) -> ShardedFastStep:
+    def build(cls, model: nn.Module, config: EmbeddingConfig, placement: Placement, ctx: DistContext, cfg: ShardedStepConfig,
+              bags: Bags | None = None) -> ShardedFastStep:
         """A new ShardedTable with the step config's capacities and kernels, and the step over it."""
         cfg.check(config, ctx.world_size)
         table = ShardedTable(config, placement, ctx, cfg.capacity, cfg.distinct_capacity,
                              cfg.kernel, cfg.fused_stages, cfg.compile)
-        return cls(model, table, cfg)
+        return cls(model, table, cfg, bags)
 
     # ---- counters (the table's) ----
 
@@ -346,7 +351,7 @@ class ShardedFastStep:
                 t.locate_into(self._slots[1 - parity], next_ids_BF.reshape(-1))
         with matmul_precision(self.cfg, self.device):
             with autocast(self.cfg, self.device):
-                logits_B = self._forward(dense_BI, emb_BFD)
+                logits_B = self._forward(dense_BI, emb_BFD, ids_BF)
             if implicit:
                 logits_B.register_hook(self._keep_logit_grad)
             loss = ctr_loss(logits_B, labels_B)
@@ -429,8 +434,10 @@ class ShardedFastStep:
     def memory_bytes(self, batch: int, num_fields: int, num_dense: int) -> dict[str, int]:
         """This worker's device memory by the documented formula (embedding/fixed/footprint.py), term by term."""
         t, s = self.table, self.table.store
+        width = self.model.layer_width() if isinstance(self.model, CTRModel) else HIDDEN
         return sharded_step_bytes(t.config, self.world, s.num_primaries, s.num_mirrors, t.capacity, t.distinct_capacity,
-                                  batch, num_fields, num_dense, self.flat.buffer.numel(), self.cfg.amp == "bf16")
+                                  batch, num_fields, num_dense, self.flat.buffer.numel(), self.cfg.amp == "bf16",
+                                  width, None if self.bags is None else self.bags.columns)
 
     @property
     def max_lag_served(self) -> int:

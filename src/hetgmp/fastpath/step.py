@@ -5,6 +5,8 @@ One step, for a batch of B samples with F id fields and I dense features:
     sort the ids                           (once: the gather and the update share it)
     emb_BFD = table[ids_BF]                (rows read in sorted order; a fresh leaf tensor)
     loss    = BCE-with-logits(model(dense_BI, emb_BFD), labels_B), mean
+                                           (multi-hot: ids_BL, L = sum(bag sizes), and the
+                                           rows pooled per field first: models/bags.py)
     backward                               (to emb_BFD and the dense weights only:
                                             the table never gets a dense gradient)
     sparse update of the table rows        (hetgmp.kernels.sparse_update)
@@ -58,6 +60,7 @@ from hetgmp.fastpath.captured import GraphReplay, beside, join
 from hetgmp.fastpath.config import BatchSource, FastStepConfig, autocast, dense_optimizer, matmul_precision
 from hetgmp.fastpath.inputs import InputBuffers
 from hetgmp.fastpath.objective import correct_count, ctr_loss, nan_unless_finite
+from hetgmp.models.bags import Bags, pool_rows
 from hetgmp.models.base import has_dense_part, has_row_weights
 from hetgmp.kernels import Rank1Grad, new_scratch, resolve_backend, sparse_update
 from hetgmp.kernels.gather import SortedIds, gather_rows, id_dtype, sort_ids
@@ -71,7 +74,8 @@ class FastStep:
     used in place, on the table's device; so are the row-wise Adagrad
     accumulator (float32 [E], zeros if not given) and, if given, the versions
     (int64 [E], += each row's occurrences per step, as the embedding runtime
-    counts them):
+    counts them). With `bags` (multi-hot data) a batch's ids are (B, sum(bag
+    sizes)) and the step pools each field's rows before the model:
 
         fast = FastStep(model.cuda(), table_ED, FastStepConfig(lr=0.01, dense_lr=0.01))
         for dense_BI, ids_BF, labels_B in batches:
@@ -86,17 +90,21 @@ class FastStep:
         acc_E: torch.Tensor | None = None,
         versions_E: torch.Tensor | None = None,
         source: BatchSource | None = None,
+        bags: Bags | None = None,
     ) -> None:
         cfg.check()
         self.source = source
         self.cfg = cfg
         self.device = table_ED.device
         self.model = model
-        self._forward = self._compiled(model)
+        self.bags = bags
+        # The pooling of the bags runs in the model's compiled graph, which fuses it.
+        self._forward = self._compiled(lambda dense_BI, rows_BLD, ids_BL: model(dense_BI, pool_rows(bags, rows_BLD, ids_BL)))
         # Split forward (FastStepConfig.overlap): the dense part first, then the head on the rows.
         self._split = cfg.overlap and has_dense_part(model)
         if self._split:
-            self._dense_part, self._head = self._compiled(model.dense_part), self._compiled(model.head)
+            self._dense_part = self._compiled(model.dense_part)
+            self._head = self._compiled(lambda dense_out, rows_BLD, ids_BL: model.head(dense_out, pool_rows(bags, rows_BLD, ids_BL)))
         self.table_ED = table_ED.detach()
         self.acc_E = acc_E
         self.versions_E = versions_E
@@ -107,9 +115,10 @@ class FastStep:
         self.kernel = resolve_backend(cfg.kernel, self.device)
         self.use_graph = cfg.cuda_graph and self.device.type == "cuda"
         self._sparse_stream = torch.cuda.Stream(self.device) if cfg.overlap and self.device.type == "cuda" else None
-        if cfg.implicit_row_grad and not has_row_weights(model):
+        if cfg.implicit_row_grad and (not has_row_weights(model) or bags is not None):
             raise HetGMPError(f"implicit_row_grad needs a model whose rows reach the logit through one linear layer "
-                              f"(one with row_weights(), as WDL); {type(model).__name__} has none")
+                              f"(one with row_weights(), as WDL) and one row per field; {type(model).__name__} "
+                              f"{'has none' if bags is None else 'pools bags'}: leave implicit_row_grad off")
         self._kept: tuple[torch.Tensor, torch.Tensor] | None = None  # implicit_row_grad: (dloss/dlogit, row weight)
         if self.use_graph and self.kernel == "reference":
             raise HetGMPError("the 'reference' sparse update syncs with the host and cannot be captured: use kernel 'triton' or 'torch', or cuda_graph=False")
@@ -183,7 +192,7 @@ class FastStep:
             if not self.cfg.implicit_row_grad:
                 emb_BFD.requires_grad_()
             with autocast(self.cfg, self.device):
-                logits_B = self._head(dense_out, emb_BFD) if self._split else self._forward(dense_BI, emb_BFD)
+                logits_B = self._head(dense_out, emb_BFD, ids_BF) if self._split else self._forward(dense_BI, emb_BFD, ids_BF)
             loss = ctr_loss(logits_B, labels_B)
             if self.cfg.accuracy:
                 self.correct.copy_(correct_count(logits_B, labels_B))

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from hetgmp.errors import HetGMPError
-from hetgmp.models.bags import POOL_MODES, pool_bags
+from hetgmp.models.bags import POOL_MODES, Bags, pool_bags
 from hetgmp.models.base import CTRModel, has_dense_part, has_row_weights
 from hetgmp.models.dcn import DCN
 from hetgmp.models.dcnv2 import DCNV2_MLPERF, DCNv2, DCNv2Shape
@@ -71,6 +71,16 @@ def build_model(name: str, num_fields: int, num_dense: int, embed_dim: int, shap
     return MODELS[name](**sizes, shape=shape)
 
 
+def model_shape(name: str, cross_rank: int | None = None) -> Any:
+    """The `shape=` of build_model for a run's options (None: the model's default shape);
+    --cross-rank is DCNv2's alone."""
+    if cross_rank is None:
+        return None
+    if name != "dcnv2":
+        raise HetGMPError(f"--cross-rank sets the rank of dcnv2's cross layers, and the model is {name}: drop --cross-rank")
+    return DCNv2Shape(cross_rank=cross_rank)
+
+
 @dataclass(frozen=True)
 class ModelSize:
     """What the memory formulas need of a model (embedding/memory.py batch_bytes)."""
@@ -96,7 +106,7 @@ def _check_shape(name: str, shape: Any) -> None:
 
 
 __all__ = [
-    "MODEL_NAMES", "ORIGINAL_LR", "POOL_MODES", "SHAPES", "ModelSize", "build_model", "model_size", "table_width", "pool_bags",
+    "MODEL_NAMES", "ORIGINAL_LR", "POOL_MODES", "SHAPES", "ModelSize", "build_model", "model_shape", "model_size", "table_width", "pool_bags", "Bags",
     "CTRModel", "has_row_weights", "has_dense_part",
     "WDL", "DCN", "DeepFM", "DLRM", "DLRMShape", "DLRM_KAGGLE", "DLRM_MLPERF", "DCNv2", "DCNv2Shape", "DCNV2_MLPERF",
 ]

@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from hetgmp.choices import AMP_MODES, DENSE_OPTIMIZERS, DEVICES, SPARSE_OPTIMIZERS, STEPS
+from hetgmp.choices import AMP_MODES, DENSE_OPTIMIZERS, DEVICES, POOL_MODES, SPARSE_OPTIMIZERS, STEPS
 from hetgmp.cliflags import ABOVE_ZERO, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Range, add_flag
 from hetgmp.errors import HetGMPError
 from hetgmp.train.tensorboard import require_tensorboard
@@ -47,6 +47,10 @@ class TrainConfig:
     model: str = _f("wdl", "model: wdl (Wide&Deep), dcn (Deep&Cross), dfm (DeepFM), dlrm (DLRM, dot interaction) or dcnv2 "
                     "(DCN V2 in MLPerf's DLRM-DCNv2 shape: 3 cross layers of rank 512)")
     embed_dim: int = _f(16, "embedding dimension d (DeepFM's table is d+1 wide)", range=POSITIVE)
+    cross_rank: int | None = _f(None, "dcnv2 only: rank of each cross layer's W = U V^T (default 512, MLPerf's; "
+                                "0: full-rank K x K matrices)", range=NON_NEGATIVE)
+    bag_pooling: str = _f("sum", "how a multi-hot field's bag of rows becomes one (sum, as MLPerf's DLRM, or mean); "
+                          "padding ids are left out of both", choices=POOL_MODES)
     batch_size: int = _f(4096, "samples per step on each worker", range=POSITIVE)
     iter: int | None = _f(None, "training steps (overrides --epochs)", range=POSITIVE)
     epochs: float | None = _f(None, "passes over the training split (default 1 when --iter is not given)", range=ABOVE_ZERO)
@@ -89,6 +93,9 @@ class TrainConfig:
             problem = bounds.problem(value) if bounds and value is not None else None
             if problem:
                 raise HetGMPError(f"--{f.name.replace('_', '-')} {problem}")
+        from hetgmp.models import model_shape  # (torch: not imported for --help)
+
+        model_shape(self.model, self.cross_rank)
         if self.resume and not self.checkpoint_dir:
             raise HetGMPError("--resume needs --checkpoint-dir DIR (the directory the interrupted run saved to)")
         if self.tensorboard:
@@ -109,7 +116,7 @@ class TrainConfig:
 
     def config_hash(self) -> str:
         """Short hash of every setting that changes what one step computes."""
-        keys = ("model", "embed_dim", "batch_size", "optimizer", "lr", "sparse_optimizer", "sparse_lr", "bound", "store_rate", "seed",
+        keys = ("model", "embed_dim", "cross_rank", "bag_pooling", "batch_size", "optimizer", "lr", "sparse_optimizer", "sparse_lr", "bound", "store_rate", "seed",
                 "step", "amp", "compile")
         text = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -19,18 +19,19 @@ from torch import nn
 from hetgmp.auc import exact_auc
 from hetgmp.data.arrays import Split
 from hetgmp.distributed import DistContext
+from hetgmp.models.bags import Bags, pool_rows
 from hetgmp.train.data import EvalBatches, contiguous_shard
 
 
 @torch.no_grad()
-def predict_shard(model: nn.Module, emb, batches: EvalBatches) -> torch.Tensor:
+def predict_shard(model: nn.Module, emb, batches: EvalBatches, bags: Bags | None = None) -> torch.Tensor:
     """Logits of this worker's test shard, in row order (padding batches dropped)."""
     emb.flush()  # every update at its owner first: the rows every worker reads are the trained ones
     was_training = model.training
     model.eval()
     out = []
     for batch, valid in batches:
-        logits = model(batch.dense, emb.read(batch.ids))
+        logits = model(batch.dense, pool_rows(bags, emb.read(batch.ids), batch.ids))
         if valid:
             out.append(logits.float())
     model.train(was_training)
@@ -63,9 +64,10 @@ def metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     }
 
 
-def evaluate(model: nn.Module, emb, batches: EvalBatches, split: Split, ctx: DistContext) -> dict[str, float] | None:
+def evaluate(model: nn.Module, emb, batches: EvalBatches, split: Split, ctx: DistContext,
+             bags: Bags | None = None) -> dict[str, float] | None:
     """Score the whole test split; rank 0 returns its metrics, other ranks None."""
-    logits = gather_logits(predict_shard(model, emb, batches), len(split), ctx)
+    logits = gather_logits(predict_shard(model, emb, batches, bags), len(split), ctx)
     if not ctx.is_main:
         return None
     result = metrics(np.asarray(split.labels), logits.cpu().numpy())

@@ -57,6 +57,7 @@ from torch import nn
 
 from hetgmp.embedding import LocalEmbedding
 from hetgmp.fastpath import FastStep, FastStepConfig
+from hetgmp.models.bags import Bags
 from hetgmp.models.base import has_row_weights
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import BatchStream
@@ -101,7 +102,7 @@ class EpochCursor:
         return batch.dense, batch.ids, batch.labels
 
 
-def build_fast_step(cfg: TrainConfig, model: nn.Module, emb: LocalEmbedding, stream: BatchStream) -> FastStep:
+def build_fast_step(cfg: TrainConfig, model: nn.Module, emb: LocalEmbedding, stream: BatchStream, bags: Bags | None = None) -> FastStep:
     """FastStep over `emb`'s tensors and `model`, with the run's optimizers and learning rates;
     it draws its batches itself (an EpochCursor) when the rows are on its device."""
     device = emb.device
@@ -114,11 +115,11 @@ def build_fast_step(cfg: TrainConfig, model: nn.Module, emb: LocalEmbedding, str
         # sorting one batch ahead needs the batches drawn on the device.
         overlap=True, sort_ahead=source is not None,
         # WDL's rows enter the logit linearly: the update makes their gradient from dloss/dlogit.
-        implicit_row_grad=has_row_weights(model) and not cfg.skip_nonfinite,
+        implicit_row_grad=has_row_weights(model) and bags is None and not cfg.skip_nonfinite,
         # Triton runs on a CPU only under its test interpreter: plain torch there.
         kernel="auto" if device.type == "cuda" else "torch",
     )
-    return FastStep(model, emb.table, fast_cfg, acc_E=emb.acc, versions_E=emb.version, source=source)
+    return FastStep(model, emb.table, fast_cfg, acc_E=emb.acc, versions_E=emb.version, source=source, bags=bags)
 
 
 def describe_fast_step(fast: FastStep) -> str:

@@ -38,6 +38,7 @@ from hetgmp.errors import HetGMPError
 from hetgmp.fastpath import ShardedFastStep
 from hetgmp.fastpath.flat_grads import FlatGradients
 from hetgmp.fastpath.objective import correct_count, ctr_loss
+from hetgmp.models.bags import pool_rows
 from hetgmp.train import checkpoint as ckpt
 from hetgmp.train import reshard
 from hetgmp.train.config import TrainConfig
@@ -180,7 +181,7 @@ def train_step(run: Run, batch: Batch, next_batch: Batch | None, guard: NonFinit
     non-finite flag; their all-reduce runs while the table exchanges rows (`emb.step` uses
     its own process group), and the dense optimizer steps once it is done.
     """
-    emb_BFD = guard.gate(run.emb(batch.ids))
+    emb_BFD = pool_rows(run.bags, guard.gate(run.emb(batch.ids)), batch.ids)
     logits_B = run.model(batch.dense, emb_BFD)
     loss = ctr_loss(logits_B, batch.labels)
     guard.begin(loss.detach())
@@ -318,7 +319,7 @@ def report_train(run: Run, window: StepWindow, done: int, clock: Clock, log: Run
 def run_eval(run: Run, window: StepWindow, done: int, clock: Clock, log: RunLog, last: dict[str, Any]) -> dict[str, Any] | None:
     window.check_finite(run)
     began = time.perf_counter()
-    result = evaluate(run.model, run.emb, run.eval_batches, run.dataset.test, run.ctx)
+    result = evaluate(run.model, run.emb, run.eval_batches, run.dataset.test, run.ctx, run.bags)
     clock.pause(time.perf_counter() - began)
     last["eval_step"] = done
     if result is None:

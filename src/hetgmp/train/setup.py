@@ -23,7 +23,7 @@ from hetgmp.embedding.fixed.table import ShardedTable
 from hetgmp.embedding.memory import check_batch_memory
 from hetgmp.fastpath import FastStep, ShardedFastStep
 from hetgmp.fastpath.config import dense_optimizer
-from hetgmp.models import build_model, table_width
+from hetgmp.models import Bags, build_model, model_shape, model_size, table_width
 from hetgmp.train.checkpoint import fingerprint
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import BatchStream, EvalBatches, shard_sizes, steps_per_epoch, train_rows
@@ -53,13 +53,15 @@ class Run:
     mirrors_note: str  # how many rows each worker mirrors, ranked how, for the start-up line
     scanned_steps: int  # steps whose batches the sharded table's capacities were measured on (0: one worker)
     placement: Placement | None  # who owns and mirrors each row; None: one worker holds every row
+    bags: Bags | None = None  # how the steps pool multi-hot bags; None: one id per field
     resume_note: str = ""  # how a resume placed the rows, for the start-up line (train/reshard.py)
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """What a checkpoint of this run records about itself (see checkpoint.MUST_MATCH)."""
         meta = self.dataset.meta
         return {
-            "model": self.cfg.model, "embed_dim": self.cfg.embed_dim,
+            "model": self.cfg.model, "embed_dim": self.cfg.embed_dim, "cross_rank": self.cfg.cross_rank,
+            **({} if self.bags is None else self.bags.describe()),
             "table_width": table_width(self.cfg.model, self.cfg.embed_dim),
             "num_fields": meta.num_fields, "num_dense": int(self.dataset.train.dense.shape[1]),
             "num_ids": meta.num_ids, "world_size": self.ctx.world_size, "plan": self.plan_id,
@@ -127,9 +129,12 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
     step_kind, why = cfg.choose_step(ctx.world_size)
     dataset = load_dataset(cfg.data)
     meta = dataset.meta
-    meta.require_one_hot(cfg.data, "hetgmp train")
+    bags = Bags.of(meta, cfg.bag_pooling)
     num_dense = int(dataset.train.dense.shape[1])
-    check_batch_memory(cfg.batch_size, meta.num_fields, num_dense, table_width(cfg.model, cfg.embed_dim), ctx.device)
+    shape = model_shape(cfg.model, cfg.cross_rank)
+    size = model_size(cfg.model, meta.num_fields, num_dense, cfg.embed_dim, shape)
+    check_batch_memory(cfg.batch_size, meta.num_fields, num_dense, table_width(cfg.model, cfg.embed_dim), ctx.device,
+                       size.layer_width, size.parameters, meta.id_columns)
     plan = load_plan(cfg.partition, dataset, ctx) if cfg.partition else None
     placement, plan_id = build_placement(cfg, plan, meta.num_ids, ctx)
     data_partition = None if plan is None else np.asarray(plan.data_partition)
@@ -145,21 +150,21 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
         check_rows(dataset.directory, "test", meta, eval_batches.rows.ids, eval_batches.rows.labels)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, meta.num_fields, num_dense, cfg.embed_dim).to(ctx.device)
+    model = build_model(cfg.model, meta.num_fields, num_dense, cfg.embed_dim, shape).to(ctx.device)
     broadcast_parameters(model, ctx)
     emb_cfg = EmbeddingConfig(
         num_ids=meta.num_ids, dim=table_width(cfg.model, cfg.embed_dim), optimizer=cfg.sparse_optimizer,
-        lr=cfg.sparse_lr, bound=cfg.bound, seed=cfg.seed, ids_per_batch=cfg.batch_size * meta.num_fields,
+        lr=cfg.sparse_lr, bound=cfg.bound, seed=cfg.seed, ids_per_batch=cfg.batch_size * meta.id_columns,
     )
     if ctx.world_size > 1:
         emb, scanned = build_sharded_table(cfg, emb_cfg, placement, ctx, stream, total)
-        fast = build_sharded_fast_step(cfg, model, emb) if step_kind == "fast" else None
+        fast = build_sharded_fast_step(cfg, model, emb, bags) if step_kind == "fast" else None
         how = describe_sharded_fast_step(fast) if fast else None
     else:
         emb, scanned = LocalEmbedding(emb_cfg, ctx.device), 0
-        fast = build_fast_step(cfg, model, emb, stream) if step_kind == "fast" else None
+        fast = build_fast_step(cfg, model, emb, stream, bags) if step_kind == "fast" else None
         how = describe_fast_step(fast) if fast else None
     dense_opt = fast.optimizer if fast else dense_optimizer(list(model.parameters()), cfg.optimizer, cfg.lr, ctx.device, cfg.skip_nonfinite)
     note = f"step {step_kind} ({why}" + (f"; {how})" if how else ")")
     return Run(cfg, ctx, dataset, model, emb, dense_opt, stream, eval_batches, per_epoch, total, plan_id, fast, note,
-               describe_mirrors(cfg, plan, placement), scanned, placement)
+               describe_mirrors(cfg, plan, placement), scanned, placement, bags)

@@ -40,6 +40,7 @@ from hetgmp.errors import HetGMPError
 from hetgmp.fastpath import ShardedFastStep, ShardedStepConfig
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import BatchStream
+from hetgmp.models.bags import Bags
 from hetgmp.models.base import has_row_weights
 from hetgmp.train.fast import StepRecorder
 
@@ -69,15 +70,15 @@ def build_sharded_table(cfg: TrainConfig, table: EmbeddingConfig, placement: Pla
     return ShardedTable(table, placement, ctx, capacity, distinct, kernel=kernel, compile=cfg.compile), scanned
 
 
-def build_sharded_fast_step(cfg: TrainConfig, model: nn.Module, table: ShardedTable) -> ShardedFastStep:
+def build_sharded_fast_step(cfg: TrainConfig, model: nn.Module, table: ShardedTable, bags: Bags | None = None) -> ShardedFastStep:
     """The sharded fast step over the run's table, with the run's optimizers."""
     step_cfg = ShardedStepConfig(
         capacity=table.capacity, distinct_capacity=table.distinct_capacity, dense_lr=cfg.lr, dense_optimizer=cfg.optimizer,
         amp=cfg.amp, compile=cfg.compile, flag_nonfinite=True, skip_nonfinite=cfg.skip_nonfinite, kernel=table.kernel,
         # WDL's rows enter the logit linearly: the update makes their gradient from dloss/dlogit.
-        implicit_row_grad=has_row_weights(model) and not cfg.skip_nonfinite,
+        implicit_row_grad=has_row_weights(model) and bags is None and not cfg.skip_nonfinite,
     )
-    return ShardedFastStep(model, table, step_cfg)
+    return ShardedFastStep(model, table, step_cfg, bags)
 
 
 def describe_sharded_fast_step(fast: ShardedFastStep) -> str:

@@ -8,7 +8,8 @@ message instead of training a silently wrong model.
 
 What is accepted (and why):
   - sparse ids: any integer dtype; column f must hold ids of field f, i.e.
-    offsets[f] <= id < offsets[f] + fields[f]. Example with meta.json fields
+    offsets[f] <= id < offsets[f] + fields[f] (multi-hot: the bag_sizes[f]
+    columns of field f's bag, field by field). Example with meta.json fields
     [3, 2]: column 0 holds 0..2 and column 1 holds 3..4; a 2 in column 1 means
     the ids were stored without their field offset.
   - labels: any integer or float dtype whose values are exactly 0 or 1 (the
@@ -36,11 +37,12 @@ def check_rows(directory: Path, split: str, meta: DatasetMeta, ids_NF: torch.Ten
     if len(labels_N) == 0:
         return
     lows, highs = ids_NF.amin(0).tolist(), ids_NF.amax(0).tolist()
-    for f, (lo, hi) in enumerate(zip(lows, highs)):
+    field_of_column = [f for f, k in enumerate(meta.bag_sizes) for _ in range(k)]  # multi-hot: a field's bag, column by column
+    for c, (f, lo, hi) in enumerate(zip(field_of_column, lows, highs)):
         first, size = meta.offsets[f], meta.fields[f]
         if lo < first or hi >= first + size:
             raise HetGMPError(
-                f"{directory / array_name(split, 'sparse')}: column {f} must hold the ids of field {f}, "
+                f"{directory / array_name(split, 'sparse')}: column {c} must hold the ids of field {f}, "
                 f"{first}..{first + size - 1} (meta.json fields/offsets), but holds {lo}..{hi}: the ids and "
                 f"meta.json disagree (ids are global: field offset added); {_FIX}"
             )
