@@ -10,7 +10,10 @@ before it. Dense features are U(0, 1), labels 1 with probability 0.25.
 
     python benchmarks/yardstick.py [--device cuda] [--steps 200]
 
-Also the home of the batch maker and the step timer that bench_gpu.py shares.
+Also the home of the batch maker and the step timer that bench_gpu.py shares,
+and of the multi-hot yardstick (`bag_yardstick_step`): one nn.EmbeddingBag
+(sum, sparse gradients) per field, as TorchRec-less DLRM code is written,
+on batches of fixed-size bags (`criteo_bag_batches`, MLPerf's bag sizes).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ CRITEO_CARDINALITIES = (
 )
 NUM_DENSE = 13
 LR = 0.01
+# MLPerf's DLRM-DCNv2 multi-hot bag sizes (Criteo 1TB, synthetic multi-hot), field by field.
+MLPERF_BAG_SIZES = (3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1)
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -59,23 +64,38 @@ def criteo_batches(batch: int, count: int, device: str, cards: tuple[int, ...] =
     return out
 
 
+def criteo_bag_batches(batch: int, count: int, device: str, cards: tuple[int, ...], bag_sizes: tuple[int, ...],
+                       seed: int = 0) -> list[Batch]:
+    """`count` batches of (dense_BI, ids_BL, labels_B), L = sum(bag_sizes): each of field f's
+    bag_sizes[f] ids drawn as criteo_batches draws field f's one (full bags, as MLPerf's)."""
+    columns = tuple(c for c, k in zip(cards, bag_sizes) for _ in range(k))
+    offsets = torch.cumsum(torch.tensor((0,) + cards[:-1], device=device), 0)
+    shift_L = torch.repeat_interleave(offsets, torch.tensor(bag_sizes, device=device))
+    out = []
+    for dense_BI, local_BL, labels_B in criteo_batches(batch, count, device, columns, seed):
+        # criteo_batches offsets column by column: undo that, then offset by field.
+        local_BL = local_BL - torch.cumsum(torch.tensor((0,) + columns[:-1], device=device), 0)
+        out.append((dense_BI, local_BL + shift_L, labels_B))
+    return out
+
+
 class PlainCTR(nn.Module):
     """nn.Embedding(sparse=True) feeding one of the SPEC's models."""
 
-    def __init__(self, model_name: str, dim: int, cards: tuple[int, ...]) -> None:
+    def __init__(self, model_name: str, dim: int, cards: tuple[int, ...], shape=None) -> None:
         super().__init__()
         self.emb = nn.Embedding(sum(cards), table_width(model_name, dim), sparse=True)
         nn.init.normal_(self.emb.weight, 0.0, 0.01)
-        self.net = build_model(model_name, len(cards), NUM_DENSE, dim)
+        self.net = build_model(model_name, len(cards), NUM_DENSE, dim, shape)
 
     def forward(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor) -> torch.Tensor:
         return self.net(dense_BI, self.emb(ids_BF))
 
 
-def yardstick_step(model_name: str, dim: int, cards: tuple[int, ...], device: str) -> Callable[..., None]:
+def yardstick_step(model_name: str, dim: int, cards: tuple[int, ...], device: str, shape=None) -> Callable[..., None]:
     """A training step of the plain model: step(dense_BI, ids_BF, labels_B)."""
     torch.manual_seed(0)
-    model = PlainCTR(model_name, dim, cards).to(device)
+    model = PlainCTR(model_name, dim, cards, shape).to(device)
     sparse_opt = torch.optim.SGD([model.emb.weight], lr=LR)
     dense_opt = torch.optim.SGD(list(model.net.parameters()), lr=LR)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -84,6 +104,44 @@ def yardstick_step(model_name: str, dim: int, cards: tuple[int, ...], device: st
         sparse_opt.zero_grad(set_to_none=True)
         dense_opt.zero_grad(set_to_none=True)
         loss_fn(model(dense_BI, ids_BF), labels_B).backward()
+        sparse_opt.step()
+        dense_opt.step()
+
+    return step
+
+
+class PlainBagCTR(nn.Module):
+    """One nn.EmbeddingBag(mode="sum", sparse=True) per field feeding the model."""
+
+    def __init__(self, model_name: str, dim: int, cards: tuple[int, ...], bag_sizes: tuple[int, ...], shape=None) -> None:
+        super().__init__()
+        self.bags = nn.ModuleList(nn.EmbeddingBag(c, table_width(model_name, dim), mode="sum", sparse=True) for c in cards)
+        for bag in self.bags:
+            nn.init.normal_(bag.weight, 0.0, 0.01)
+        self.starts = [0, *torch.tensor(bag_sizes).cumsum(0).tolist()]
+        self.register_buffer("offsets", torch.cumsum(torch.tensor((0,) + cards[:-1]), 0), persistent=False)
+        self.net = build_model(model_name, len(cards), NUM_DENSE, dim, shape)
+
+    def forward(self, dense_BI: torch.Tensor, ids_BL: torch.Tensor) -> torch.Tensor:
+        pooled = [bag(ids_BL[:, a:b] - self.offsets[f]) for f, (bag, a, b) in enumerate(zip(self.bags, self.starts, self.starts[1:]))]
+        return self.net(dense_BI, torch.stack(pooled, 1))
+
+
+def bag_yardstick_step(model_name: str, dim: int, cards: tuple[int, ...], bag_sizes: tuple[int, ...], device: str,
+                       bf16: bool = False, shape=None) -> Callable[..., None]:
+    """A training step of PlainBagCTR (SGD, sparse gradients), the model under bf16 autocast if asked."""
+    torch.manual_seed(0)
+    model = PlainBagCTR(model_name, dim, cards, bag_sizes, shape).to(device)
+    sparse_opt = torch.optim.SGD([b.weight for b in model.bags], lr=LR)
+    dense_opt = torch.optim.SGD(list(model.net.parameters()), lr=LR)
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    def step(dense_BI: torch.Tensor, ids_BL: torch.Tensor, labels_B: torch.Tensor) -> None:
+        sparse_opt.zero_grad(set_to_none=True)
+        dense_opt.zero_grad(set_to_none=True)
+        with torch.autocast(ids_BL.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(dense_BI, ids_BL)
+        loss_fn(logits.float(), labels_B).backward()
         sparse_opt.step()
         dense_opt.step()
 

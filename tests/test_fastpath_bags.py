@@ -7,6 +7,7 @@ and 2 pad (global ids 0 and 25), and some of field 0's bags are padding only.
 """
 
 import copy
+import importlib.util
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -23,6 +24,8 @@ OFFSETS = (0, 15, 25)
 ROWS, DENSE, BATCH, DIM = sum(FIELD_SIZES), 2, 16, 4
 SMALL = {"dlrm": DLRMShape(bottom=(7, 5), top=(6, 4)), "dcnv2": DCNv2Shape(bottom=(7,), cross_layers=2, cross_rank=3, top=(6, 4))}
 LR = {"wdl": 0.5, "dcn": 0.3, "dfm": 0.1, "dlrm": 0.3, "dcnv2": 0.3}
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
 DEVICE = torch.device("cuda" if os.environ["TRITON_INTERPRET"] != "1" and torch.cuda.is_available() else "cpu")
 
 
@@ -82,6 +85,33 @@ def test_every_model_pools_bags_as_embedding_bag_does(model_name):
 def test_mean_pooling_with_adagrad_and_adam(model_name):
     cfg = FastStepConfig(lr=0.1, dense_lr=0.01, sparse_optimizer="rowwise_adagrad", dense_optimizer="adam", kernel="torch")
     _compare(model_name, cfg, mode="mean")
+
+
+@needs_triton
+@pytest.mark.parametrize("model_name, cfg, mode", [
+    ("dlrm", FastStepConfig(lr=0.3, dense_lr=0.3, kernel="triton"), "sum"),
+    ("dcnv2", FastStepConfig(lr=0.1, dense_lr=0.01, sparse_optimizer="rowwise_adagrad", dense_optimizer="adam", kernel="triton"), "mean"),
+    ("wdl", FastStepConfig(lr=0.5, dense_lr=0.5, kernel="triton", overlap=True, sort_ahead=False), "sum"),
+    ("dfm", FastStepConfig(lr=0.1, dense_lr=0.1, kernel="triton", fused_pooling=False), "mean"),
+])
+def test_bags_pooled_from_the_table_match_the_reference(model_name, cfg, mode):
+    # The Triton kernel: one kernel pools the bags from the table and the update reads the pooled
+    # gradient (unless fused_pooling is off: the rows gathered, pooled in the model's graph).
+    _compare(model_name, cfg, mode)
+
+
+@needs_triton
+def test_fused_pooling_skips_a_nonfinite_step():
+    bags = Bags(BAG_SIZES, PADDING)
+    model = build_model("dlrm", 3, DENSE, DIM, SMALL["dlrm"]).to(DEVICE)
+    table = (torch.randn(ROWS, DIM) * 0.3).to(DEVICE)
+    step = FastStep(model, table, FastStepConfig(lr=0.3, dense_lr=0.3, kernel="triton", skip_nonfinite=True), bags=bags)
+    assert step.pools_from_table
+    dense, ids, labels = _bag_batches(1)[0]
+    before = table.clone()
+    dense[0, 0] = float("nan")
+    step.step(dense, ids, labels)
+    assert step.skipped.item() == 1.0 and torch.equal(table, before)
 
 
 def test_overlapped_step_pools_in_the_head():

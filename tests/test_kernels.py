@@ -123,8 +123,12 @@ def test_dispatch_runs_every_backend_alike():
 # Argument types of the kernels as fused_update launches them (int32 ids after the cast).
 _REDUCE_TYPES = {
     "table_ptr": "*fp32", "acc_ptr": "*fp32", "count_ptr": "*i64", "scratch_ptr": "*fp32", "sorted_ptr": "*i32",
-    "perm_ptr": "*i64", "grad_ptr": "*fp32", "weight_ptr": "*fp32", "run_start_ptr": "*i64", "N": "i32", "D": "i32",
-    "F": "i32", "stride_t": "i64", "stride_g": "i64", "lr": "fp32", "eps": "fp32",
+    "perm_ptr": "*i64", "grad_ptr": "*fp32", "weight_ptr": "*fp32", "field_ptr": "*i32", "run_start_ptr": "*i64",
+    "N": "i32", "D": "i32", "F": "i32", "L": "i32", "stride_t": "i64", "stride_g": "i64", "lr": "fp32", "eps": "fp32",
+}
+_POOL_TYPES = {
+    "table_ptr": "*fp32", "ids_ptr": "*i32", "start_ptr": "*i64", "size_ptr": "*i64", "pad_ptr": "*i64", "out_ptr": "*bf16",
+    "L": "i32", "F": "i32", "D": "i32", "stride_t": "i64",
 }
 _GATHER_TYPES = {
     "table_ptr": "*fp32", "out_ptr": "*bf16", "sorted_ptr": "*i32", "perm_ptr": "*i64", "N": "i32", "D": "i32",
@@ -147,12 +151,15 @@ def test_kernels_compile_for_an_h100_without_one():
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from hetgmp.kernels import triton_update as tu, triton_gather as tg
+from hetgmp.kernels import triton_update as tu, triton_gather as tg, triton_bag_pool as tp
 const = lambda **kw: {{k: "constexpr" for k in kw}}
 for fn, types, consts in [
-    (tu._reduce_apply_kernel, {_REDUCE_TYPES!r}, dict(ADAGRAD=False, COUNT=True, RANK1=False, BLOCK_N=64, BLOCK_D=32)),
-    (tu._reduce_apply_kernel, {_REDUCE_TYPES!r}, dict(ADAGRAD=True, COUNT=False, RANK1=False, BLOCK_N=16, BLOCK_D=128)),
-    (tu._reduce_apply_kernel, {_REDUCE_TYPES!r}, dict(ADAGRAD=False, COUNT=True, RANK1=True, BLOCK_N=16, BLOCK_D=128)),
+    (tu._reduce_apply_kernel, {_REDUCE_TYPES!r}, dict(ADAGRAD=False, COUNT=True, RANK1=False, POOLED=False, WEIGHTED=False, BLOCK_N=64, BLOCK_D=32)),
+    (tu._reduce_apply_kernel, {_REDUCE_TYPES!r}, dict(ADAGRAD=True, COUNT=False, RANK1=False, POOLED=False, WEIGHTED=False, BLOCK_N=16, BLOCK_D=128)),
+    (tu._reduce_apply_kernel, {_REDUCE_TYPES!r}, dict(ADAGRAD=False, COUNT=True, RANK1=True, POOLED=False, WEIGHTED=False, BLOCK_N=16, BLOCK_D=128)),
+    (tu._reduce_apply_kernel, {{**{_REDUCE_TYPES!r}, "grad_ptr": "*bf16"}}, dict(ADAGRAD=True, COUNT=True, RANK1=False, POOLED=True, WEIGHTED=True, BLOCK_N=16, BLOCK_D=128)),
+    (tp._pool_kernel, {_POOL_TYPES!r}, dict(MEAN=True, PADDED=True, BLOCK_K=16, BLOCK_D=128)),
+    (tp._pool_kernel, {{**{_POOL_TYPES!r}, "out_ptr": "*fp32"}}, dict(MEAN=False, PADDED=False, BLOCK_K=16, BLOCK_D=16)),
     (tu._adagrad_crossing_kernel, {_CROSSING_TYPES!r}, dict(BLOCK_N=16, BLOCK_D=128)),
     (tg._gather_sorted_kernel, {_GATHER_TYPES!r}, dict(BLOCK_N=16, BLOCK_D=128)),
     (tg._gather_sorted_kernel, {{**{_GATHER_TYPES!r}, "out_ptr": "*fp32"}}, dict(BLOCK_N=128, BLOCK_D=16)),

@@ -1,7 +1,7 @@
 """`hetgmp export --checkpoint DIR --output model.pt2`: a trained model as a torch.export program.
 
     program = torch.export.load("model.pt2").module()
-    probabilities_B = program(dense_BI, ids_BF)      # runs on plain torch; see hetgmp.serve.export
+    probabilities_B = program(dense_BI, ids_BL)      # runs on plain torch; see hetgmp.serve.export
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Export the latest checkpoint of a training run (one worker or many, any plan) as one single-device "
         "torch.export program holding the whole table: torch.export.load(path).module()(dense, ids) takes dense float32 "
         "(B, I) and global ids int64 (B, F), any batch size B, and returns probabilities (B,); it needs only torch. "
-        "Field f's out-of-vocabulary id is num_ids + f.",
+        "A model trained on multi-hot bags takes (B, sum of the bag sizes) ids, each field's bag in turn as in the dataset "
+        "arrays, and pools them as training did. Field f's out-of-vocabulary id is num_ids + f.",
     )
     add_checkpoint_flag(p)
     add_flag(p, "--output", "-o", required=True, help="program file to write (.pt2)")

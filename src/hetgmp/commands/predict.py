@@ -24,13 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = new_parser(
         sub, "predict", help="score a dataset split or raw rows with a trained model",
         description="Score rows with the latest checkpoint of a training run (one worker or many, any plan): a prepared "
-        "dataset's split (--data), or a raw Criteo/Avazu file encoded with the training set's vocabulary (--input, "
-        "--format, --vocab; a value never seen in training takes its field's out-of-vocabulary id, num_ids + field). "
+        "dataset's split (--data; for a model trained on multi-hot bags, a dataset with the same bag sizes), or a raw "
+        "Criteo/Avazu file encoded with the training set's vocabulary (--input, --format, --vocab; one-hot models only; "
+        "a value never seen in training takes its field's out-of-vocabulary id, num_ids + field). "
         "Writes one float32 probability per row, in row order, and prints AUC/logloss when the rows have labels.",
     )
     add_checkpoint_flag(p)
     add_flag(p, "--output", "-o", required=True, help="probabilities to write (.npy, float32, one per row)")
-    add_flag(p, "--data", metavar="DIR", help="dataset folder (from `hetgmp prepare`/`synth`) with the training vocabulary")
+    add_flag(p, "--data", metavar="DIR", help="dataset folder (from `hetgmp prepare`/`synth`) with the training vocabulary and bag sizes")
     add_flag(p, "--split", choices=("test", "train"), default="test", help="which split of --data to score")
     add_flag(p, "--input", metavar="RAW", help="raw rows to score (text, .gz or, for criteo, dac.tar.gz), with or without labels")
     add_flag(p, "--format", choices=("criteo", "avazu"), help="the raw file's format (with --input)")

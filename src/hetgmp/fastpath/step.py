@@ -63,6 +63,7 @@ from hetgmp.fastpath.objective import correct_count, ctr_loss, nan_unless_finite
 from hetgmp.models.bags import Bags, pool_rows
 from hetgmp.models.base import has_dense_part, has_row_weights
 from hetgmp.kernels import Rank1Grad, new_scratch, resolve_backend, sparse_update
+from hetgmp.kernels.bag_pool import pool_from_table, pooled_grad
 from hetgmp.kernels.gather import SortedIds, gather_rows, id_dtype, sort_ids
 
 
@@ -98,13 +99,18 @@ class FastStep:
         self.device = table_ED.device
         self.model = model
         self.bags = bags
-        # The pooling of the bags runs in the model's compiled graph, which fuses it.
-        self._forward = self._compiled(lambda dense_BI, rows_BLD, ids_BL: model(dense_BI, pool_rows(bags, rows_BLD, ids_BL)))
+        self.kernel = resolve_backend(cfg.kernel, self.device)
+        # Bags pooled by the Triton kernel arrive pooled; else the pooling runs in the model's
+        # compiled graph, which fuses it.
+        self.pools_from_table = bags is not None and cfg.fused_pooling and self.kernel == "triton"
+        model_bags = None if self.pools_from_table else bags
+        self._forward = self._compiled(lambda dense_BI, rows_BLD, ids_BL: model(dense_BI, pool_rows(model_bags, rows_BLD, ids_BL)))
         # Split forward (FastStepConfig.overlap): the dense part first, then the head on the rows.
         self._split = cfg.overlap and has_dense_part(model)
         if self._split:
             self._dense_part = self._compiled(model.dense_part)
-            self._head = self._compiled(lambda dense_out, rows_BLD, ids_BL: model.head(dense_out, pool_rows(bags, rows_BLD, ids_BL)))
+            self._head = self._compiled(lambda dense_out, rows_BLD, ids_BL: model.head(dense_out, pool_rows(model_bags, rows_BLD, ids_BL)))
+        self._slot_weights: torch.Tensor | None = None  # pooled from the table: the step's PooledGrad weights
         self.table_ED = table_ED.detach()
         self.acc_E = acc_E
         self.versions_E = versions_E
@@ -112,7 +118,6 @@ class FastStep:
             self.acc_E = torch.zeros(len(table_ED), dtype=torch.float32, device=self.device)
         if cfg.sparse_optimizer == "sgd":
             self.acc_E = None
-        self.kernel = resolve_backend(cfg.kernel, self.device)
         self.use_graph = cfg.cuda_graph and self.device.type == "cuda"
         self._sparse_stream = torch.cuda.Stream(self.device) if cfg.overlap and self.device.type == "cuda" else None
         if cfg.implicit_row_grad and (not has_row_weights(model) or bags is not None):
@@ -176,19 +181,17 @@ class FastStep:
 
     def _train(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor, order: SortedIds | None = None) -> torch.Tensor:
         """One step; `order`: the ids' sort, if already done (sort_ahead)."""
-        B, nf = ids_BF.shape
         ids_N = ids_BF.reshape(-1)
         with matmul_precision(self.cfg, self.device):
             with self._on_sparse_stream():
                 if order is None and self.cfg.gather == "sorted":
                     order = sort_ids(ids_N, len(self.table_ED))
-                rows_ND = self._gather(ids_N, order)
+                emb_BFD = self._rows(ids_BF, order)
             dense_out = None
             if self._split:
                 with autocast(self.cfg, self.device):
                     dense_out = self._dense_part(dense_BI)
             self._join_sparse_stream()
-            emb_BFD = rows_ND.view(B, nf, -1)
             if not self.cfg.implicit_row_grad:
                 emb_BFD.requires_grad_()
             with autocast(self.cfg, self.device):
@@ -202,7 +205,7 @@ class FastStep:
         dense_grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         # The rows' gradient, or what it is made of (implicit_row_grad: dloss/dlogit, whose
         # finiteness with the dense weights' gradients makes the rows' finite).
-        grad_ND = self._kept[0] if self.cfg.implicit_row_grad else emb_BFD.grad.reshape(B * nf, -1).contiguous()
+        grad_ND = self._kept[0] if self.cfg.implicit_row_grad else emb_BFD.grad.reshape(-1, emb_BFD.shape[-1]).contiguous()
         if self.cfg.skip_nonfinite:
             loss, grad_ND = self._skip_if_nonfinite(loss.detach(), grad_ND, dense_grads)
         elif self.cfg.flag_nonfinite:
@@ -217,6 +220,9 @@ class FastStep:
         return loss
 
     def _update(self, ids_N: torch.Tensor, grad_ND: torch.Tensor | Rank1Grad, order: SortedIds | None) -> None:
+        """The table's update from the rows' gradient ((B F, D) pooled, with pools_from_table)."""
+        if self.pools_from_table:
+            grad_ND = pooled_grad(grad_ND, self.bags, self._slot_weights)
         if self.acc_E is not None and self.kernel == "triton" and self._scratch is None:
             self._scratch = new_scratch(len(ids_N), grad_ND.shape[1], self.device)
         sparse_update(self.table_ED, ids_N, grad_ND, self.cfg.lr, self.acc_E, self.cfg.adagrad_eps,
@@ -247,7 +253,7 @@ class FastStep:
         backward goes on. The gradient stays referenced (as the rows' .grad) until the step joins
         the two streams, so its memory is not reused under the update."""
         with self._on_sparse_stream():
-            self._update(ids_N, grad_BFD.reshape(len(ids_N), -1).contiguous(), order)
+            self._update(ids_N, grad_BFD.reshape(-1, grad_BFD.shape[-1]).contiguous(), order)
 
     def _on_sparse_stream(self) -> contextlib.AbstractContextManager:
         """Run a block on the sparse stream after what the current stream has queued (overlap on CUDA)."""
@@ -266,9 +272,17 @@ class FastStep:
             self.optimizer.found_inf = self.skipped
         return loss.masked_fill(bad, 0.0), grad_ND.masked_fill(bad, 0.0)
 
-    def _gather(self, ids_N: torch.Tensor, order: SortedIds | None) -> torch.Tensor:
+    def _rows(self, ids_BF: torch.Tensor, order: SortedIds | None) -> torch.Tensor:
+        """The model's rows input, a fresh tensor: (B, F, D) one-hot, (B, L, D) bags, or (B, F, D) bags
+        pooled from the table (pools_from_table)."""
         dtype = torch.bfloat16 if self.cfg.bf16_rows else self.table_ED.dtype
+        if self.pools_from_table:
+            pooled_BFD, self._slot_weights = pool_from_table(self.table_ED, ids_BF, self.bags, dtype, use_triton=True)
+            return pooled_BFD
+        ids_N = ids_BF.reshape(-1)
         if order is None:
-            return self.table_ED.index_select(0, ids_N).to(dtype)
-        return gather_rows(self.table_ED, order, dtype, use_triton=self.kernel == "triton")
+            rows_ND = self.table_ED.index_select(0, ids_N).to(dtype)
+        else:
+            rows_ND = gather_rows(self.table_ED, order, dtype, use_triton=self.kernel == "triton")
+        return rows_ND.view(*ids_BF.shape, -1)
 

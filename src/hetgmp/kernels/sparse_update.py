@@ -30,6 +30,7 @@ import importlib
 import importlib.util
 import os
 from dataclasses import dataclass
+from typing import Union
 
 import torch
 
@@ -60,6 +61,39 @@ class Rank1Grad:
     @property
     def shape(self) -> tuple[int, int]:
         return (len(self.coef_B) * self.weight_FD.shape[0], self.weight_FD.shape[1])
+
+
+@dataclass(frozen=True)
+class PooledGrad:
+    """The gradient of occurrence i = b L + c (batch row b, column c of L, in field f = field_L[c]) as
+    weight_BL[b, c] * grad_BFD[b, f]: every row of a pooled bag gets its bag's gradient, scaled by its
+    share (0 for padding, 1 / count for a mean; weight None: 1). See kernels/bag_pool.py.
+
+    The Triton update reads the (B F, D) pooled gradient in place of an (B L, D) one; the other
+    implementations write it out (`dense`)."""
+
+    grad_BFD: torch.Tensor                # float [B F, D]: the pooled rows' gradient, row b F + f
+    field_L: torch.Tensor                 # int32 [L]
+    weight_BL: torch.Tensor | None        # float32 [B, L], or None
+    fields: int                           # F
+
+    @property
+    def batch(self) -> int:
+        return len(self.grad_BFD) // self.fields
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.batch * len(self.field_L), self.grad_BFD.shape[1])
+
+    def dense(self) -> torch.Tensor:
+        """The [B L, D] gradient written out (float32)."""
+        grad_BLD = self.grad_BFD.float().view(self.batch, self.fields, -1)[:, self.field_L.long()]
+        if self.weight_BL is not None:
+            grad_BLD = grad_BLD * self.weight_BL[:, :, None]
+        return grad_BLD.reshape(-1, self.grad_BFD.shape[1])
+
+
+RowGrad = Union[torch.Tensor, Rank1Grad, PooledGrad]  # what the update takes as the occurrences' gradient
 
 
 def sparse_update_reference(
@@ -155,11 +189,11 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     return backend
 
 
-def _check(table_ED: torch.Tensor, ids_N: torch.Tensor, grad_ND: torch.Tensor | Rank1Grad, acc_E: torch.Tensor | None) -> None:
+def _check(table_ED: torch.Tensor, ids_N: torch.Tensor, grad_ND: RowGrad, acc_E: torch.Tensor | None) -> None:
     problems = []
     if table_ED.dim() != 2 or table_ED.stride(1) != 1 or table_ED.dtype != torch.float32:
         problems.append(f"table must be float32 [E, D] with contiguous rows (got {table_ED.dtype} {tuple(table_ED.shape)})")
-    if tuple(grad_ND.shape) != (len(ids_N), table_ED.shape[1]) or not (isinstance(grad_ND, Rank1Grad) or grad_ND.is_contiguous()):
+    if tuple(grad_ND.shape) != (len(ids_N), table_ED.shape[1]) or not (isinstance(grad_ND, (Rank1Grad, PooledGrad)) or grad_ND.is_contiguous()):
         problems.append(f"grad must be contiguous [{len(ids_N)}, {table_ED.shape[1]}] (got {tuple(grad_ND.shape)})")
     if acc_E is not None and acc_E.shape != (table_ED.shape[0],):
         problems.append(f"accumulator must be [{table_ED.shape[0]}] (got {tuple(acc_E.shape)})")
@@ -170,7 +204,7 @@ def _check(table_ED: torch.Tensor, ids_N: torch.Tensor, grad_ND: torch.Tensor | 
 def sparse_update(
     table_ED: torch.Tensor,
     ids_N: torch.Tensor,
-    grad_ND: torch.Tensor | Rank1Grad,
+    grad_ND: RowGrad,
     lr: float,
     acc_E: torch.Tensor | None = None,
     eps: float = DEFAULT_EPS,
@@ -186,7 +220,7 @@ def sparse_update(
     call. The kernels leave it zeroed again. `order` is the ids' (sorted,
     permutation) from `hetgmp.kernels.gather.sort_ids` when the caller already
     sorted them (for the gather): the sorting paths then skip their own sort.
-    `grad_ND` may be a Rank1Grad (ids_N then in batch-row-major order).
+    `grad_ND` may be a Rank1Grad or a PooledGrad (ids_N then in batch-row-major order).
     """
     _check(table_ED, ids_N, grad_ND, acc_E)
     if len(ids_N) == 0:
@@ -197,7 +231,7 @@ def sparse_update(
             table_ED, ids_N, grad_ND, lr, acc_E, eps, counts_E, scratch_TD, order=order
         )
     else:
-        dense_ND = grad_ND.dense() if isinstance(grad_ND, Rank1Grad) else grad_ND
+        dense_ND = grad_ND.dense() if isinstance(grad_ND, (Rank1Grad, PooledGrad)) else grad_ND
         if name == "torch":
             sparse_update_torch(table_ED, ids_N, dense_ND, lr, acc_E, eps, counts_E, order)
         else:

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from hetgmp.kernels.gather import sort_ids
-from hetgmp.kernels.sparse_update import Rank1Grad
+from hetgmp.kernels.sparse_update import PooledGrad, Rank1Grad, RowGrad
 
 # Tile size: ptxas (sm_90) keeps 2048 fp32 elements per 4-warp program in about
 # 100 registers without spills; 8192 spilled at 255. Tiles hold whole rows up
@@ -86,9 +86,10 @@ def _adagrad_rows(table_ptr, acc_ptr, rows, cols, g, mask_r, mask_rc, stride_t, 
 
 @triton.jit
 def _reduce_apply_kernel(
-    table_ptr, acc_ptr, count_ptr, scratch_ptr, sorted_ptr, perm_ptr, grad_ptr, weight_ptr, run_start_ptr,
-    N, D, F, stride_t, stride_g, lr, eps,
-    ADAGRAD: tl.constexpr, COUNT: tl.constexpr, RANK1: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    table_ptr, acc_ptr, count_ptr, scratch_ptr, sorted_ptr, perm_ptr, grad_ptr, weight_ptr, field_ptr, run_start_ptr,
+    N, D, F, L, stride_t, stride_g, lr, eps,
+    ADAGRAD: tl.constexpr, COUNT: tl.constexpr, RANK1: tl.constexpr, POOLED: tl.constexpr, WEIGHTED: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     tile = tl.program_id(0)
     dblock = tl.program_id(1)
@@ -114,6 +115,12 @@ def _reduce_apply_kernel(
         coef = tl.load(grad_ptr + src // F, mask=inside, other=0.0).to(tl.float32)
         w = tl.load(weight_ptr + (src % F)[:, None] * stride_g + cols[None, :], mask=gmask, other=0.0).to(tl.float32)
         g = coef[:, None] * w
+    elif POOLED:
+        # Occurrence src = b L + c of field f = field[c]: its bag's gradient, row b F + f (PooledGrad).
+        row = (src // L) * F + tl.load(field_ptr + src % L, mask=inside, other=0).to(tl.int64)
+        g = tl.load(grad_ptr + row[:, None] * stride_g + cols[None, :], mask=gmask, other=0.0).to(tl.float32)
+        if WEIGHTED:
+            g = g * tl.load(weight_ptr + src, mask=inside, other=0.0)[:, None]
     else:
         # Gradients may arrive in bf16 (FastStepConfig.bf16_rows): sums are taken in fp32.
         g = tl.load(grad_ptr + src[:, None] * stride_g + cols[None, :], mask=gmask, other=0.0).to(tl.float32)
@@ -179,7 +186,7 @@ def scratch_rows(num_ids: int, dim: int) -> int:
 def fused_update(
     table_ED: torch.Tensor,
     ids_N: torch.Tensor,
-    grad_ND: torch.Tensor | Rank1Grad,
+    grad_ND: RowGrad,
     lr: float,
     acc_E: torch.Tensor | None,
     eps: float,
@@ -201,10 +208,15 @@ def fused_update(
     (for tuning, see benchmarks/bench_kernels.py).
     """
     N, D = grad_ND.shape
-    rank1 = isinstance(grad_ND, Rank1Grad)
+    rank1, pooled = isinstance(grad_ND, Rank1Grad), isinstance(grad_ND, PooledGrad)
+    field_arg, columns, weighted = None, 1, False
     if rank1:  # the kernel reads coef [B] and weight [F, D] in grad_ND's place
         grad_arg, weight_arg = grad_ND.coef_B.contiguous(), grad_ND.weight_FD.contiguous()
         fields, stride_g = weight_arg.shape[0], weight_arg.stride(0)
+    elif pooled:  # ... or the pooled gradient [B F, D], each column's field and the slots' weights
+        grad_arg, field_arg, columns, fields = grad_ND.grad_BFD, grad_ND.field_L, len(grad_ND.field_L), grad_ND.fields
+        weighted = grad_ND.weight_BL is not None
+        weight_arg, stride_g = grad_ND.weight_BL if weighted else grad_arg, grad_arg.stride(0)
     else:
         grad_arg = weight_arg = grad_ND
         fields, stride_g = 1, grad_ND.stride(0)
@@ -222,9 +234,11 @@ def fused_update(
     grid = (tiles, triton.cdiv(D, block_d))
     _reduce_apply_kernel[grid](
         table_ED, acc_E if adagrad else table_ED, counts_E if counts_E is not None else sorted_N,
-        scratch_TD if adagrad else table_ED, sorted_N, perm_N, grad_arg, weight_arg, run_start_T,
-        N, D, fields, table_ED.stride(0), stride_g, lr, eps,
-        ADAGRAD=adagrad, COUNT=counts_E is not None, RANK1=rank1, BLOCK_N=block_n, BLOCK_D=block_d,
+        scratch_TD if adagrad else table_ED, sorted_N, perm_N, grad_arg, weight_arg,
+        field_arg if pooled else sorted_N, run_start_T,
+        N, D, fields, columns, table_ED.stride(0), stride_g, lr, eps,
+        ADAGRAD=adagrad, COUNT=counts_E is not None, RANK1=rank1, POOLED=pooled, WEIGHTED=weighted,
+        BLOCK_N=block_n, BLOCK_D=block_d,
         num_warps=num_warps or (8 if block_n * block_d > TILE_ELEMS else 4),
     )
     if adagrad:

@@ -1,8 +1,9 @@
 """Using a trained model: load a checkpoint of any number of workers, score rows, export.
 
     trained = load_trained("runs/wdl-20261202-101500")      # a --checkpoint-dir or a step-NNNNNN folder
-    scorer = trained.scorer()                                # nn.Module: (dense_BI, ids_BF) -> probabilities_B
-    probabilities_B = scorer(dense_BI, ids_BF)               # ids are global ids, as in the dataset arrays
+    scorer = trained.scorer()                                # nn.Module: (dense_BI, ids_BL) -> probabilities_B
+    probabilities_B = scorer(dense_BI, ids_BL)               # global ids, as in the dataset arrays (L: F, or
+                                                             # sum(bag_sizes) for multi-hot bags, pooled as in training)
 
 `hetgmp predict` (predict.py) streams a dataset split or a raw file through the
 scorer; `hetgmp export` (export.py) writes it as a `torch.export` program.

@@ -9,6 +9,11 @@ exact AUC, which needs every score at once.
 The metrics are those of the training run's EVAL line (train/evaluate.py
 `metrics`, on the float32 logits), so predict on the test split of the
 dataset a run evaluated on prints the AUC and log loss of its last EVAL line.
+
+A dataset split is scored only if its rows are laid out as the training rows
+were: the same vocabulary, dense features and bags (bag sizes and padding ids,
+meta.json's "bag_sizes" and "padding_ids"). Bags of other sizes would be
+pooled at the wrong columns, silently, so they are refused.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hetgmp.data.arrays import load_dataset
+from hetgmp.data.arrays import META_FILE, DatasetMeta, load_dataset
 from hetgmp.errors import HetGMPError
+from hetgmp.models import Bags
 from hetgmp.serve.output import growing_npy
 from hetgmp.serve.trained import Scorer, TrainedModel
 from hetgmp.train.evaluate import metrics
@@ -36,7 +42,7 @@ class Rows:
     """One batch of rows to score."""
 
     dense_NI: np.ndarray  # float32
-    ids_NF: np.ndarray  # int64 global ids
+    ids_NL: np.ndarray  # int64 global ids: one per field, or each field's bag (multi-hot)
     labels_N: np.ndarray | None  # float32 0/1, None for rows without labels
 
 
@@ -70,6 +76,7 @@ def split_batches(directory: str | Path, split: str, trained: TrainedModel, batc
     if meta.num_dense != int(trained.meta["num_dense"]):
         raise HetGMPError(f"dataset {directory} has {meta.num_dense} dense features but the checkpoint's model takes "
                           f"{trained.meta['num_dense']}: score the kind of dataset the model was trained on")
+    check_bags(Path(directory), meta, trained)
     rows = dataset.train if split == "train" else dataset.test
 
     def batches() -> Iterator[Rows]:
@@ -82,6 +89,29 @@ def split_batches(directory: str | Path, split: str, trained: TrainedModel, batc
     return batches(), len(rows)
 
 
+def check_bags(directory: Path, meta: DatasetMeta, trained: TrainedModel) -> None:
+    """Refuse a dataset whose bags (sizes, padding ids) are not those the model was trained on."""
+    sizes, padding = _bag_layout(Bags.of(meta), meta)
+    trained_sizes, trained_padding = _bag_layout(trained.bags, meta)
+    if sizes != trained_sizes:
+        found = f"bag sizes {sizes}, but the checkpoint {trained.folder} was trained on bag sizes {trained_sizes}"
+    elif padding != trained_padding:
+        found = (f"the checkpoint's bag sizes but padding_ids {padding}, and the checkpoint {trained.folder} was trained "
+                 f"with padding_ids {trained_padding}")
+    else:
+        return
+    raise HetGMPError(f"{directory / META_FILE} has {found} (dataset {trained.meta.get('data')}): score a dataset whose bags are "
+                      "the training data's (`hetgmp synth --multi-hot-sizes` or `hetgmp prepare table --multi-hot COLS "
+                      "--bag-size COL=K` with the training data's sizes; without them for a one-hot model)")
+
+
+def _bag_layout(bags: Bags | None, meta: DatasetMeta) -> tuple[list[int], list[int | None]]:
+    """(bag sizes, local padding ids as meta.json writes them) of bags over this dataset's vocabulary."""
+    if bags is None:
+        return [1] * meta.num_fields, [None] * meta.num_fields
+    return list(bags.sizes), [None if p < 0 else p - offset for p, offset in zip(bags.padding, meta.offsets)]
+
+
 @torch.no_grad()
 def predict(scorer: Scorer, batches: Iterable[Rows], output: str | Path, device: torch.device, bar: tqdm) -> Prediction:
     """Score every batch, write the probabilities to `output` (float32 .npy, row order), and the metrics."""
@@ -91,13 +121,13 @@ def predict(scorer: Scorer, batches: Iterable[Rows], output: str | Path, device:
     with growing_npy(output) as out:
         for batch in batches:
             dense = torch.from_numpy(batch.dense_NI).to(device, non_blocking=True)
-            ids = torch.from_numpy(batch.ids_NF).to(device, non_blocking=True)
+            ids = torch.from_numpy(batch.ids_NL).to(device, non_blocking=True)
             logits_B = scorer.logits(dense, ids).float()
             out.append(torch.sigmoid(logits_B).cpu().numpy())
             logits.append(logits_B.cpu().numpy())
             if batch.labels_N is not None:
                 labels.append(batch.labels_N.astype(np.int8))
-            bar.update(len(batch.ids_NF))
+            bar.update(len(batch.ids_NL))
         rows = out.rows
     result = metrics(np.concatenate(labels), np.concatenate(logits)) if labels and rows else None
     return Prediction(rows, time.perf_counter() - began, result)

@@ -10,6 +10,10 @@ Rows may come with or without their label: Criteo rows have 40 columns
 file's header line names its columns and may lack `click`. Without labels no
 AUC can be computed. Every row is scored, in file order: a malformed row stops
 the run with its line number (skipping it would shift every later prediction).
+
+Raw rows hold one value per field, so a checkpoint trained on multi-hot bags
+is refused here: its rows must be scored as a prepared dataset (--data DIR)
+whose bags are the training data's.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ FORMATS = {"criteo": CRITEO, "avazu": AVAZU}
 
 
 def field_lookups(vocab_dir: str | Path, layout: TableLayout, trained: TrainedModel) -> list[FieldLookup]:
-    """One lookup per categorical column, after checking the vocabulary is the checkpoint's."""
+    """One lookup per categorical column, after checking the model and vocabulary are the checkpoint's."""
+    refuse_bags(trained, layout)
     vocab_dir = Path(vocab_dir)
     if not (vocab_dir / VOCAB_FILE).is_file():
         raise HetGMPError(f"--vocab {vocab_dir} has no {VOCAB_FILE}: give the dataset folder `hetgmp prepare` wrote for training "
@@ -53,6 +58,15 @@ def field_lookups(vocab_dir: str | Path, layout: TableLayout, trained: TrainedMo
                           f"(dataset {trained.meta.get('data')}): pass --vocab the dataset folder the model was trained on")
     offsets = read_meta(vocab_dir).offsets
     return [FieldLookup(v, offsets[f], trained.oov_id(f)) for f, v in enumerate(vocab.values())]
+
+
+def refuse_bags(trained: TrainedModel, layout: TableLayout) -> None:
+    """Raw Criteo/Avazu rows give one id per field; a multi-hot model pools bags of sum(bag_sizes) ids."""
+    if trained.bags is not None:
+        raise HetGMPError(f"the checkpoint {trained.folder} was trained on multi-hot bags (bag sizes {list(trained.bags.sizes)}), "
+                          f"and raw --input rows of --format {layout.dataset} hold one value per field: prepare the rows "
+                          "first, into a dataset with the training data's vocabulary and bags (as the dataset it was "
+                          f"trained on, {trained.meta.get('data')}), and score that with --data DIR")
 
 
 def first_line(path: str | Path, layout: TableLayout) -> bytes:

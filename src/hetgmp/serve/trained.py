@@ -20,6 +20,14 @@ right after the vocabulary). That row is its own row, initialised like any
 other (N(0, 0.01) from the run's seed, `embedding/init.py`); since no training
 row holds it, it never received an update and contributes about nothing to
 the logit. The scorer's table therefore has num_ids + F rows.
+
+Multi-hot bags. A checkpoint of a run on multi-hot data records its bags
+(models/bags.py `Bags.describe()`: bag sizes, each field's global padding id,
+sum or mean), and the scorer pools each field's bag as training's evaluation
+does: ids (B, L), L = sum(bag_sizes), field by field -> rows (B, L, d) ->
+pooled (B, F, d) -> the model. A field's padding id is a real vocabulary id,
+left out of the pooling by its value; an out-of-vocabulary id is never a
+padding id, so it is pooled like any other id of its bag.
 """
 
 from __future__ import annotations
@@ -35,7 +43,8 @@ from torch import nn
 from hetgmp.embedding.config import EmbeddingConfig
 from hetgmp.embedding.init import initial_rows
 from hetgmp.errors import HetGMPError
-from hetgmp.models import build_model, table_width
+from hetgmp.models import Bags, build_model, model_shape, table_width
+from hetgmp.models.bags import pool_rows
 from hetgmp.train import checkpoint as ckpt
 from hetgmp.train.checkpoint import DamagedCheckpoint
 from hetgmp.train.reshard import RowAssembly
@@ -47,19 +56,23 @@ DAMAGED_FIX = "point --checkpoint at an earlier step-N folder of the run (or tra
 
 
 class Scorer(nn.Module):
-    """(dense_BI float32, ids_BF int64 global ids) -> probabilities_B; `logits` skips the sigmoid."""
+    """(dense_BI float32, ids_BL int64 global ids) -> probabilities_B; `logits` skips the sigmoid.
 
-    def __init__(self, model: nn.Module, table_ED: torch.Tensor) -> None:
+    L is the number of fields F, or sum(bag_sizes) when `bags` pools multi-hot bags."""
+
+    def __init__(self, model: nn.Module, table_ED: torch.Tensor, bags: Bags | None = None) -> None:
         super().__init__()
         self.model = model.eval()
+        self.bags = bags
         self.register_buffer("table", table_ED)
 
-    def logits(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor) -> torch.Tensor:
+    def logits(self, dense_BI: torch.Tensor, ids_BL: torch.Tensor) -> torch.Tensor:
         # F.embedding: one aten.embedding in the exported graph, and on the CPU 4x faster than table[ids].
-        return self.model(dense_BI, F.embedding(ids_BF, self.table).float())
+        # Widened first: the pooling and the model run in float32 whatever the table's dtype.
+        return self.model(dense_BI, pool_rows(self.bags, F.embedding(ids_BL, self.table).float(), ids_BL))
 
-    def forward(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(dense_BI, ids_BF))
+    def forward(self, dense_BI: torch.Tensor, ids_BL: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(dense_BI, ids_BL))
 
 
 @dataclass
@@ -70,6 +83,7 @@ class TrainedModel:
     meta: dict[str, Any]
     model: nn.Module
     table_ED: torch.Tensor  # float32 (num_ids + num_fields, table_width)
+    bags: Bags | None = None  # the training data's multi-hot bags; None: one id per field
 
     @property
     def num_ids(self) -> int:
@@ -86,18 +100,24 @@ class TrainedModel:
             return list(fields) == list(self.fields)
         return sum(fields) == self.num_ids and len(fields) == int(self.meta["num_fields"])
 
+    @property
+    def id_columns(self) -> int:
+        """Ids per row the scorer takes: one per field, or sum(bag_sizes) for multi-hot bags."""
+        return int(self.meta["num_fields"]) if self.bags is None else self.bags.columns
+
     def oov_id(self, field: int) -> int:
         return self.num_ids + field
 
     def describe(self) -> str:
         m = self.meta
-        return f"{m['model']} d={m['embed_dim']} step {m['step']} ({m['world_size']} worker(s)) from {self.folder}"
+        bags = "" if self.bags is None else f", {self.bags.mode}-pooled bags of {self.bags.columns} ids a row"
+        return f"{m['model']} d={m['embed_dim']}{bags} step {m['step']} ({m['world_size']} worker(s)) from {self.folder}"
 
     def scorer(self, device: torch.device | str = "cpu", table_dtype: torch.dtype = torch.float32) -> Scorer:
         """A fresh single-device scoring module (its own copy of the weights)."""
-        model = build_model(self.meta["model"], self.meta["num_fields"], self.meta["num_dense"], self.meta["embed_dim"])
+        model = _build(self.meta)
         model.load_state_dict(self.model.state_dict())
-        return Scorer(model, self.table_ED.to(table_dtype)).to(device).eval()
+        return Scorer(model, self.table_ED.to(table_dtype), self.bags).to(device).eval()
 
 
 def checkpoint_folder(path: str | Path) -> Path:
@@ -127,8 +147,9 @@ def load_trained(path: str | Path) -> TrainedModel:
     if expected_width != meta["table_width"]:
         raise HetGMPError(f"{folder / 'meta.json'} says model {meta['model']} d={meta['embed_dim']} (rows {expected_width} wide) "
                           f"but table_width {meta['table_width']}: the checkpoint is damaged; {DAMAGED_FIX}")
+    bags = checkpoint_bags(folder, meta)
     model_state, table_ED = merge_rank_files(folder, meta)
-    model = build_model(meta["model"], meta["num_fields"], meta["num_dense"], meta["embed_dim"])
+    model = _build(meta)
     try:
         model.load_state_dict(model_state)
     except RuntimeError as e:
@@ -136,7 +157,25 @@ def load_trained(path: str | Path) -> TrainedModel:
         raise HetGMPError(f"{folder / 'rank-0.pt'} holds dense weights that do not fit meta.json's {meta['model']} with d={meta['embed_dim']}, "
                           f"{meta['num_fields']} fields and {meta['num_dense']} dense features (torch says: {first}): {_MIXED_FIX}") from e
     table_ED = torch.cat([table_ED, oov_rows(meta)])
-    return TrainedModel(folder, meta, model.eval(), table_ED)
+    return TrainedModel(folder, meta, model.eval(), table_ED, bags)
+
+
+def _build(meta: dict[str, Any]) -> nn.Module:
+    """The checkpoint's model, in the run's shape (dcnv2's --cross-rank; None before runs recorded it)."""
+    shape = model_shape(meta["model"], meta.get("cross_rank"))
+    return build_model(meta["model"], meta["num_fields"], meta["num_dense"], meta["embed_dim"], shape)
+
+
+def checkpoint_bags(folder: Path, meta: dict[str, Any]) -> Bags | None:
+    """The bags meta.json records (None: one-hot), refused when they do not fit its fields."""
+    try:
+        bags = Bags.of(meta)
+    except (TypeError, ValueError) as e:  # a bag_sizes without its padding, a size below 1, ...
+        raise HetGMPError(f"{folder / 'meta.json'} records unreadable bags ({e}): the checkpoint is damaged; {DAMAGED_FIX}") from e
+    if bags is not None and len(bags.sizes) != int(meta["num_fields"]):
+        raise HetGMPError(f"{folder / 'meta.json'} records bag sizes {list(bags.sizes)} for {len(bags.sizes)} fields but num_fields "
+                          f"{meta['num_fields']}: the checkpoint is damaged; {DAMAGED_FIX}")
+    return bags
 
 
 def oov_rows(meta: dict[str, Any]) -> torch.Tensor:
