@@ -14,6 +14,8 @@ general one, in one run); `--amp` and `--compile` pass through to the fast step.
     python benchmarks/bench_train.py --device cuda --nproc 2 --bound 100 --sparse-optimizer sgd --step fast general
                                                           # two GPUs: the sharded fast step against the general one
     python benchmarks/bench_train.py --device cpu --rows 200000 --iter 40 --batch-size 1024 --models wdl   # smoke run
+    python benchmarks/bench_train.py --device cuda --models dlrm dcnv2 --embed-dim 128 --amp bf16 --compile \
+        --multi-hot-sizes 3,2,1,2,6,1,1,1,1,7,3,8,1,6,9,5,1,1,1,12,100,27,10,3,1,1        # MLPerf's bags, one GPU
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> float:
 
 
 def prepare(args: argparse.Namespace) -> tuple[Path, Path | None]:
-    data = args.work / f"synth-{args.rows}"
+    bags = ["--multi-hot-sizes", args.multi_hot_sizes] if args.multi_hot_sizes else []
+    data = args.work / (f"synth-{args.rows}" + (f"-bags-{args.multi_hot_sizes.replace(',', '_')}" if bags else ""))
     if not (data / "meta.json").is_file():
-        run([sys.executable, "-m", "hetgmp.cli", "synth", "--rows", str(args.rows), "--output", str(data), "--scale", str(args.scale)])
+        run([sys.executable, "-m", "hetgmp.cli", "synth", "--rows", str(args.rows), "--output", str(data), "--scale", str(args.scale), *bags])
     if args.nproc == 1 or args.no_plan:
         return data, None
     plan = args.work / f"plan-{args.rows}-{args.nproc}.npz"
@@ -90,6 +93,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=2_000_000)
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--models", nargs="+", default=["wdl", "dcn", "dfm"])
+    p.add_argument("--multi-hot-sizes", default=None, help="synthesise multi-hot bags (hetgmp synth --multi-hot-sizes)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=8192)
@@ -112,7 +116,7 @@ def main() -> None:
     results = [train(args, model, step, data, plan) for model in args.models for step in args.step]
     print(f"\n{args.nproc} worker(s) on {args.device}, batch {args.batch_size}/worker, d={args.embed_dim}, "
           f"{args.iter} steps, bound {args.bound}, {'plan, store rate ' + str(args.store_rate) if plan else 'random owners'}, "
-          f"{args.rows:,} synthetic rows, dense {args.optimizer}, table {args.sparse_optimizer}, amp {args.amp}{', compiled' if args.compile else ''}\n")
+          f"{args.rows:,} synthetic rows{', bags ' + args.multi_hot_sizes if args.multi_hot_sizes else ''}, dense {args.optimizer}, table {args.sparse_optimizer}, amp {args.amp}{', compiled' if args.compile else ''}\n")
     print("| model | step | samples/s per worker | samples/s total | rows fetched/step | AUC | wall s |")
     print("|---|---|---|---|---|---|---|")
     for r in results:

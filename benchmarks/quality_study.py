@@ -1,7 +1,8 @@
-"""Quality study: which optimizer settings train WDL best in one epoch, how
+"""Quality study: which optimizer settings train a model best in one epoch, how
 close that comes to a standard Wide & Deep, and what bounded staleness costs.
 
-On `hetgmp synth` data (1M rows by default, 10% validation), WDL with d = 16:
+On `hetgmp synth` data (1M rows by default, 10% validation), WDL (or --model)
+with d = 16:
 
 1. grid: `hetgmp train` for one epoch under each setting of SETTINGS (dense
    optimizer and rate, table optimizer and rate, batch size), each reporting
@@ -17,6 +18,9 @@ be stopped and resumed, or widened a few settings at a time:
 
     python benchmarks/quality_study.py --work /tmp/qs --settings default adam-3e-3
     python benchmarks/quality_study.py --work /tmp/qs --skip-grid --staleness
+    python benchmarks/quality_study.py --work /tmp/qs --model dcnv2 --device cuda --skip-reference
+
+Runs of another model than WDL keep their directories as MODEL-SETTING.
 """
 
 from __future__ import annotations
@@ -42,17 +46,18 @@ class Setting:
     sparse_optimizer: str
     sparse_lr: float
     batch_size: int = 4096
+    extra: tuple[str, ...] = ()  # model-specific flags, e.g. ("--cross-rank", "0")
 
     def flags(self) -> list[str]:
         return [
             "--optimizer", self.optimizer, "--lr", str(self.lr),
             "--sparse-optimizer", self.sparse_optimizer, "--sparse-lr", str(self.sparse_lr),
-            "--batch-size", str(self.batch_size),
+            "--batch-size", str(self.batch_size), *self.extra,
         ]
 
 
-def _s(name: str, optimizer: str, lr: float, sparse: str, sparse_lr: float, batch: int = 4096) -> Setting:
-    return Setting(name, optimizer, lr, sparse, sparse_lr, batch)
+def _s(name: str, optimizer: str, lr: float, sparse: str, sparse_lr: float, batch: int = 4096, extra: tuple[str, ...] = ()) -> Setting:
+    return Setting(name, optimizer, lr, sparse, sparse_lr, batch, extra)
 
 
 # In the order they are worth running: the trainer's defaults, the original's
@@ -76,6 +81,15 @@ SETTINGS = [
     _s("sgd-0.01", "sgd", 0.01, "rowwise_adagrad", 0.05),
     _s("default-b8192", "adam", 1e-3, "rowwise_adagrad", 0.05, 8192),
     _s("sparse-rwa-0.1-b8192", "adam", 1e-3, "rowwise_adagrad", 0.1, 8192),
+    # The DLRM family's: rates around the defaults, and DCNv2's full-rank cross layers.
+    _s("adam-3e-4-rwa-0.1", "adam", 3e-4, "rowwise_adagrad", 0.1),
+    _s("adam-3e-4-rwa-0.2", "adam", 3e-4, "rowwise_adagrad", 0.2),
+    _s("adam-1e-4-rwa-0.1", "adam", 1e-4, "rowwise_adagrad", 0.1),
+    _s("adam-1e-3-rwa-0.2", "adam", 1e-3, "rowwise_adagrad", 0.2),
+    _s("adam-3e-3-rwa-0.2", "adam", 3e-3, "rowwise_adagrad", 0.2),
+    _s("full-rank", "adam", 1e-3, "rowwise_adagrad", 0.1, extra=("--cross-rank", "0")),
+    _s("full-rank-adam-3e-4", "adam", 3e-4, "rowwise_adagrad", 0.1, extra=("--cross-rank", "0")),
+    _s("rank-64", "adam", 1e-3, "rowwise_adagrad", 0.1, extra=("--cross-rank", "64")),
 ]
 
 
@@ -89,8 +103,8 @@ def hetgmp(*args: str, log: Path | None = None) -> None:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{tail}")
 
 
-def train(data: Path, run_dir: Path, flags: list[str]) -> dict:
-    """One epoch of WDL d=16 with --val; the final eval record plus wall time (cached)."""
+def train(data: Path, run_dir: Path, flags: list[str], model: str = "wdl", device: str = "cpu") -> dict:
+    """One epoch of `model` d=16 with --val; the final eval record plus wall time (cached)."""
     result_file = run_dir / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
@@ -100,8 +114,8 @@ def train(data: Path, run_dir: Path, flags: list[str]) -> dict:
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     start = time.perf_counter()
     hetgmp(
-        "train", "--data", str(data), "--model", "wdl", "--embed-dim", "16", "--epochs", "1", "--val",
-        "--metrics", str(run_dir / "metrics.jsonl"), "--log-every", "20", "--device", "cpu", "--no-progress", *flags,
+        "train", "--data", str(data), "--model", model, "--embed-dim", "16", "--epochs", "1", "--val",
+        "--metrics", str(run_dir / "metrics.jsonl"), "--log-every", "20", "--device", device, "--no-progress", *flags,
         log=run_dir / "train.log",
     )
     final = read_metrics(run_dir).eval[-1]
@@ -160,6 +174,8 @@ def main() -> None:
     parser.add_argument("--staleness", default=None, metavar="SETTING", help="run the 2-worker bound 0 / bound 100 pair with this setting")
     parser.add_argument("--bounds", type=int, nargs="+", default=[0, 100], help="staleness bounds to compare")
     parser.add_argument("--seed", type=int, default=0, help="seed of every grid and reference run (runs of seed N > 0 go to NAME-seedN)")
+    parser.add_argument("--model", default="wdl", help="the model of the grid and staleness runs")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the grid and staleness runs train")
     args = parser.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -174,8 +190,9 @@ def main() -> None:
         rows.append(("reference Wide&Deep", reference(data, args.work, args.seed), None))
     if not args.skip_grid:
         for name in args.settings or list(by_name):
-            run_dir = args.work / f"{name}{_suffix(args.seed)}"
-            rows.append((name, train(data, run_dir, [*by_name[name].flags(), "--seed", str(args.seed)]), by_name[name]))
+            run_dir = args.work / f"{'' if args.model == 'wdl' else args.model + '-'}{name}{_suffix(args.seed)}"
+            flags = [*by_name[name].flags(), "--seed", str(args.seed)]
+            rows.append((f"{args.model} {name}", train(data, run_dir, flags, args.model, args.device), by_name[name]))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     if args.staleness:
         setting = by_name[args.staleness]

@@ -101,14 +101,6 @@ class DatasetMeta:
         """Columns of the sparse arrays: sum(bag_sizes), field by field."""
         return sum(self.bag_sizes)
 
-    def require_one_hot(self, directory: str | Path, command: str) -> None:
-        """Refuse multi-hot bags where `command` takes one id per field."""
-        if self.id_columns != self.num_fields:
-            raise HetGMPError(
-                f"{directory} holds multi-hot bags (meta.json bag_sizes {self.bag_sizes}), and {command} takes one id per field: "
-                "prepare the data without --multi-hot (or with --bag-size COL=1 for each bag column), or synthesise it without --multi-hot-sizes"
-            )
-
     def id_dtype(self) -> np.dtype:
         return np.dtype(np.int32) if self.num_ids < 2**31 else np.dtype(np.int64)
 
