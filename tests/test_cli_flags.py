@@ -84,3 +84,16 @@ def test_invalid_values_are_refused_by_the_cli_as_a_subprocess(tmp_path):
         assert_clean_error(done, " ".join(path), f"argument {flag}")
         assert done.stdout == ""
     assert not list(tmp_path.iterdir())
+
+
+def test_learning_rates_default_to_the_models_own_and_flags_win():
+    from hetgmp.train.config import TrainConfig, add_config_flags, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    rates = {m: (c.lr, c.sparse_lr) for m in ("wdl", "dlrm", "dcnv2")
+             for c in [config_from_args(parser.parse_args(["--data", "ds", "--model", m]))]}
+    assert rates == {"wdl": (1e-3, 0.1), "dlrm": (1e-3, 0.02), "dcnv2": (1e-4, 0.05)}
+    given = config_from_args(parser.parse_args(["--data", "ds", "--model", "dcnv2", "--lr", "0.01", "--sparse-lr", "0.2"]))
+    assert (given.lr, given.sparse_lr) == (0.01, 0.2)
+    assert TrainConfig(data="ds", model="dlrm", sparse_lr=0.0).sparse_lr == 0.0  # 0 freezes the table, not "default"

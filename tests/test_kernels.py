@@ -128,7 +128,7 @@ _REDUCE_TYPES = {
 }
 _POOL_TYPES = {
     "table_ptr": "*fp32", "ids_ptr": "*i32", "start_ptr": "*i64", "size_ptr": "*i64", "pad_ptr": "*i64", "out_ptr": "*bf16",
-    "L": "i32", "F": "i32", "D": "i32", "stride_t": "i64",
+    "B": "i32", "L": "i32", "F": "i32", "D": "i32", "stride_t": "i64",
 }
 _GATHER_TYPES = {
     "table_ptr": "*fp32", "out_ptr": "*bf16", "sorted_ptr": "*i32", "perm_ptr": "*i64", "N": "i32", "D": "i32",
@@ -158,8 +158,8 @@ for fn, types, consts in [
     (tu._reduce_apply_kernel, {_REDUCE_TYPES!r}, dict(ADAGRAD=True, COUNT=False, RANK1=False, POOLED=False, WEIGHTED=False, BLOCK_N=16, BLOCK_D=128)),
     (tu._reduce_apply_kernel, {_REDUCE_TYPES!r}, dict(ADAGRAD=False, COUNT=True, RANK1=True, POOLED=False, WEIGHTED=False, BLOCK_N=16, BLOCK_D=128)),
     (tu._reduce_apply_kernel, {{**{_REDUCE_TYPES!r}, "grad_ptr": "*bf16"}}, dict(ADAGRAD=True, COUNT=True, RANK1=False, POOLED=True, WEIGHTED=True, BLOCK_N=16, BLOCK_D=128)),
-    (tp._pool_kernel, {_POOL_TYPES!r}, dict(MEAN=True, PADDED=True, BLOCK_K=16, BLOCK_D=128)),
-    (tp._pool_kernel, {{**{_POOL_TYPES!r}, "out_ptr": "*fp32"}}, dict(MEAN=False, PADDED=False, BLOCK_K=16, BLOCK_D=16)),
+    (tp._pool_kernel, {_POOL_TYPES!r}, dict(MEAN=True, PADDED=True, BLOCK_B=16, BLOCK_D=128)),
+    (tp._pool_kernel, {{**{_POOL_TYPES!r}, "out_ptr": "*fp32"}}, dict(MEAN=False, PADDED=False, BLOCK_B=128, BLOCK_D=16)),
     (tu._adagrad_crossing_kernel, {_CROSSING_TYPES!r}, dict(BLOCK_N=16, BLOCK_D=128)),
     (tg._gather_sorted_kernel, {_GATHER_TYPES!r}, dict(BLOCK_N=16, BLOCK_D=128)),
     (tg._gather_sorted_kernel, {{**{_GATHER_TYPES!r}, "out_ptr": "*fp32"}}, dict(BLOCK_N=128, BLOCK_D=16)),

@@ -16,7 +16,9 @@ Adagrad 0.1 on the table reached AUC 0.8095/0.8092/0.8095 over three seeds,
 against 0.8081/0.8088 for a standard Wide&Deep (Adam on everything, dense
 embedding gradients, batch 4096); table rate 0.05 was seed-sensitive
 (0.8059-0.8094), batch 8192 gave 0.8065, the original's SGD 0.01 barely moves
-in one epoch (0.53).
+in one epoch (0.53). The DLRM family trains best with other rates
+(MODEL_RATES; the grid and its AUCs are in BENCHMARKS.md): both want a
+slower table, DCNv2's 16M weights a slower Adam too.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ from hetgmp.cliflags import ABOVE_ZERO, FRACTION, NON_NEGATIVE, POSITIVE, SEED, 
 from hetgmp.errors import HetGMPError
 from hetgmp.train.tensorboard import require_tensorboard
 
+
+
+# The dense and table learning rates of a model whose best per epoch differ from WDL's (lr 1e-3,
+# sparse_lr 0.1): `benchmarks/quality_study.py --model M`, one epoch at d = 16 on 1M synthetic rows.
+DEFAULT_RATES = {"lr": 1e-3, "sparse_lr": 0.1}
+MODEL_RATES: dict[str, dict[str, float]] = {"dlrm": {"sparse_lr": 0.02}, "dcnv2": {"lr": 1e-4, "sparse_lr": 0.05}}
 
 
 def _f(default: Any, help: str, **flag: Any) -> Any:
@@ -71,9 +79,10 @@ class TrainConfig:
     device: str = _f("auto", "cpu, cuda or auto (CUDA when available)", choices=DEVICES)
     seed: int = _f(0, "seed for weights, embedding rows, random placement and data order", range=SEED)
     optimizer: str = _f("adam", "optimizer of the dense layers", choices=DENSE_OPTIMIZERS)
-    lr: float = _f(1e-3, "learning rate of the dense layers (0 freezes them)", range=NON_NEGATIVE)
+    lr: float | None = _f(None, "learning rate of the dense layers (0 freezes them; default 1e-3, dcnv2 1e-4)", range=NON_NEGATIVE)
     sparse_optimizer: str = _f("rowwise_adagrad", "optimizer of the embedding table", choices=SPARSE_OPTIMIZERS)
-    sparse_lr: float = _f(0.1, "learning rate of the embedding table (0 freezes it)", range=NON_NEGATIVE)
+    sparse_lr: float | None = _f(None, "learning rate of the embedding table (0 freezes it; default 0.1, dlrm 0.02, "
+                                 "dcnv2 0.05)", range=NON_NEGATIVE)
     progress: bool | None = _f(None, "a progress bar on rank 0's stderr; by default only when stderr is a terminal "
                                "(in a log file the TRAIN lines every --log-every steps show progress)")
     skip_nonfinite: bool = _f(False, "skip a worker's batch whose loss or gradients are NaN/inf (counted as skipped_batches) instead of stopping the run")
@@ -84,6 +93,12 @@ class TrainConfig:
     amp: str = _f("none", "bf16: the model's forward in bf16 autocast (fast step only; the table, the weights and "
                   "the optimizers stay fp32)", choices=AMP_MODES)
     compile: bool = _f(False, "torch.compile the model inside the fast step (compiled during its warm-up steps)")
+
+    def __post_init__(self) -> None:
+        """The model's learning rates where none is given (MODEL_RATES)."""
+        for name, value in {**DEFAULT_RATES, **MODEL_RATES.get(self.model, {})}.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
     def validate(self) -> None:
         """Reject values no run could use, naming the flag."""
