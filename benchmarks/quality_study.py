@@ -97,6 +97,8 @@ SETTINGS = [
     _s("adam-1e-3-rwa-0.01", "adam", 1e-3, "rowwise_adagrad", 0.01),
     _s("adam-3e-4-rwa-0.02", "adam", 3e-4, "rowwise_adagrad", 0.02),
     _s("adam-1e-4-rwa-0.02", "adam", 1e-4, "rowwise_adagrad", 0.02),
+    _s("adam-3e-4-rwa-0.01", "adam", 3e-4, "rowwise_adagrad", 0.01),
+    _s("full-rank-adam-3e-4-rwa-0.02", "adam", 3e-4, "rowwise_adagrad", 0.02, extra=("--cross-rank", "0")),
     _s("full-rank-rwa-0.05", "adam", 1e-3, "rowwise_adagrad", 0.05, extra=("--cross-rank", "0")),
     _s("full-rank-adam-3e-4-rwa-0.05", "adam", 3e-4, "rowwise_adagrad", 0.05, extra=("--cross-rank", "0")),
 ]

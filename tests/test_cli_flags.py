@@ -93,7 +93,7 @@ def test_learning_rates_default_to_the_models_own_and_flags_win():
     add_config_flags(parser)
     rates = {m: (c.lr, c.sparse_lr) for m in ("wdl", "dlrm", "dcnv2")
              for c in [config_from_args(parser.parse_args(["--data", "ds", "--model", m]))]}
-    assert rates == {"wdl": (1e-3, 0.1), "dlrm": (1e-3, 0.02), "dcnv2": (1e-4, 0.05)}
+    assert rates == {"wdl": (1e-3, 0.1), "dlrm": (1e-3, 0.01), "dcnv2": (3e-4, 0.02)}
     given = config_from_args(parser.parse_args(["--data", "ds", "--model", "dcnv2", "--lr", "0.01", "--sparse-lr", "0.2"]))
     assert (given.lr, given.sparse_lr) == (0.01, 0.2)
     assert TrainConfig(data="ds", model="dlrm", sparse_lr=0.0).sparse_lr == 0.0  # 0 freezes the table, not "default"

@@ -40,7 +40,7 @@ from hetgmp.train.tensorboard import require_tensorboard
 # The dense and table learning rates of a model whose best per epoch differ from WDL's (lr 1e-3,
 # sparse_lr 0.1): `benchmarks/quality_study.py --model M`, one epoch at d = 16 on 1M synthetic rows.
 DEFAULT_RATES = {"lr": 1e-3, "sparse_lr": 0.1}
-MODEL_RATES: dict[str, dict[str, float]] = {"dlrm": {"sparse_lr": 0.02}, "dcnv2": {"lr": 1e-4, "sparse_lr": 0.05}}
+MODEL_RATES: dict[str, dict[str, float]] = {"dlrm": {"sparse_lr": 0.01}, "dcnv2": {"lr": 3e-4, "sparse_lr": 0.02}}
 
 
 def _f(default: Any, help: str, **flag: Any) -> Any:
@@ -79,10 +79,10 @@ class TrainConfig:
     device: str = _f("auto", "cpu, cuda or auto (CUDA when available)", choices=DEVICES)
     seed: int = _f(0, "seed for weights, embedding rows, random placement and data order", range=SEED)
     optimizer: str = _f("adam", "optimizer of the dense layers", choices=DENSE_OPTIMIZERS)
-    lr: float | None = _f(None, "learning rate of the dense layers (0 freezes them; default 1e-3, dcnv2 1e-4)", range=NON_NEGATIVE)
+    lr: float | None = _f(None, "learning rate of the dense layers (0 freezes them; default 1e-3, dcnv2 3e-4)", range=NON_NEGATIVE)
     sparse_optimizer: str = _f("rowwise_adagrad", "optimizer of the embedding table", choices=SPARSE_OPTIMIZERS)
-    sparse_lr: float | None = _f(None, "learning rate of the embedding table (0 freezes it; default 0.1, dlrm 0.02, "
-                                 "dcnv2 0.05)", range=NON_NEGATIVE)
+    sparse_lr: float | None = _f(None, "learning rate of the embedding table (0 freezes it; default 0.1, dlrm 0.01, "
+                                 "dcnv2 0.02)", range=NON_NEGATIVE)
     progress: bool | None = _f(None, "a progress bar on rank 0's stderr; by default only when stderr is a terminal "
                                "(in a log file the TRAIN lines every --log-every steps show progress)")
     skip_nonfinite: bool = _f(False, "skip a worker's batch whose loss or gradients are NaN/inf (counted as skipped_batches) instead of stopping the run")
