@@ -22,8 +22,8 @@ LR = {"sgd": 0.5, "rowwise_adagrad": 0.05}
 EQUIVALENCE = [(opt, kind) for opt in LR for kind in ("plan", "random")]
 
 
-def _data(world_size):
-    return skewed_batches(NUM_IDS, STEPS, world_size * LOCAL_BATCH, FIELDS, seed=1)
+def _data(world_size, steps=STEPS):
+    return skewed_batches(NUM_IDS, steps, world_size * LOCAL_BATCH, FIELDS, seed=1)
 
 
 def _config(optimizer, bound=0):
@@ -36,8 +36,8 @@ def _placement(kind, ids, world_size, store_rate=0.3):
     return plan_like(ids, NUM_IDS, world_size, store_rate) if kind in ("plan", "grown") else Placement.random(NUM_IDS, world_size, seed=2)
 
 
-def _equivalence(ctx, cases):
-    ids, labels = _data(ctx.world_size)
+def _equivalence(ctx, cases, steps=STEPS):
+    ids, labels = _data(ctx.world_size, steps)
     out = {}
     for optimizer, kind in cases:
         placement = _placement(kind, ids, ctx.world_size)
@@ -114,8 +114,8 @@ def two_workers():
     return run_workers(_two_worker_checks, 2)
 
 
-def _assert_matches_reference(results, world_size, cases):
-    ids, labels = _data(world_size)
+def _assert_matches_reference(results, world_size, cases, steps=STEPS):
+    ids, labels = _data(world_size, steps)
     for optimizer, kind in cases:
         table, weight = reference_run(_config(optimizer), ids, labels, DENSE_LR, CPU)
         for rank_result in results:
@@ -145,8 +145,9 @@ def test_ids_outside_the_table_are_refused_by_every_worker(two_workers):
 
 
 def test_bound_zero_four_workers_equal_one_worker():
+    # Four steps: two ranks between their peers' blocks is what four workers add to the two-worker cases.
     cases = [("rowwise_adagrad", "plan")]
-    _assert_matches_reference(run_workers(_equivalence, 4, (cases,)), 4, cases)
+    _assert_matches_reference(run_workers(_equivalence, 4, (cases, 4)), 4, cases, steps=4)
 
 
 def test_layer_counters_count_each_steps_traffic(two_workers):
