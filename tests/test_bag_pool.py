@@ -43,7 +43,7 @@ def test_pool_from_table_matches_pool_bags(use_triton, mode, padded, dim, out_dt
     table = torch.randn(ROWS, dim, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     ids, bags = _ids(padded=padded), _bags(mode, padded)
     got, weights = pool_from_table(table, ids, bags, out_dtype, use_triton=use_triton)
-    pad = ids == bags.padding_columns(ids.device) if padded else None
+    pad = bags.pad_mask(ids)
     want = pool_bags(table[ids], SIZES, mode, pad).to(out_dtype)
     assert got.dtype == out_dtype and got.shape == (BATCH, len(SIZES), dim)
     torch.testing.assert_close(got.float(), want.float(), rtol=1e-5 if out_dtype == torch.float32 else 1e-2, atol=1e-5)
@@ -62,7 +62,7 @@ def test_update_from_the_pooled_gradient_equals_the_written_out_one(backend, ada
     table = torch.randn(ROWS, 8, generator=gen).to(DEVICE)
     ids, bags = _ids(seed=3, padded=padded), _bags(mode, padded)
     rows = table[ids].requires_grad_()
-    pool_bags(rows, SIZES, mode, ids == bags.padding_columns(ids.device) if padded else None).backward(
+    pool_bags(rows, SIZES, mode, bags.pad_mask(ids)).backward(
         grad_BFD := torch.randn(BATCH, len(SIZES), 8, generator=gen).to(DEVICE))
     _, weights = pool_from_table(table, ids, bags, torch.float32, use_triton=False)
     want_table, got_table = table.clone(), table.clone()

@@ -64,12 +64,15 @@ class ReferenceStep:
     def _rows(self, ids_BL: torch.Tensor) -> torch.Tensor:
         """The model's input: each field's row, or its bag pooled by F.embedding_bag (rounded to bf16
         as the fast step's gather rounds them, with bf16_rows, before pooling)."""
-        table = self.table_ED.to(torch.bfloat16) if self.cfg.bf16_rows else self.table_ED
         if self.bags is None:
-            return table[ids_BL]
+            rows_BFD = self.table_ED[ids_BL]
+            return rows_BFD.to(torch.bfloat16) if self.cfg.bf16_rows else rows_BFD
+        # The whole table rounded once a step, not once a field: embedding_bag reads rows of its weight.
+        weight_ED = self.table_ED.to(torch.bfloat16).float() if self.cfg.bf16_rows else self.table_ED
         fields, start = [], 0
         for size, pad in zip(self.bags.sizes, self.bags.padding):
             bag_BK = ids_BL[:, start: start + size]
             start += size
-            fields.append(F.embedding_bag(bag_BK, table.float(), mode=self.bags.mode, padding_idx=pad if pad >= 0 else None))
-        return torch.stack(fields, 1).to(table.dtype)
+            fields.append(F.embedding_bag(bag_BK, weight_ED, mode=self.bags.mode, padding_idx=pad if pad >= 0 else None))
+        pooled_BFD = torch.stack(fields, 1)
+        return pooled_BFD.to(torch.bfloat16) if self.cfg.bf16_rows else pooled_BFD

@@ -18,7 +18,7 @@ Example, bags (2, 1), no padding, sum: ids [[3, 5, 7]] pool to
 update sees rows 3 and 5 get g0 and row 7 gets g1.
 
 On CUDA (or under TRITON_INTERPRET=1) the pooling is one Triton kernel
-(triton_bag_pool.py); elsewhere `pool_bags` on gathered rows, the same sums.
+(triton_bag_pool.py); elsewhere `Bags.pool` on gathered rows, the same sums.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import importlib
 import torch
 
 from hetgmp.kernels.sparse_update import PooledGrad, triton_available
-from hetgmp.models.bags import Bags, pool_bags
+from hetgmp.models.bags import Bags
 
 
 @functools.cache
@@ -50,9 +50,9 @@ def slot_weights(bags: Bags, ids_BL: torch.Tensor) -> torch.Tensor | None:
     mean, else 1; None when every slot's is 1 (a sum with no padding)."""
     if not bags.padded and (bags.mode == "sum" or all(k == 1 for k in bags.sizes)):
         return None
-    layout = bag_layout(bags, ids_BL.device)
-    field_L = layout["field_L"].long()
-    keep_BL = (ids_BL != layout["pad_F"][field_L]).float() if bags.padded else torch.ones(ids_BL.shape, device=ids_BL.device)
+    field_L = bag_layout(bags, ids_BL.device)["field_L"].long()
+    pad_BL = bags.pad_mask(ids_BL)
+    keep_BL = torch.ones(ids_BL.shape, device=ids_BL.device) if pad_BL is None else (~pad_BL).float()
     if bags.mode == "sum":
         return keep_BL
     counts_BF = keep_BL.new_zeros(len(ids_BL), len(bags.sizes)).index_add_(1, field_L, keep_BL)
@@ -70,8 +70,7 @@ def pool_from_table(table_ED: torch.Tensor, ids_BL: torch.Tensor, bags: Bags, ou
             table_ED, ids_BL, bag_layout(bags, table_ED.device), bags.mode == "mean", bags.padded, out_dtype)
         return pooled, weight_BL
     rows_BLD = table_ED.index_select(0, ids_BL.reshape(-1)).view(*ids_BL.shape, -1)
-    pad_mask = ids_BL == bags.padding_columns(ids_BL.device).to(ids_BL.dtype) if bags.padded else None
-    return pool_bags(rows_BLD, bags.sizes, bags.mode, pad_mask).to(out_dtype), weight_BL
+    return bags.pool(rows_BLD, ids_BL).to(out_dtype), weight_BL
 
 
 def pooled_grad(grad_BFD: torch.Tensor, bags: Bags, weight_BL: torch.Tensor | None) -> PooledGrad:

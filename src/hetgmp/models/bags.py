@@ -119,8 +119,11 @@ class Bags:
 
     def pool(self, rows_BLD: torch.Tensor, ids_BL: torch.Tensor) -> torch.Tensor:
         """One pooled row per field, the slots whose id is its field's padding id left out."""
-        pad_mask = ids_BL.view(rows_BLD.shape[:2]) == self.padding_columns(ids_BL.device).to(ids_BL.dtype) if self.padded else None
-        return pool_bags(rows_BLD, self.sizes, self.mode, pad_mask)
+        return pool_bags(rows_BLD, self.sizes, self.mode, self.pad_mask(ids_BL.view(rows_BLD.shape[:2])))
+
+    def pad_mask(self, ids_BL: torch.Tensor) -> torch.Tensor | None:
+        """(B, L) bool: the padding slots, those whose id is their field's padding id (None: no field pads)."""
+        return ids_BL == self.padding_columns(ids_BL.device).to(ids_BL.dtype) if self.padded else None
 
     @property
     def padded(self) -> bool:
