@@ -24,9 +24,10 @@ from hetgmp.kernels.bag_pool import bag_layout, pool_from_table, pooled_grad
 from hetgmp.kernels.gather import gather_rows, sort_ids
 from hetgmp.models import Bags, pool_bags
 
-# (BLOCK_N, BLOCK_D) of the SGD update: the default 16 x 128 at d = 128, and taller tiles, which
-# leave fewer runs crossing a tile (the crossing pieces are atomics).
-TILES = [(16, 128), (32, 64), (64, 32), (128, 16)]
+# (BLOCK_N, BLOCK_D, warps) of the SGD update: the default 8 x 128 of one warp at d = 128, the
+# earlier 16 x 128 of four, smaller and taller tiles (taller ones leave fewer runs crossing a tile,
+# whose pieces are atomics).
+TILES = [(8, 128, 1), (16, 128, 4), (8, 128, 2), (4, 128, 1), (32, 64, 4), (64, 32, 4), (128, 16, 4)]
 
 
 def main() -> None:
@@ -59,16 +60,20 @@ def main() -> None:
     triton_update = importlib.import_module("hetgmp.kernels.triton_update")
     pooled = pooled_grad(grad_BFD, bags, None)
     dense_grad = pooled.dense().to(torch.bfloat16)
-    for block_n, block_d in TILES:
-        time(f"update SGD from the pooled gradient, tiles {block_n}x{block_d}, given the sort",
-             lambda b=block_n, d=block_d: triton_update.fused_update(table, ids_BL.reshape(-1), pooled, 1e-4, None, 1e-8, None, None,
-                                                                  block_n=b, block_d=d, order=order))
+    for block_n, block_d, warps in TILES:
+        time(f"update SGD from the pooled gradient, tiles {block_n}x{block_d} of {warps} warps, given the sort",
+             lambda b=block_n, d=block_d, w=warps: triton_update.fused_update(table, ids_BL.reshape(-1), pooled, 1e-4, None, 1e-8, None, None,
+                                                                            block_n=b, block_d=d, order=order, num_warps=w))
     time("update SGD from the written-out (B L, D) gradient, given the sort",
          lambda: triton_update.fused_update(table, ids_BL.reshape(-1), dense_grad, 1e-4, None, 1e-8, None, None, order=order))
     acc = torch.zeros(len(table), device=args.device)
     scratch = importlib.import_module("hetgmp.kernels").new_scratch(ids_BL.numel(), args.dim, args.device)
     time("update row-wise Adagrad from the pooled gradient, given the sort",
          lambda: triton_update.fused_update(table, ids_BL.reshape(-1), pooled, 1e-4, acc, 1e-8, None, scratch, order=order))
+    small_scratch = torch.zeros(-(-ids_BL.numel() // 8), args.dim, device=args.device)
+    time("the same in 8-row tiles of one warp",
+         lambda: triton_update.fused_update(table, ids_BL.reshape(-1), pooled, 1e-4, acc, 1e-8, None, small_scratch, order=order,
+                                            block_n=8, num_warps=1))
     assert bag_layout(bags, table.device)["field_L"].numel() == ids_BL.shape[1]
     card = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"\n{card}, batch {args.batch}, d {args.dim}, MLPerf bags: {ids_BL.numel():,} ids, {distinct:,} distinct\n")

@@ -56,14 +56,18 @@ def test_pool_from_table_matches_pool_bags(use_triton, mode, padded, dim, out_dt
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("adagrad", [False, True])
 @pytest.mark.parametrize("mode, padded", [("sum", False), ("mean", True)])
-def test_update_from_the_pooled_gradient_equals_the_written_out_one(backend, adagrad, mode, padded):
-    # The rows' gradient through autograd of pool_bags is what PooledGrad stands for.
+@pytest.mark.parametrize("strided", [False, True])
+def test_update_from_the_pooled_gradient_equals_the_written_out_one(backend, adagrad, mode, padded, strided):
+    # The rows' gradient through autograd of pool_bags is what PooledGrad stands for; strided, it
+    # is a view of a wider gradient (DCNv2's [embeddings, bottom]), which the update reads in place.
     gen = torch.Generator().manual_seed(2)
     table = torch.randn(ROWS, 8, generator=gen).to(DEVICE)
     ids, bags = _ids(seed=3, padded=padded), _bags(mode, padded)
     rows = table[ids].requires_grad_()
-    pool_bags(rows, SIZES, mode, bags.pad_mask(ids)).backward(
-        grad_BFD := torch.randn(BATCH, len(SIZES), 8, generator=gen).to(DEVICE))
+    wide = torch.randn(BATCH, len(SIZES) * 8 + (5 if strided else 0), generator=gen).to(DEVICE)
+    grad_BFD = wide[:, :len(SIZES) * 8].view(BATCH, len(SIZES), 8)
+    assert grad_BFD.is_contiguous() != strided
+    pool_bags(rows, SIZES, mode, bags.pad_mask(ids)).backward(grad_BFD)
     _, weights = pool_from_table(table, ids, bags, torch.float32, use_triton=False)
     want_table, got_table = table.clone(), table.clone()
     want_acc = torch.zeros(ROWS, device=DEVICE) if adagrad else None

@@ -92,6 +92,17 @@ def test_triton_fused_update_matches_reference(adagrad, n, d):
 
 
 @needs_triton
+@pytest.mark.parametrize("adagrad", [False, True])
+@pytest.mark.parametrize("d", [128, 130])
+def test_triton_default_tiles_of_wide_rows_match_reference(adagrad, d):
+    # The launch shapes the steps use: 8 x 128 tiles of one warp at d = 128 (SGD over two column
+    # blocks at d = 130; Adagrad whole rows), hot ids crossing many of them.
+    case = _skewed_case(120, d, 30, seed=d + adagrad, adagrad=adagrad)
+    got = _apply(_fused_update, *case, eps=DEFAULT_EPS, scratch_TD=None)
+    _assert_same(got, _apply(sparse_update_reference, *case))
+
+
+@needs_triton
 def test_triton_handles_one_id_filling_many_tiles_and_int32_ids():
     # 70 copies of id 4 span five 16-row tiles; the lone ids sit at both ends.
     ids = torch.tensor([9] + [4] * 70 + [0], dtype=torch.int32)[torch.randperm(72, generator=torch.Generator().manual_seed(0))]
@@ -124,7 +135,7 @@ def test_dispatch_runs_every_backend_alike():
 _REDUCE_TYPES = {
     "table_ptr": "*fp32", "acc_ptr": "*fp32", "count_ptr": "*i64", "scratch_ptr": "*fp32", "sorted_ptr": "*i32",
     "perm_ptr": "*i64", "grad_ptr": "*fp32", "weight_ptr": "*fp32", "field_ptr": "*i32", "run_start_ptr": "*i64",
-    "N": "i32", "D": "i32", "F": "i32", "L": "i32", "stride_t": "i64", "stride_g": "i64", "lr": "fp32", "eps": "fp32",
+    "N": "i32", "D": "i32", "F": "i32", "L": "i32", "stride_t": "i64", "stride_g": "i64", "stride_gf": "i64", "lr": "fp32", "eps": "fp32",
 }
 _POOL_TYPES = {
     "table_ptr": "*fp32", "ids_ptr": "*i32", "start_ptr": "*i64", "size_ptr": "*i64", "pad_ptr": "*i64", "out_ptr": "*bf16",

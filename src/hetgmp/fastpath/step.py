@@ -253,7 +253,9 @@ class FastStep:
         backward goes on. The gradient stays referenced (as the rows' .grad) until the step joins
         the two streams, so its memory is not reused under the update."""
         with self._on_sparse_stream():
-            self._update(ids_N, grad_BFD.reshape(-1, grad_BFD.shape[-1]).contiguous(), order)
+            # Pooled bags' gradient goes in as it is (PooledGrad reads it strided): no copy.
+            rows_grad = grad_BFD if self.pools_from_table else grad_BFD.reshape(-1, grad_BFD.shape[-1]).contiguous()
+            self._update(ids_N, rows_grad, order)
 
     def _on_sparse_stream(self) -> contextlib.AbstractContextManager:
         """Run a block on the sparse stream after what the current stream has queued (overlap on CUDA)."""

@@ -74,6 +74,10 @@ def pool_from_table(table_ED: torch.Tensor, ids_BL: torch.Tensor, bags: Bags, ou
 
 
 def pooled_grad(grad_BFD: torch.Tensor, bags: Bags, weight_BL: torch.Tensor | None) -> PooledGrad:
-    """The rows' gradient of a pooled batch ((B, F, D), or flattened to (B F, D)), as the update reads it."""
-    grad_RD = grad_BFD.reshape(-1, grad_BFD.shape[-1]).contiguous()
-    return PooledGrad(grad_RD, bag_layout(bags, grad_BFD.device)["field_L"], weight_BL, len(bags.sizes))
+    """The rows' gradient of a pooled batch ((B, F, D), strided, or flattened to (B F, D)), as the update
+    reads it: in place where its last dimension is dense."""
+    fields = len(bags.sizes)
+    grad_BFD = grad_BFD.view(-1, fields, grad_BFD.shape[-1]) if grad_BFD.dim() == 2 else grad_BFD
+    if grad_BFD.stride(-1) != 1:
+        grad_BFD = grad_BFD.contiguous()
+    return PooledGrad(grad_BFD, bag_layout(bags, grad_BFD.device)["field_L"], weight_BL, fields)

@@ -69,28 +69,29 @@ class PooledGrad:
     weight_BL[b, c] * grad_BFD[b, f]: every row of a pooled bag gets its bag's gradient, scaled by its
     share (0 for padding, 1 / count for a mean; weight None: 1). See kernels/bag_pool.py.
 
-    The Triton update reads the (B F, D) pooled gradient in place of an (B L, D) one; the other
-    implementations write it out (`dense`)."""
+    The Triton update reads the (B, F, D) pooled gradient in place of an (B L, D) one, with its
+    strides (a model's backward may hand it out as a view of a wider gradient, e.g. DCNv2's
+    [embeddings, bottom]); the other implementations write it out (`dense`)."""
 
-    grad_BFD: torch.Tensor                # float [B F, D]: the pooled rows' gradient, row b F + f
+    grad_BFD: torch.Tensor                # float [B, F, D], stride 1 along D: the pooled rows' gradient
     field_L: torch.Tensor                 # int32 [L]
     weight_BL: torch.Tensor | None        # float32 [B, L], or None
     fields: int                           # F
 
     @property
     def batch(self) -> int:
-        return len(self.grad_BFD) // self.fields
+        return len(self.grad_BFD)
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (self.batch * len(self.field_L), self.grad_BFD.shape[1])
+        return (self.batch * len(self.field_L), self.grad_BFD.shape[2])
 
     def dense(self) -> torch.Tensor:
         """The [B L, D] gradient written out (float32)."""
-        grad_BLD = self.grad_BFD.float().view(self.batch, self.fields, -1)[:, self.field_L.long()]
+        grad_BLD = self.grad_BFD.float()[:, self.field_L.long()]
         if self.weight_BL is not None:
             grad_BLD = grad_BLD * self.weight_BL[:, :, None]
-        return grad_BLD.reshape(-1, self.grad_BFD.shape[1])
+        return grad_BLD.reshape(-1, self.grad_BFD.shape[2])
 
 
 RowGrad = Union[torch.Tensor, Rank1Grad, PooledGrad]  # what the update takes as the occurrences' gradient

@@ -44,6 +44,11 @@ from hetgmp.kernels.sparse_update import PooledGrad, Rank1Grad, RowGrad
 TILE_ELEMS = 2048
 MAX_TILE_ROWS = 64
 MAX_BLOCK_D = 128
+# Tiles of 128 columns: 8 rows of one warp. On an H200, MLPerf's bags at d = 128 (1.75M ids,
+# 717k distinct; benchmarks/bench_bag_kernels.py), SGD took 0.67 ms against 1.01 in 16 x 128
+# tiles of 4 warps, 0.77 in 8 x 128 of 2 and 0.81 in 4 x 128 of 1, row-wise Adagrad 0.81 against
+# 1.09: more, smaller programs keep more rows' reads in flight.
+WIDE_TILE = (8, 1)
 
 
 @triton.jit
@@ -74,20 +79,18 @@ def _tile_bounds(sorted_ptr, tile, N, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _adagrad_rows(table_ptr, acc_ptr, rows, cols, g, mask_r, mask_rc, stride_t, D, lr, eps):
-    """Row-wise Adagrad on whole rows: acc += mean(g^2); row -= lr * g / (sqrt(acc) + eps)."""
-    acc = tl.load(acc_ptr + rows, mask=mask_r, other=0.0) + tl.sum(g * g, axis=1) / D
+def _adagrad_rows(table_ptr, acc_ptr, rows, cols, g, old, acc_old, mask_r, mask_rc, stride_t, D, lr, eps):
+    """Row-wise Adagrad on whole rows read before (old, acc_old): acc += mean(g^2); row -= lr * g / (sqrt(acc) + eps)."""
+    acc = acc_old + tl.sum(g * g, axis=1) / D
     tl.store(acc_ptr + rows, acc, mask=mask_r)
     scale = lr / (tl.sqrt(acc) + eps)
-    ptrs = table_ptr + rows[:, None] * stride_t + cols[None, :]
-    old = tl.load(ptrs, mask=mask_rc, other=0.0)
-    tl.store(ptrs, old - scale[:, None] * g, mask=mask_rc)
+    tl.store(table_ptr + rows[:, None] * stride_t + cols[None, :], old - scale[:, None] * g, mask=mask_rc)
 
 
 @triton.jit
 def _reduce_apply_kernel(
     table_ptr, acc_ptr, count_ptr, scratch_ptr, sorted_ptr, perm_ptr, grad_ptr, weight_ptr, field_ptr, run_start_ptr,
-    N, D, F, L, stride_t, stride_g, lr, eps,
+    N, D, F, L, stride_t, stride_g, stride_gf, lr, eps,
     ADAGRAD: tl.constexpr, COUNT: tl.constexpr, RANK1: tl.constexpr, POOLED: tl.constexpr, WEIGHTED: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -108,6 +111,14 @@ def _reduce_apply_kernel(
 
     cols = dblock * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = cols < D
+    # The rows this tile updates wholly are read before the gradient's gather, so that the two
+    # reads' latencies overlap.
+    rows = ids.to(tl.int64)
+    direct_rc = direct[:, None] & cmask[None, :]
+    ptrs = table_ptr + rows[:, None] * stride_t + cols[None, :]
+    old = tl.load(ptrs, mask=direct_rc, other=0.0)
+    if ADAGRAD:
+        acc_old = tl.load(acc_ptr + rows, mask=direct, other=0.0)
     src = tl.load(perm_ptr + pos, mask=inside, other=0).to(tl.int64)
     gmask = inside[:, None] & cmask[None, :]
     if RANK1:
@@ -116,9 +127,10 @@ def _reduce_apply_kernel(
         w = tl.load(weight_ptr + (src % F)[:, None] * stride_g + cols[None, :], mask=gmask, other=0.0).to(tl.float32)
         g = coef[:, None] * w
     elif POOLED:
-        # Occurrence src = b L + c of field f = field[c]: its bag's gradient, row b F + f (PooledGrad).
-        row = (src // L) * F + tl.load(field_ptr + src % L, mask=inside, other=0).to(tl.int64)
-        g = tl.load(grad_ptr + row[:, None] * stride_g + cols[None, :], mask=gmask, other=0.0).to(tl.float32)
+        # Occurrence src = b L + c of field f = field[c]: its bag's gradient, grad[b, f] (PooledGrad).
+        field = tl.load(field_ptr + src % L, mask=inside, other=0).to(tl.int64)
+        row = (src // L) * stride_g + field * stride_gf
+        g = tl.load(grad_ptr + row[:, None] + cols[None, :], mask=gmask, other=0.0).to(tl.float32)
         if WEIGHTED:
             g = g * tl.load(weight_ptr + src, mask=inside, other=0.0)[:, None]
     else:
@@ -127,7 +139,6 @@ def _reduce_apply_kernel(
     flags = tl.broadcast_to(starts[:, None], (BLOCK_N, BLOCK_D))
     run_g, _ = tl.associative_scan((g, flags), 0, _segmented_add)
 
-    rows = ids.to(tl.int64)
     if COUNT:
         run_n, _ = tl.associative_scan((tl.full((BLOCK_N,), 1, tl.int32), starts), 0, _segmented_add)
         run_n = run_n.to(count_ptr.dtype.element_ty)
@@ -137,15 +148,13 @@ def _reduce_apply_kernel(
         tl.atomic_add(count_ptr + rows, run_n, mask=_and(shared, first_block))
 
     if ADAGRAD:
-        _adagrad_rows(table_ptr, acc_ptr, rows, cols, run_g, direct, direct[:, None] & cmask[None, :], stride_t, D, lr, eps)
+        _adagrad_rows(table_ptr, acc_ptr, rows, cols, run_g, old, acc_old, direct, direct_rc, stride_t, D, lr, eps)
         # The crossing run that entered this tile started in tile run_start // BLOCK_N.
         slot_in = tl.load(run_start_ptr + tile) // BLOCK_N
         slot = tl.where(_and(ids == first_id, first_in), slot_in, tile).to(tl.int64)
         tl.atomic_add(scratch_ptr + slot[:, None] * D + cols[None, :], run_g, mask=shared[:, None] & cmask[None, :])
     else:
-        ptrs = table_ptr + rows[:, None] * stride_t + cols[None, :]
-        old = tl.load(ptrs, mask=direct[:, None] & cmask[None, :], other=0.0)
-        tl.store(ptrs, old - lr * run_g, mask=direct[:, None] & cmask[None, :])
+        tl.store(ptrs, old - lr * run_g, mask=direct_rc)
         tl.atomic_add(ptrs, -lr * run_g, mask=shared[:, None] & cmask[None, :])
 
 
@@ -164,18 +173,23 @@ def _adagrad_crossing_kernel(
     g = tl.load(sptrs, mask=cmask, other=0.0)
     rows = tl.full((1,), 0, tl.int64) + last_id.to(tl.int64)
     row_mask = _and(rows == rows, owns)
-    _adagrad_rows(table_ptr, acc_ptr, rows, cols, g[None, :], row_mask, cmask[None, :], stride_t, D, lr, eps)
+    old = tl.load(table_ptr + rows[:, None] * stride_t + cols[None, :], mask=cmask[None, :], other=0.0)
+    acc_old = tl.load(acc_ptr + rows, mask=row_mask, other=0.0)
+    _adagrad_rows(table_ptr, acc_ptr, rows, cols, g[None, :], old, acc_old, row_mask, cmask[None, :], stride_t, D, lr, eps)
     tl.store(sptrs, tl.zeros_like(g), mask=cmask)
 
 
-def _tile_shape(D: int, adagrad: bool, block_n: int | None = None, block_d: int | None = None) -> tuple[int, int]:
-    """(BLOCK_N, BLOCK_D). Adagrad needs a whole row per program (its mean over D)."""
+def _tile_shape(D: int, adagrad: bool, block_n: int | None = None, block_d: int | None = None) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_D, warps). Adagrad needs a whole row per program (its mean over D)."""
     full = triton.next_power_of_2(D)
     if block_d is None or adagrad:
         block_d = full if adagrad else min(full, MAX_BLOCK_D)
+    if block_n is None and block_d == MAX_BLOCK_D:
+        rows, warps = WIDE_TILE
+        return rows, block_d, warps
     if block_n is None:
         block_n = max(16, min(MAX_TILE_ROWS, TILE_ELEMS // block_d))
-    return block_n, block_d
+    return block_n, block_d, 8 if block_n * block_d > TILE_ELEMS else 4
 
 
 def scratch_rows(num_ids: int, dim: int) -> int:
@@ -209,19 +223,19 @@ def fused_update(
     """
     N, D = grad_ND.shape
     rank1, pooled = isinstance(grad_ND, Rank1Grad), isinstance(grad_ND, PooledGrad)
-    field_arg, columns, weighted = None, 1, False
+    field_arg, columns, weighted, stride_gf = None, 1, False, 0
     if rank1:  # the kernel reads coef [B] and weight [F, D] in grad_ND's place
         grad_arg, weight_arg = grad_ND.coef_B.contiguous(), grad_ND.weight_FD.contiguous()
         fields, stride_g = weight_arg.shape[0], weight_arg.stride(0)
-    elif pooled:  # ... or the pooled gradient [B F, D], each column's field and the slots' weights
+    elif pooled:  # ... or the pooled gradient [B, F, D] (strided), each column's field and the slots' weights
         grad_arg, field_arg, columns, fields = grad_ND.grad_BFD, grad_ND.field_L, len(grad_ND.field_L), grad_ND.fields
         weighted = grad_ND.weight_BL is not None
-        weight_arg, stride_g = grad_ND.weight_BL if weighted else grad_arg, grad_arg.stride(0)
+        weight_arg, (stride_g, stride_gf) = grad_ND.weight_BL if weighted else grad_arg, grad_arg.stride()[:2]
     else:
         grad_arg = weight_arg = grad_ND
         fields, stride_g = 1, grad_ND.stride(0)
     adagrad = acc_E is not None
-    block_n, block_d = _tile_shape(D, adagrad, block_n, block_d)
+    block_n, block_d, warps = _tile_shape(D, adagrad, block_n, block_d)
     tiles = triton.cdiv(N, block_n)
     sorted_N, perm_N = order if order is not None else sort_ids(ids_N, table_ED.shape[0])
     run_start_T = perm_N  # any int tensor: read only when ADAGRAD
@@ -236,10 +250,10 @@ def fused_update(
         table_ED, acc_E if adagrad else table_ED, counts_E if counts_E is not None else sorted_N,
         scratch_TD if adagrad else table_ED, sorted_N, perm_N, grad_arg, weight_arg,
         field_arg if pooled else sorted_N, run_start_T,
-        N, D, fields, columns, table_ED.stride(0), stride_g, lr, eps,
+        N, D, fields, columns, table_ED.stride(0), stride_g, stride_gf, lr, eps,
         ADAGRAD=adagrad, COUNT=counts_E is not None, RANK1=rank1, POOLED=pooled, WEIGHTED=weighted,
         BLOCK_N=block_n, BLOCK_D=block_d,
-        num_warps=num_warps or (8 if block_n * block_d > TILE_ELEMS else 4),
+        num_warps=num_warps or warps,
     )
     if adagrad:
         _adagrad_crossing_kernel[(tiles,)](
