@@ -51,7 +51,8 @@ from bench_kernels import kernel_rows, kernel_table
 from yardstick import (MLPERF_BAG_SIZES, NUM_DENSE, LR, bag_yardstick_step, capped_cardinalities, criteo_bag_batches, criteo_batches,
                        seconds_per_step, yardstick_step)
 from hetgmp.fastpath import FastStep, FastStepConfig, ReferenceStep
-from hetgmp.models import DLRM_MLPERF, MODELS, Bags, build_model, table_width
+from hetgmp.models import MODELS, PRESETS, Bags, build_model, parse_widths, table_width
+from hetgmp.models import model_shape as shape_from_flags
 
 VARIANTS = {
     "eager": {"cuda_graph": False},
@@ -110,7 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--kernel", default="auto", help="sparse update of the fast step: auto, triton, torch")
     ap.add_argument("--vocab-cap", type=int, default=None, help="limit each field's size (default: Criteo's; 4M with --bags)")
     ap.add_argument("--bags", choices=tuple(BAG_SIZES), default="none", help="multi-hot batches: mlperf = MLPerf's bag sizes")
-    ap.add_argument("--shape", choices=("default", "mlperf"), default="default", help="dlrm's layer sizes: mlperf = MLPerf's")
+    ap.add_argument("--shape", choices=("default", "mlperf"), default="default", help="dlrm's and dcnv2's layer sizes to start from: mlperf = MLPerf's")
+    for flag in SIZE_FLAGS:
+        ap.add_argument(flag, default=None, help=f"as hetgmp train's {flag} (dlrm and dcnv2; the cross layers' dcnv2 only)")
     ap.add_argument("--isolate", choices=("cell", "none"), default=None, help="child process per cell (default on cuda)")
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--profile", action="store_true", help="print each cell's kernel profile of its fastest variant")
@@ -145,8 +148,24 @@ def bags_of(args: argparse.Namespace) -> Bags | None:
     return None if sizes is None else Bags(sizes, (-1,) * len(sizes))
 
 
+# hetgmp train's flags that change single layer sizes of dlrm and dcnv2.
+SIZE_FLAGS = ("--bottom-mlp", "--top-mlp", "--cross-layers", "--cross-rank")
+
+
 def model_shape(model: str, args: argparse.Namespace):
-    return DLRM_MLPERF if model == "dlrm" and args.shape == "mlperf" else None
+    """--shape with the single sizes, for dlrm and dcnv2 (the other models' sizes are fixed)."""
+    if model not in PRESETS:
+        return None
+    sizes = {"bottom": args.bottom_mlp, "top": args.top_mlp}
+    sizes = {key: None if text is None else parse_widths(text, f"--{key}-mlp") for key, text in sizes.items()}
+    if model == "dcnv2":
+        sizes |= {key: None if text is None else int(text) for key, text in (("cross_layers", args.cross_layers), ("cross_rank", args.cross_rank))}
+    return shape_from_flags(model, args.shape, **sizes)
+
+
+def size_flags(args: argparse.Namespace) -> list[str]:
+    """The single-size flags given, as a child process takes them."""
+    return [part for flag in SIZE_FLAGS if (value := getattr(args, flag[2:].replace("-", "_"))) is not None for part in (flag, value)]
 
 
 def make_batches(args: argparse.Namespace, batch: int, count: int, cards: tuple[int, ...], seed: int = 0) -> list:
@@ -345,7 +364,7 @@ def in_child(args: argparse.Namespace, extra: list[str]) -> tuple[dict, str | No
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "out.json"
         cmd = [sys.executable, __file__, "--device", args.device, "--kernel", args.kernel, "--variants", args.variants,
-               "--child-json", str(path), "--bags", args.bags, "--shape", args.shape,
+               "--child-json", str(path), "--bags", args.bags, "--shape", args.shape, *size_flags(args),
                *(["--quick"] if args.quick else []), *(["--profile"] if args.profile else []),
                *(["--vocab-cap", str(args.vocab_cap)] if args.vocab_cap else []), *extra]
         code = subprocess.run(cmd).returncode
@@ -399,7 +418,7 @@ def header(args: argparse.Namespace) -> list[str]:
     return [
         f"card: {card}; torch {torch.__version__} (CUDA {torch.version.cuda}); triton {triton_version}; {when}",
         f"command: python benchmarks/bench_gpu.py {' '.join(sys.argv[1:])}",
-        f"vocabulary {vocab:,} rows; bags {args.bags}; dlrm shape {args.shape}; SGD lr {LR} unless marked adagrad; warm-up {args.warmup} steps, "
+        f"vocabulary {vocab:,} rows; bags {args.bags}; dlrm/dcnv2 shape {args.shape} {' '.join(size_flags(args))}; SGD lr {LR} unless marked adagrad; warm-up {args.warmup} steps, "
         f"median of {args.repeats} repeats of {args.steps} steps",
     ]
 

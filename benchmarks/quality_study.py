@@ -41,19 +41,17 @@ class Setting:
     """One point of the grid: the optimizer flags of `hetgmp train`."""
 
     name: str
-    optimizer: str
-    lr: float
-    sparse_optimizer: str
-    sparse_lr: float
+    optimizer: str | None  # None: the trainer's default (so are the rates)
+    lr: float | None
+    sparse_optimizer: str | None
+    sparse_lr: float | None
     batch_size: int = 4096
     extra: tuple[str, ...] = ()  # model-specific flags, e.g. ("--cross-rank", "0")
 
     def flags(self) -> list[str]:
-        return [
-            "--optimizer", self.optimizer, "--lr", str(self.lr),
-            "--sparse-optimizer", self.sparse_optimizer, "--sparse-lr", str(self.sparse_lr),
-            "--batch-size", str(self.batch_size), *self.extra,
-        ]
+        given = {"--optimizer": self.optimizer, "--lr": self.lr, "--sparse-optimizer": self.sparse_optimizer,
+                 "--sparse-lr": self.sparse_lr, "--batch-size": self.batch_size}
+        return [part for flag, value in given.items() if value is not None for part in (flag, str(value))] + list(self.extra)
 
 
 def _s(name: str, optimizer: str, lr: float, sparse: str, sparse_lr: float, batch: int = 4096, extra: tuple[str, ...] = ()) -> Setting:
@@ -64,6 +62,7 @@ def _s(name: str, optimizer: str, lr: float, sparse: str, sparse_lr: float, batc
 # SGD, then one knob at a time around the defaults (a full factorial grid is
 # 3 x 3 x 2 x 3 x 2 = 108 one-epoch runs, out of reach on two cores).
 SETTINGS = [
+    _s("model-defaults", None, None, None, None),  # `hetgmp train`'s own defaults for the model
     _s("default", "adam", 1e-3, "rowwise_adagrad", 0.05),
     _s("original-sgd", "sgd", 0.01, "sgd", 0.01),
     _s("sparse-rwa-0.1", "adam", 1e-3, "rowwise_adagrad", 0.1),
@@ -101,6 +100,20 @@ SETTINGS = [
     _s("full-rank-adam-3e-4-rwa-0.02", "adam", 3e-4, "rowwise_adagrad", 0.02, extra=("--cross-rank", "0")),
     _s("full-rank-rwa-0.05", "adam", 1e-3, "rowwise_adagrad", 0.05, extra=("--cross-rank", "0")),
     _s("full-rank-adam-3e-4-rwa-0.05", "adam", 3e-4, "rowwise_adagrad", 0.05, extra=("--cross-rank", "0")),
+    # DCNv2's layer sizes at d = 16 (K = 432): smaller top towers, full-rank or rank-64 cross layers.
+    _s("top-512-256-full", "adam", 3e-4, "rowwise_adagrad", 0.02, extra=("--top-mlp", "512,256", "--cross-rank", "0")),
+    _s("top-512-256-rank-64", "adam", 3e-4, "rowwise_adagrad", 0.02, extra=("--top-mlp", "512,256", "--cross-rank", "64")),
+    _s("top-512-256-2x-full", "adam", 3e-4, "rowwise_adagrad", 0.02,
+       extra=("--top-mlp", "512,256", "--cross-layers", "2", "--cross-rank", "0")),
+    _s("top-512-256-full-adam-1e-3", "adam", 1e-3, "rowwise_adagrad", 0.02, extra=("--top-mlp", "512,256", "--cross-rank", "0")),
+    _s("rank-64-adam-3e-4-rwa-0.02", "adam", 3e-4, "rowwise_adagrad", 0.02, extra=("--cross-rank", "64")),
+    _s("top-256-128-full", "adam", 3e-4, "rowwise_adagrad", 0.02, extra=("--top-mlp", "256,128", "--cross-rank", "0")),
+    *(_s(f"top-512-256-{layers}x-{rank}{suffix}", "adam", lr, "rowwise_adagrad", sparse_lr,
+         extra=("--top-mlp", "512,256", "--cross-layers", str(layers), "--cross-rank", "0" if rank == "full" else rank.split("-")[1]))
+      for layers, rank, lr, sparse_lr, suffix in [
+          (2, "full", 3e-4, 0.03, "-rwa-0.03"), (2, "full", 3e-4, 0.01, "-rwa-0.01"), (1, "full", 3e-4, 0.02, ""),
+          (2, "rank-64", 3e-4, 0.02, ""), (2, "full", 1e-4, 0.02, "-adam-1e-4"), (1, "full", 1e-4, 0.02, "-adam-1e-4"),
+          (1, "full", 3e-4, 0.01, "-rwa-0.01"), (2, "full", 1e-4, 0.01, "-adam-1e-4-rwa-0.01"), (1, "full", 1e-4, 0.01, "-adam-1e-4-rwa-0.01")]),
 ]
 
 
@@ -170,7 +183,7 @@ def table(rows: list[tuple[str, dict, Setting | None]]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r, s in rows:
         opts = (s.optimizer, s.lr, s.sparse_optimizer, s.sparse_lr, s.batch_size) if s else ("adam", 1e-3, "adam (dense grad)", 1e-3, r.get("batch_size", ""))
-        lines.append(f"| {name} | " + " | ".join(map(str, opts)) + f" | {r['auc']:.4f} | {r.get('logloss', float('nan')):.4f} | {r['seconds']} |")
+        lines.append(f"| {name} | " + " | ".join("default" if v is None else str(v) for v in opts) + f" | {r['auc']:.4f} | {r.get('logloss', float('nan')):.4f} | {r['seconds']} |")
     return "\n".join(lines)
 
 

@@ -4,6 +4,8 @@ parsed: an invalid value exits 2 with one `error:` line naming the flag, no trac
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 import subprocess
 
 import pytest
@@ -93,7 +95,30 @@ def test_learning_rates_default_to_the_models_own_and_flags_win():
     add_config_flags(parser)
     rates = {m: (c.lr, c.sparse_lr) for m in ("wdl", "dlrm", "dcnv2")
              for c in [config_from_args(parser.parse_args(["--data", "ds", "--model", m]))]}
-    assert rates == {"wdl": (1e-3, 0.1), "dlrm": (1e-3, 0.01), "dcnv2": (3e-4, 0.02)}
+    assert rates == {"wdl": (1e-3, 0.1), "dlrm": (1e-3, 0.01), "dcnv2": (1e-4, 0.02)}
     given = config_from_args(parser.parse_args(["--data", "ds", "--model", "dcnv2", "--lr", "0.01", "--sparse-lr", "0.2"]))
     assert (given.lr, given.sparse_lr) == (0.01, 0.2)
     assert TrainConfig(data="ds", model="dlrm", sparse_lr=0.0).sparse_lr == 0.0  # 0 freezes the table, not "default"
+
+
+def test_layer_sizes_start_from_a_preset_and_models_without_them_refuse_the_flags():
+    from hetgmp.errors import HetGMPError
+    from hetgmp.models import DCNV2_DEFAULT, DCNV2_MLPERF, DLRM_MLPERF
+    from hetgmp.train.config import add_config_flags, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    parse = lambda *flags: config_from_args(parser.parse_args(["--data", "ds", *flags]))  # noqa: E731
+    assert parse("--model", "dcnv2").shape() is None  # the model's default shape
+    assert parse("--model", "dcnv2", "--model-shape", "mlperf").shape() == DCNV2_MLPERF
+    assert parse("--model", "dlrm", "--model-shape", "mlperf", "--top-mlp", "64,32").shape() == dataclasses.replace(DLRM_MLPERF, top=(64, 32))
+    assert parse("--model", "dcnv2", "--top-mlp", "", "--cross-layers", "1").shape() == dataclasses.replace(DCNV2_DEFAULT, top=(), cross_layers=1)
+    for flags, message in [
+        (["--model", "wdl", "--top-mlp", "64"], "--top-mlp sets the layer sizes of dlrm and dcnv2, and the model is wdl"),
+        (["--model", "dfm", "--model-shape", "mlperf", "--bottom-mlp", "8"], "--model-shape and --bottom-mlp set the layer sizes"),
+        (["--model", "dlrm", "--cross-layers", "2"], "--cross-layers sets dcnv2's cross layers, and the model is dlrm"),
+        (["--model", "dlrm", "--bottom-mlp", "64,x"], "--bottom-mlp '64,x': expected layer widths separated by commas"),
+        (["--model", "dcnv2", "--top-mlp", "64,0"], "--top-mlp '64,0': every layer width must be >= 1"),
+    ]:
+        with pytest.raises(HetGMPError, match=re.escape(message)):
+            parse(*flags)

@@ -10,7 +10,7 @@ import torch
 from hetgmp.embedding.memory import HIDDEN, batch_bytes
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath import FastStep, FastStepConfig
-from hetgmp.models import (DCNV2_MLPERF, DLRM_KAGGLE, DLRM_MLPERF, MODEL_NAMES, MODELS, DCNv2Shape, DLRMShape, build_model,
+from hetgmp.models import (DCNV2_DEFAULT, DCNV2_MLPERF, DLRM_KAGGLE, DLRM_MLPERF, MODEL_NAMES, MODELS, DCNv2Shape, DLRMShape, build_model,
                            has_dense_part, has_row_weights, model_size)
 from hetgmp.models.dlrm import upper_pairs
 
@@ -88,6 +88,10 @@ def test_low_rank_cross_layer_equals_full_rank_with_w_u_vt():
     torch.testing.assert_close(full(x, emb), low(x, emb))
     assert sum(p.numel() for p in low.cross.parameters()) == 2 * (2 * 16 * 3 + 16)  # K = (3 + 1) * 4 = 16
     assert sum(p.numel() for p in full.cross.parameters()) == 2 * (16 * 16 + 16)
+    # A rank of at least K is full rank: stored as the K x K matrix (fewer weights, the same model).
+    wide = build_model("dcnv2", 3, 2, 4, shape=DCNv2Shape(bottom=(7,), cross_layers=2, cross_rank=16, top=(6, 4)))
+    assert all(layer.down is None for layer in wide.cross)
+    assert [p.shape for p in wide.parameters()] == [p.shape for p in full.parameters()]
 
 
 def _linear_shapes(layers):
@@ -95,8 +99,10 @@ def _linear_shapes(layers):
 
 
 def test_presets_have_the_published_layer_sizes():
-    dcnv2 = build_model("dcnv2", 26, 13, 128)
-    assert dcnv2.shape == DCNV2_MLPERF
+    default = build_model("dcnv2", 26, 13, 16)
+    assert default.shape == DCNV2_DEFAULT and _linear_shapes(default.top) == [(27 * 16, 512), (512, 256), (256, 1)]
+    assert [layer.up.weight.shape for layer in default.cross] == [(27 * 16, 27 * 16)]  # rank 512 >= K: full rank
+    dcnv2 = build_model("dcnv2", 26, 13, 128, shape=DCNV2_MLPERF)
     assert _linear_shapes(dcnv2.bottom) == [(13, 512), (512, 256), (256, 128)]
     k = 27 * 128
     assert [(c.down.weight.shape, c.up.weight.shape) for c in dcnv2.cross] == [((512, k), (k, 512))] * 3
@@ -118,10 +124,10 @@ def test_model_size_is_the_built_models_for_the_memory_check():
         assert size.parameters == sum(p.numel() for p in model.parameters()) and size.layer_width == model.layer_width(), name
     assert model_size("wdl", 26, 13, 16).layer_width == HIDDEN + 1  # the three 256-wide layers and the logit
     k = 27 * 128  # MLPerf's DCNv2: the linear layers' outputs, x0 and three cross outputs
-    dcnv2 = model_size("dcnv2", 26, 13, 128)
+    dcnv2 = model_size("dcnv2", 26, 13, 128, DCNV2_MLPERF)
     assert dcnv2.layer_width == (512 + 256 + 128) + 3 * (512 + k) + (1024 + 1024 + 512 + 256 + 1) + 4 * k
     assert dcnv2.parameters == 16_044_545
-    n = 27  # DLRM: the MLPs' outputs, the stacked vectors, their dots, the pairs and the top input
+    n = 32  # DLRM: the MLPs' outputs, the 27 vectors padded to 32, their dots, the pairs and the top input
     assert model_size("dlrm", 26, 13, 16).layer_width == (512 + 256 + 64 + 16) + (512 + 256 + 1) + n * (n + 16) + 351 + 367
     extra = batch_bytes(8192, 26, 13, 128, dcnv2.layer_width, dcnv2.parameters) - batch_bytes(8192, 26, 13, 128)
     assert extra == 8192 * 24 * (dcnv2.layer_width - HIDDEN) + 16 * dcnv2.parameters
@@ -131,6 +137,8 @@ def test_upper_pairs_are_the_strict_upper_triangle():
     assert upper_pairs(3).tolist() == [1, 2, 5]
     z = torch.arange(16.0).view(4, 4)
     assert z.flatten()[upper_pairs(4)].tolist() == [z[i, j].item() for i in range(4) for j in range(i + 1, 4)]
+    # Three vectors padded to four (the zero vector's dots are never read).
+    assert z.flatten()[upper_pairs(3, 4)].tolist() == [z[0, 1].item(), z[0, 2].item(), z[1, 2].item()]
 
 
 def test_hooks_are_declared_on_every_model_class():
@@ -139,9 +147,14 @@ def test_hooks_are_declared_on_every_model_class():
         assert cls.provides_row_weights == hasattr(cls, "row_weights"), name
         assert cls.provides_dense_part == (hasattr(cls, "dense_part") and hasattr(cls, "head")), name
     assert has_row_weights(build_model("wdl", 3, 2, 4)) and has_dense_part(build_model("wdl", 3, 2, 4))
+    gen = torch.Generator().manual_seed(0)
     for name, shape in (("dlrm", SMALL_DLRM), ("dcnv2", SMALL_DCNV2)):
-        model = build_model(name, 3, 2, 4, shape=shape)
-        assert not has_row_weights(model) and not has_dense_part(model)
+        for dense in (2, 0):  # the bottom MLP is the dense part; without dense features there is none
+            model = build_model(name, 3, dense, 4, shape=shape)
+            assert not has_row_weights(model) and has_dense_part(model)
+            dense_BI, emb_BFD = torch.randn(5, dense, generator=gen), torch.randn(5, 3, 4, generator=gen)
+            assert (model.dense_part(dense_BI) is None) == (dense == 0)
+            assert torch.equal(model.head(model.dense_part(dense_BI), emb_BFD), model(dense_BI, emb_BFD))
     assert not has_row_weights(torch.nn.Linear(2, 1))  # not a CTRModel: declares nothing
 
 

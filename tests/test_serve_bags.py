@@ -50,7 +50,7 @@ def test_the_runs_record_their_bags_and_cross_rank(runs):
     _, found = runs
     dlrm, dcnv2 = load_trained(found["dlrm"][0]), load_trained(found["dcnv2"][0])
     assert dlrm.bags.sizes == tuple(BAGS) and dlrm.bags.mode == "sum" and dlrm.id_columns == sum(BAGS)
-    assert dcnv2.bags.mode == "mean" and dcnv2.meta["cross_rank"] == 8
+    assert dcnv2.bags.mode == "mean" and dcnv2.meta["shape"]["cross_rank"] == 8
     assert dcnv2.model.cross[0].down.weight.shape == (8, 8 * 27)  # rank 8 of the (26 fields + dense) x d cross input
 
 

@@ -61,6 +61,11 @@ def test_resume_refuses_another_models_checkpoint(tmp_path, one_thread):
         train(_cfg(tmp_path, "ck", iter=4, model="dcn", embed_dim=8, resume=True))
     with pytest.raises(HetGMPError, match=r"optimizer: checkpoint 'adam', this run 'sgd'.*the worker count and plan may differ"):
         train(_cfg(tmp_path, "ck", iter=4, optimizer="sgd", resume=True))
+    # The DLRM family's layer sizes are the run's too: a resume with another top MLP is refused.
+    train(_cfg(tmp_path, "dlrm", iter=2, model="dlrm", embed_dim=4, bottom_mlp="8", top_mlp="8"))
+    with pytest.raises(HetGMPError, match=r"shape: checkpoint .*'top': \[8\].*this run .*'top': \[6\]"):
+        train(_cfg(tmp_path, "dlrm", iter=4, model="dlrm", embed_dim=4, bottom_mlp="8", top_mlp="6", resume=True))
+    assert train(_cfg(tmp_path, "dlrm", iter=4, model="dlrm", embed_dim=4, bottom_mlp="8", top_mlp="8", resume=True))["step"] == 4
     # Another plan is no other run: its rows are re-placed (train/reshard.py).
     write_plan(tmp_path / "ds", tmp_path / "plan.npz", parts=1)
     assert train(_cfg(tmp_path, "ck", iter=4, partition=str(tmp_path / "plan.npz"), resume=True))["step"] == 4

@@ -6,6 +6,7 @@
     STEPS                  --step: auto picks the fast step where it can run
     DEVICES                --device
     POOL_MODES             --bag-pooling, how a multi-hot bag becomes one row (models/bags.py)
+    SHAPE_PRESETS          --model-shape, the DLRM family's layer sizes to start from (models/shapes.py)
 """
 
 DENSE_OPTIMIZERS = ("sgd", "adam", "adagrad")
@@ -14,3 +15,4 @@ AMP_MODES = ("none", "bf16")
 STEPS = ("auto", "fast", "general")
 DEVICES = ("cpu", "cuda", "auto")
 POOL_MODES = ("sum", "mean")
+SHAPE_PRESETS = ("default", "mlperf")

@@ -10,8 +10,8 @@ class (models/base.py: has_row_weights, has_dense_part).
     table_width("dfm", 16) == 17   # DeepFM's rows carry a first-order weight
     build_model("dcnv2", 26, 13, 128, shape=DCNv2Shape(cross_rank=0))  # full-rank cross layers
 
-wdl, dcn and dfm are HET-GMP's models; dlrm and dcnv2 the DLRM family's
-(DLRM's Criteo Kaggle shape, MLPerf's DLRM-DCNv2 shape).
+wdl, dcn and dfm are HET-GMP's models; dlrm and dcnv2 the DLRM family's, whose
+layer sizes a run chooses (models/shapes.py: a default and MLPerf's preset).
 """
 
 from __future__ import annotations
@@ -25,15 +25,14 @@ from hetgmp.errors import HetGMPError
 from hetgmp.models.bags import POOL_MODES, Bags, pool_bags
 from hetgmp.models.base import CTRModel, has_dense_part, has_row_weights
 from hetgmp.models.dcn import DCN
-from hetgmp.models.dcnv2 import DCNV2_MLPERF, DCNv2, DCNv2Shape
+from hetgmp.models.dcnv2 import DCNV2_DEFAULT, DCNV2_MLPERF, DCNv2, DCNv2Shape
 from hetgmp.models.deepfm import DeepFM
 from hetgmp.models.dlrm import DLRM, DLRM_KAGGLE, DLRM_MLPERF, DLRMShape
+from hetgmp.models.shapes import PRESETS, SHAPES, check_shape, model_shape, parse_widths, shape_from_record, shape_of, shape_record
 from hetgmp.models.wdl import WDL
 
 MODELS: dict[str, type[CTRModel]] = {"wdl": WDL, "dcn": DCN, "dfm": DeepFM, "dlrm": DLRM, "dcnv2": DCNv2}
 MODEL_NAMES = tuple(MODELS)
-# The shape dataclass each model's `shape=` takes (models without one take no options).
-SHAPES: dict[str, type] = {"dlrm": DLRMShape, "dcnv2": DCNv2Shape}
 # The learning rates for plain SGD: the original script's for wdl, dcn and dfm; DLRM's reference
 # Criteo Kaggle run for dlrm; dcnv2 has no published SGD rate (MLPerf trains it with Adagrad), and
 # takes DLRM's.
@@ -67,18 +66,8 @@ def build_model(name: str, num_fields: int, num_dense: int, embed_dim: int, shap
     if not isinstance(shape, SHAPES.get(name, ())):
         wanted = SHAPES[name].__name__ if name in SHAPES else "none (its layer sizes are fixed)"
         raise HetGMPError(f"cannot build {name} with shape {shape!r}: it takes {wanted}")
-    _check_shape(name, shape)
+    check_shape(name, shape)
     return MODELS[name](**sizes, shape=shape)
-
-
-def model_shape(name: str, cross_rank: int | None = None) -> Any:
-    """The `shape=` of build_model for a run's options (None: the model's default shape);
-    --cross-rank is DCNv2's alone."""
-    if cross_rank is None:
-        return None
-    if name != "dcnv2":
-        raise HetGMPError(f"--cross-rank sets the rank of dcnv2's cross layers, and the model is {name}: drop --cross-rank")
-    return DCNv2Shape(cross_rank=cross_rank)
 
 
 @dataclass(frozen=True)
@@ -93,20 +82,15 @@ def model_size(name: str, num_fields: int, num_dense: int, embed_dim: int, shape
     """The named model's real parameter count and layer width, built on the meta device (no memory),
     so that memory can be checked before the model is built.
 
-    Example: model_size("dcnv2", 26, 13, 128).parameters == 16_044_545 (MLPerf's DLRM-DCNv2)."""
+    Example: model_size("dcnv2", 26, 13, 128, DCNV2_MLPERF).parameters == 16_044_545 (MLPerf's DLRM-DCNv2)."""
     with torch.device("meta"):
         model = build_model(name, num_fields, num_dense, embed_dim, shape)
     return ModelSize(sum(p.numel() for p in model.parameters()), model.layer_width())
 
 
-def _check_shape(name: str, shape: Any) -> None:
-    widths = [*shape.bottom, *shape.top]
-    if any(w < 1 for w in widths) or getattr(shape, "cross_rank", 0) < 0 or getattr(shape, "cross_layers", 0) < 0:
-        raise HetGMPError(f"cannot build {name} with {shape}: layer widths must be >= 1, cross_rank and cross_layers >= 0")
-
-
 __all__ = [
-    "MODEL_NAMES", "ORIGINAL_LR", "POOL_MODES", "SHAPES", "ModelSize", "build_model", "model_shape", "model_size", "table_width", "pool_bags", "Bags",
+    "MODEL_NAMES", "ORIGINAL_LR", "POOL_MODES", "PRESETS", "SHAPES", "ModelSize", "build_model", "model_size", "table_width", "pool_bags", "Bags",
+    "model_shape", "parse_widths", "shape_from_record", "shape_of", "shape_record",
     "CTRModel", "has_row_weights", "has_dense_part",
-    "WDL", "DCN", "DeepFM", "DLRM", "DLRMShape", "DLRM_KAGGLE", "DLRM_MLPERF", "DCNv2", "DCNv2Shape", "DCNV2_MLPERF",
+    "WDL", "DCN", "DeepFM", "DLRM", "DLRMShape", "DLRM_KAGGLE", "DLRM_MLPERF", "DCNv2", "DCNv2Shape", "DCNV2_DEFAULT", "DCNV2_MLPERF",
 ]

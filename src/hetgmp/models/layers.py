@@ -63,8 +63,8 @@ def dlrm_mlp(sizes: Sequence[int], relu_last: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def aligned_linear(x_BK: torch.Tensor, weight_MK: torch.Tensor) -> torch.Tensor:
-    """F.linear(x, weight), with K padded by zeros to a multiple of 8 when compiled.
+def aligned_linear(x_BK: torch.Tensor, weight_MK: torch.Tensor, bias_M: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias), with K padded by zeros to a multiple of 8 when compiled.
 
     bf16 rows of K = 13 dense features (26 bytes) are not 16-byte aligned, and
     cuBLAS then falls back to older, slower kernels for the matmul and both of
@@ -73,5 +73,12 @@ def aligned_linear(x_BK: torch.Tensor, weight_MK: torch.Tensor) -> torch.Tensor:
     extra copies would cost more than they save)."""
     pad = -x_BK.shape[-1] % 8
     if not pad or not torch.compiler.is_compiling():
-        return F.linear(x_BK, weight_MK)
-    return F.linear(F.pad(x_BK, (0, pad)), F.pad(weight_MK, (0, pad)))
+        return F.linear(x_BK, weight_MK, bias_M)
+    return F.linear(F.pad(x_BK, (0, pad)), F.pad(weight_MK, (0, pad)), bias_M)
+
+
+def aligned_mlp(mlp: nn.Sequential, x_BK: torch.Tensor) -> torch.Tensor:
+    """mlp(x), its first layer through aligned_linear (a `dlrm_mlp` on 13 dense features, or on
+    DLRM's 367 interaction outputs)."""
+    first = mlp[0]
+    return mlp[1:](aligned_linear(x_BK, first.weight, first.bias))

@@ -43,7 +43,7 @@ from torch import nn
 from hetgmp.embedding.config import EmbeddingConfig
 from hetgmp.embedding.init import initial_rows
 from hetgmp.errors import HetGMPError
-from hetgmp.models import Bags, build_model, model_shape, table_width
+from hetgmp.models import Bags, build_model, shape_from_record, table_width
 from hetgmp.models.bags import pool_rows
 from hetgmp.train import checkpoint as ckpt
 from hetgmp.train.checkpoint import DamagedCheckpoint
@@ -161,8 +161,8 @@ def load_trained(path: str | Path) -> TrainedModel:
 
 
 def _build(meta: dict[str, Any]) -> nn.Module:
-    """The checkpoint's model, in the run's shape (dcnv2's --cross-rank; None before runs recorded it)."""
-    shape = model_shape(meta["model"], meta.get("cross_rank"))
+    """The checkpoint's model, in the run's shape (the DLRM family's layer sizes)."""
+    shape = shape_from_record(meta["model"], meta.get("shape"))
     return build_model(meta["model"], meta["num_fields"], meta["num_dense"], meta["embed_dim"], shape)
 
 

@@ -57,8 +57,8 @@ KEEP = 2
 LATEST = "latest"
 LOCK = ".lock"
 # meta.json keys that must match for a checkpoint to be resumed (the worker count and plan need not: reshard.py).
-# Absent keys read as None: a one-hot run records no bags, one of the default shape no cross_rank.
-MUST_MATCH = ("model", "embed_dim", "cross_rank", "table_width", "num_fields", "num_dense", "num_ids", "fields", "bag_sizes",
+# Absent keys read as None: a one-hot run records no bags, a model without a shape (wdl, dcn, dfm) none.
+MUST_MATCH = ("model", "embed_dim", "shape", "table_width", "num_fields", "num_dense", "num_ids", "fields", "bag_sizes",
               "padding", "bag_pooling", "optimizer", "sparse_optimizer")
 RECORDED_LATER = ("fields",)  # keys that checkpoints of earlier versions lack: compared only where recorded
 

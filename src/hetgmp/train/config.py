@@ -18,7 +18,7 @@ embedding gradients, batch 4096); table rate 0.05 was seed-sensitive
 (0.8059-0.8094), batch 8192 gave 0.8065, the original's SGD 0.01 barely moves
 in one epoch (0.53). The DLRM family trains best with other rates
 (MODEL_RATES; the grid and its AUCs are in BENCHMARKS.md): both want a
-slower table, DCNv2's 16M weights a slower Adam too.
+slower table, DCNv2 a slower Adam too.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from hetgmp.choices import AMP_MODES, DENSE_OPTIMIZERS, DEVICES, POOL_MODES, SPARSE_OPTIMIZERS, STEPS
+from hetgmp.choices import AMP_MODES, DENSE_OPTIMIZERS, DEVICES, POOL_MODES, SHAPE_PRESETS, SPARSE_OPTIMIZERS, STEPS
 from hetgmp.cliflags import ABOVE_ZERO, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Range, add_flag
 from hetgmp.errors import HetGMPError
 from hetgmp.train.tensorboard import require_tensorboard
@@ -40,7 +40,7 @@ from hetgmp.train.tensorboard import require_tensorboard
 # The dense and table learning rates of a model whose best per epoch differ from WDL's (lr 1e-3,
 # sparse_lr 0.1): `benchmarks/quality_study.py --model M`, one epoch at d = 16 on 1M synthetic rows.
 DEFAULT_RATES = {"lr": 1e-3, "sparse_lr": 0.1}
-MODEL_RATES: dict[str, dict[str, float]] = {"dlrm": {"sparse_lr": 0.01}, "dcnv2": {"lr": 3e-4, "sparse_lr": 0.02}}
+MODEL_RATES: dict[str, dict[str, float]] = {"dlrm": {"sparse_lr": 0.01}, "dcnv2": {"lr": 1e-4, "sparse_lr": 0.02}}
 
 
 def _f(default: Any, help: str, **flag: Any) -> Any:
@@ -53,10 +53,19 @@ def _f(default: Any, help: str, **flag: Any) -> Any:
 class TrainConfig:
     data: str = _f(None, "dataset directory (from `hetgmp prepare` or `hetgmp synth`)", required=True)
     model: str = _f("wdl", "model: wdl (Wide&Deep), dcn (Deep&Cross), dfm (DeepFM), dlrm (DLRM, dot interaction) or dcnv2 "
-                    "(DCN V2 in MLPerf's DLRM-DCNv2 shape: 3 cross layers of rank 512)")
+                    "(DCN V2: cross layers of low-rank W = U V^T and a deep tower)")
     embed_dim: int = _f(16, "embedding dimension d (DeepFM's table is d+1 wide)", range=POSITIVE)
-    cross_rank: int | None = _f(None, "dcnv2 only: rank of each cross layer's W = U V^T (default 512, MLPerf's; "
-                                "0: full-rank K x K matrices)", range=NON_NEGATIVE)
+    model_shape: str | None = _f(None, "dlrm and dcnv2: the layer sizes to start from: default (the sizes that train "
+                                 "best per epoch) or mlperf (MLPerf's DLRM and DLRM-DCNv2: bottom 512-256-d, top "
+                                 "1024-1024-512-256-1, 3 cross layers of rank 512); the four flags below change single "
+                                 "sizes", choices=SHAPE_PRESETS)
+    bottom_mlp: str | None = _f(None, "dlrm and dcnv2: hidden widths of the bottom MLP on the dense features, "
+                                "comma-separated (it ends in d), e.g. 512,256,64")
+    top_mlp: str | None = _f(None, "dlrm and dcnv2: hidden widths of the top MLP, comma-separated (it ends in one "
+                             "logit), e.g. 512,256")
+    cross_layers: int | None = _f(None, "dcnv2 only: number of cross layers", range=NON_NEGATIVE)
+    cross_rank: int | None = _f(None, "dcnv2 only: rank of each cross layer's W = U V^T (0: full-rank K x K "
+                                "matrices)", range=NON_NEGATIVE)
     bag_pooling: str = _f("sum", "how a multi-hot field's bag of rows becomes one (sum, as MLPerf's DLRM, or mean); "
                           "padding ids are left out of both", choices=POOL_MODES)
     batch_size: int = _f(4096, "samples per step on each worker", range=POSITIVE)
@@ -79,7 +88,7 @@ class TrainConfig:
     device: str = _f("auto", "cpu, cuda or auto (CUDA when available)", choices=DEVICES)
     seed: int = _f(0, "seed for weights, embedding rows, random placement and data order", range=SEED)
     optimizer: str = _f("adam", "optimizer of the dense layers", choices=DENSE_OPTIMIZERS)
-    lr: float | None = _f(None, "learning rate of the dense layers (0 freezes them; default 1e-3, dcnv2 3e-4)", range=NON_NEGATIVE)
+    lr: float | None = _f(None, "learning rate of the dense layers (0 freezes them; default 1e-3, dcnv2 1e-4)", range=NON_NEGATIVE)
     sparse_optimizer: str = _f("rowwise_adagrad", "optimizer of the embedding table", choices=SPARSE_OPTIMIZERS)
     sparse_lr: float | None = _f(None, "learning rate of the embedding table (0 freezes it; default 0.1, dlrm 0.01, "
                                  "dcnv2 0.02)", range=NON_NEGATIVE)
@@ -108,14 +117,20 @@ class TrainConfig:
             problem = bounds.problem(value) if bounds and value is not None else None
             if problem:
                 raise HetGMPError(f"--{f.name.replace('_', '-')} {problem}")
-        from hetgmp.models import model_shape  # (torch: not imported for --help)
-
-        model_shape(self.model, self.cross_rank)
+        self.shape()
         if self.resume and not self.checkpoint_dir:
             raise HetGMPError("--resume needs --checkpoint-dir DIR (the directory the interrupted run saved to)")
         if self.tensorboard:
             require_tensorboard()
         self.choose_step(self.nproc)
+
+    def shape(self) -> Any:
+        """The model's `shape=` (build_model) from --model-shape and the single sizes; None: its default."""
+        from hetgmp.models import model_shape, parse_widths  # (torch: not imported for --help)
+
+        widths = {key: None if text is None else parse_widths(text, flag)
+                  for key, text, flag in (("bottom", self.bottom_mlp, "--bottom-mlp"), ("top", self.top_mlp, "--top-mlp"))}
+        return model_shape(self.model, self.model_shape, **widths, cross_layers=self.cross_layers, cross_rank=self.cross_rank)
 
     def choose_step(self, world_size: int) -> tuple[str, str]:
         """("fast" or "general", why) for a run on `world_size` workers (every option runs on the fast
@@ -131,7 +146,7 @@ class TrainConfig:
 
     def config_hash(self) -> str:
         """Short hash of every setting that changes what one step computes."""
-        keys = ("model", "embed_dim", "cross_rank", "bag_pooling", "batch_size", "optimizer", "lr", "sparse_optimizer", "sparse_lr", "bound", "store_rate", "seed",
+        keys = ("model", "embed_dim", "model_shape", "bottom_mlp", "top_mlp", "cross_layers", "cross_rank", "bag_pooling", "batch_size", "optimizer", "lr", "sparse_optimizer", "sparse_lr", "bound", "store_rate", "seed",
                 "step", "amp", "compile")
         text = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

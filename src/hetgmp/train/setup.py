@@ -23,7 +23,7 @@ from hetgmp.embedding.fixed.table import ShardedTable
 from hetgmp.embedding.memory import check_batch_memory
 from hetgmp.fastpath import FastStep, ShardedFastStep
 from hetgmp.fastpath.config import dense_optimizer
-from hetgmp.models import Bags, build_model, model_shape, model_size, table_width
+from hetgmp.models import Bags, build_model, model_size, shape_of, shape_record, table_width
 from hetgmp.train.checkpoint import fingerprint
 from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import BatchStream, EvalBatches, shard_sizes, steps_per_epoch, train_rows
@@ -60,7 +60,8 @@ class Run:
         """What a checkpoint of this run records about itself (see checkpoint.MUST_MATCH)."""
         meta = self.dataset.meta
         return {
-            "model": self.cfg.model, "embed_dim": self.cfg.embed_dim, "cross_rank": self.cfg.cross_rank,
+            "model": self.cfg.model, "embed_dim": self.cfg.embed_dim,
+            "shape": shape_record(shape_of(self.cfg.model, self.cfg.shape())),
             **({} if self.bags is None else self.bags.describe()),
             "table_width": table_width(self.cfg.model, self.cfg.embed_dim),
             "num_fields": meta.num_fields, "num_dense": int(self.dataset.train.dense.shape[1]),
@@ -131,7 +132,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
     meta = dataset.meta
     bags = Bags.of(meta, cfg.bag_pooling)
     num_dense = int(dataset.train.dense.shape[1])
-    shape = model_shape(cfg.model, cfg.cross_rank)
+    shape = cfg.shape()
     size = model_size(cfg.model, meta.num_fields, num_dense, cfg.embed_dim, shape)
     check_batch_memory(cfg.batch_size, meta.num_fields, num_dense, table_width(cfg.model, cfg.embed_dim), ctx.device,
                        size.layer_width, size.parameters, meta.id_columns)
