@@ -285,6 +285,10 @@ def run_cell(model: str, batch: int, dim: int, args: argparse.Namespace, rows: l
     def record(variant: str, fn) -> None:
         print(f"[{model} {batch}x{dim}] {variant} ...", flush=True)
         rows.append({"model": model, "batch": batch, "dim": dim, "bags": args.bags, "variant": variant, **measured(fn, args.device)})
+        # As soon as it is known: a run cut short (a time limit) keeps what it measured.
+        done = rows[-1]
+        per_step = "failed" if done["sec"] is None else f"{batch / done['sec'] / 1e6:.2f} M samples/s, {done['sec'] * 1e3:.3f} ms/step"
+        print(f"[{model} {batch}x{dim}] {variant}: {per_step}", flush=True)
         save()
 
     record("yardstick", lambda: time_yardstick(model, batch, dim, args))

@@ -14,7 +14,7 @@ general one, in one run); `--amp` and `--compile` pass through to the fast step.
     python benchmarks/bench_train.py --device cuda --nproc 2 --bound 100 --sparse-optimizer sgd --step fast general
                                                           # two GPUs: the sharded fast step against the general one
     python benchmarks/bench_train.py --device cpu --rows 200000 --iter 40 --batch-size 1024 --models wdl   # smoke run
-    python benchmarks/bench_train.py --device cuda --models dlrm dcnv2 --embed-dim 128 --amp bf16 --compile \
+    python benchmarks/bench_train.py --device cuda --models dlrm dcnv2 --model-shape mlperf --embed-dim 128 --amp bf16 --compile \
         --multi-hot-sizes 3,2,1,2,6,1,1,1,1,7,3,8,1,6,9,5,1,1,1,12,100,27,10,3,1,1        # MLPerf's bags, one GPU
 """
 
@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from hetgmp.models.shapes import PRESETS
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None) -> float:
@@ -54,7 +56,9 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path | None]:
 def train(args: argparse.Namespace, model: str, step: str, data: Path, plan: Path | None) -> dict:
     placement = "random" if plan is None else "plan"
     fast_flags = ["--amp", args.amp] + (["--compile"] if args.compile else [])
-    tag = f"{step}-{args.amp}-{args.optimizer}-{args.sparse_optimizer}" + ("-compile" if args.compile else "")
+    shaped = model in PRESETS  # the models that take --model-shape
+    tag = f"{step}-{args.amp}-{args.optimizer}-{args.sparse_optimizer}" + ("-compile" if args.compile else "") + (
+        f"-{args.model_shape}" if shaped else "")
     out = args.work / f"run-{model}-{args.nproc}-{placement}-{args.bound}-{args.batch_size}-{args.embed_dim}-{tag}"
     out.mkdir(parents=True, exist_ok=True)
     metrics = out / "metrics.jsonl"
@@ -64,7 +68,7 @@ def train(args: argparse.Namespace, model: str, step: str, data: Path, plan: Pat
              "--embed-dim", str(args.embed_dim), "--iter", str(args.iter), "--log-every", str(args.log_every), "--val",
              "--bound", str(args.bound), "--metrics", str(metrics), "--output", str(out / "train.log"), "--no-progress",
              "--step", step, "--optimizer", args.optimizer, "--sparse-optimizer", args.sparse_optimizer,
-             *(fast_flags if step != "general" else [])]
+             *(fast_flags if step != "general" else []), *(["--model-shape", args.model_shape] if shaped else [])]
     if plan is not None:
         flags += ["--partition", str(plan), "--store-rate", str(args.store_rate)]
     if args.nproc == 1:
@@ -98,6 +102,7 @@ def main() -> None:
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=8192)
     p.add_argument("--embed-dim", type=int, default=16)
+    p.add_argument("--model-shape", default="default", choices=["default", "mlperf"], help="dlrm's and dcnv2's layer sizes (hetgmp train --model-shape)")
     p.add_argument("--iter", type=int, default=200)
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--bound", type=int, default=0)

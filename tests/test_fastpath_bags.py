@@ -91,6 +91,9 @@ def test_mean_pooling_with_adagrad_and_adam(model_name):
 @pytest.mark.parametrize("model_name, cfg, mode", [
     ("dlrm", FastStepConfig(lr=0.3, dense_lr=0.3, kernel="triton"), "sum"),
     ("dcnv2", FastStepConfig(lr=0.1, dense_lr=0.01, sparse_optimizer="rowwise_adagrad", dense_optimizer="adam", kernel="triton"), "mean"),
+    # Overlapped: the bottom MLP first, and the update reads the pooled rows' gradient in place, a
+    # strided slice of the gradient of DCNv2's [embeddings, bottom].
+    ("dcnv2", FastStepConfig(lr=0.3, dense_lr=0.3, kernel="triton", overlap=True), "sum"),
     ("wdl", FastStepConfig(lr=0.5, dense_lr=0.5, kernel="triton", overlap=True, sort_ahead=False), "sum"),
     ("dfm", FastStepConfig(lr=0.1, dense_lr=0.1, kernel="triton", fused_pooling=False), "mean"),
 ])
