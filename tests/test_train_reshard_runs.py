@@ -148,7 +148,7 @@ def test_another_model_or_vocabulary_is_refused_and_nothing_written(two_workers)
     before = _listing(folder)
     proc = _train(root, "refused", 240, "--embed-dim", "16", "--resume")
     assert_clean_error(proc, "train", "embed_dim: checkpoint 8, this run 16", "table_width: checkpoint 8, this run 16",
-                       "resume with the same --model, --embed-dim, optimizers and dataset (the worker count and plan may differ)")
+                       "resume with the same --model, --embed-dim, layer sizes, optimizers and dataset (the worker count and plan may differ)")
     assert _listing(folder) == before
 
     _ok(hetgmp("synth", *SYNTH[:-1], "--scale", "0.00004", "--output", str(root / "other")))

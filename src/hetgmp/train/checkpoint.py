@@ -313,7 +313,7 @@ def check_meta(folder: Path, expected: dict[str, Any]) -> dict[str, Any]:
     if diffs:
         raise HetGMPError(
             f"checkpoint {folder} belongs to another run ({'; '.join(diffs)}): "
-            "resume with the same --model, --embed-dim, optimizers and dataset (the worker count and plan may differ), "
+            "resume with the same --model, --embed-dim, layer sizes, optimizers and dataset (the worker count and plan may differ), "
             "or choose a new --checkpoint-dir"
         )
     return saved
