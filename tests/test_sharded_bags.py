@@ -42,14 +42,14 @@ def _model():
     return build_model("dlrm", len(BAGS.sizes), DENSE, DIM, DLRMShape(bottom=(6,), top=(5,)))
 
 
-def _worker(ctx, placement, arrays, optimizer, ahead):
+def _worker(ctx, placement, arrays, optimizer, ahead, compile):
     ids, labels, dense = arrays
     rows = slice(ctx.rank * BATCH, (ctx.rank + 1) * BATCH)
     batches = [(torch.as_tensor(dense[t, rows]), torch.as_tensor(ids[t, rows]), torch.as_tensor(labels[t, rows])) for t in range(STEPS)]
     owner = torch.as_tensor(placement.owner.astype(np.int64))
     capacity, distinct = find_capacities([b[1] for b in batches], owner, ctx.rank, ctx.world_size, multiple=4)
     config = EmbeddingConfig(IDS, DIM, optimizer=optimizer, lr=LR, bound=0, init_std=0.3)
-    cfg = ShardedStepConfig(capacity=capacity, distinct_capacity=distinct, dense_lr=DENSE_LR)
+    cfg = ShardedStepConfig(capacity=capacity, distinct_capacity=distinct, dense_lr=DENSE_LR, compile=compile)
     step = ShardedFastStep.build(_model(), config, placement, ctx, cfg, bags=BAGS)
     losses = []
     for t, b in enumerate(batches):
@@ -60,12 +60,13 @@ def _worker(ctx, placement, arrays, optimizer, ahead):
     return step.gather_table().numpy(), [p.detach().numpy().copy() for p in step.model.parameters()], losses
 
 
-@pytest.mark.parametrize("optimizer, ahead", [("sgd", False), ("rowwise_adagrad", True)])
-def test_sharded_step_with_bags_matches_one_process(optimizer, ahead):
+# compile: the model with its pooling (padding mask included) compiled, as `--compile` runs it.
+@pytest.mark.parametrize("optimizer, ahead, compile", [("sgd", False, False), ("rowwise_adagrad", True, True)])
+def test_sharded_step_with_bags_matches_one_process(optimizer, ahead, compile):
     arrays = _data()
     placement = plan_like(arrays[0], IDS, WORLD, store_rate=0.2)
     assert {7, 11} <= set(np.concatenate(placement.mirrors).tolist()), "the padding rows are hot: both workers mirror them"
-    results = run_workers(_worker, WORLD, args=(placement, arrays, optimizer, ahead), timeout_s=600)
+    results = run_workers(_worker, WORLD, args=(placement, arrays, optimizer, ahead, compile), timeout_s=600)
     start = initial_rows(torch.arange(IDS), EmbeddingConfig(IDS, DIM, lr=LR, init_std=0.3), torch.device("cpu"))
     model = _model()
     ref = ReferenceStep(copy.deepcopy(model), start.clone(), FastStepConfig(lr=LR, dense_lr=DENSE_LR, sparse_optimizer=optimizer),
