@@ -113,6 +113,11 @@ def test_layer_sizes_start_from_a_preset_and_models_without_them_refuse_the_flag
     assert parse("--model", "dcnv2", "--model-shape", "mlperf").shape() == DCNV2_MLPERF
     assert parse("--model", "dlrm", "--model-shape", "mlperf", "--top-mlp", "64,32").shape() == dataclasses.replace(DLRM_MLPERF, top=(64, 32))
     assert parse("--model", "dcnv2", "--top-mlp", "", "--cross-layers", "1").shape() == dataclasses.replace(DCNV2_DEFAULT, top=(), cross_layers=1)
+    # --model-shape's help states MLPerf's sizes as the preset holds them.
+    help_text = " ".join(next(a.help for a in parser._actions if "--model-shape" in a.option_strings).split())
+    mlperf = f"bottom {'-'.join(map(str, DCNV2_MLPERF.bottom))}-d, top {'-'.join(map(str, DCNV2_MLPERF.top))}-1, " \
+             f"{DCNV2_MLPERF.cross_layers} cross layers of rank {DCNV2_MLPERF.cross_rank}"
+    assert mlperf in help_text and DLRM_MLPERF.bottom == DCNV2_MLPERF.bottom and DLRM_MLPERF.top == DCNV2_MLPERF.top
     for flags, message in [
         (["--model", "wdl", "--top-mlp", "64"], "--top-mlp sets the layer sizes of dlrm and dcnv2, and the model is wdl"),
         (["--model", "dfm", "--model-shape", "mlperf", "--bottom-mlp", "8"], "--model-shape and --bottom-mlp set the layer sizes"),

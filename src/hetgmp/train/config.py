@@ -60,12 +60,12 @@ class TrainConfig:
                                  "1024-1024-512-256-1, 3 cross layers of rank 512); the four flags below change single "
                                  "sizes", choices=SHAPE_PRESETS)
     bottom_mlp: str | None = _f(None, "dlrm and dcnv2: hidden widths of the bottom MLP on the dense features, "
-                                "comma-separated (it ends in d), e.g. 512,256,64")
+                                "comma-separated (it ends in d), e.g. 512,256,64; by default the --model-shape preset's")
     top_mlp: str | None = _f(None, "dlrm and dcnv2: hidden widths of the top MLP, comma-separated (it ends in one "
-                             "logit), e.g. 512,256")
-    cross_layers: int | None = _f(None, "dcnv2 only: number of cross layers", range=NON_NEGATIVE)
-    cross_rank: int | None = _f(None, "dcnv2 only: rank of each cross layer's W = U V^T (0: full-rank K x K "
-                                "matrices)", range=NON_NEGATIVE)
+                             "logit), e.g. 512,256; by default the preset's")
+    cross_layers: int | None = _f(None, "dcnv2 only: number of cross layers (by default the preset's)", range=NON_NEGATIVE)
+    cross_rank: int | None = _f(None, "dcnv2 only: rank of each cross layer's W = U V^T (by default the preset's; 0, "
+                                "or a rank of at least the width K, is a full K x K matrix)", range=NON_NEGATIVE)
     bag_pooling: str = _f("sum", "how a multi-hot field's bag of rows becomes one (sum, as MLPerf's DLRM, or mean); "
                           "padding ids are left out of both", choices=POOL_MODES)
     batch_size: int = _f(4096, "samples per step on each worker", range=POSITIVE)
