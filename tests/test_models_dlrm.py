@@ -10,7 +10,7 @@ import torch
 from hetgmp.embedding.memory import HIDDEN, batch_bytes
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath import FastStep, FastStepConfig
-from hetgmp.models import (DCNV2_DEFAULT, DCNV2_MLPERF, DLRM_KAGGLE, DLRM_MLPERF, MODEL_NAMES, MODELS, DCNv2Shape, DLRMShape, build_model,
+from hetgmp.models import (DCNV2_DEFAULT, DCNV2_MLPERF, describe_shape, DLRM_KAGGLE, DLRM_MLPERF, MODEL_NAMES, MODELS, DCNv2Shape, DLRMShape, build_model,
                            has_dense_part, has_row_weights, model_size)
 from hetgmp.models.dlrm import upper_pairs
 
@@ -131,6 +131,12 @@ def test_model_size_is_the_built_models_for_the_memory_check():
     assert model_size("dlrm", 26, 13, 16).layer_width == (512 + 256 + 64 + 16) + (512 + 256 + 1) + n * (n + 16) + 351 + 367
     extra = batch_bytes(8192, 26, 13, 128, dcnv2.layer_width, dcnv2.parameters) - batch_bytes(8192, 26, 13, 128)
     assert extra == 8192 * 24 * (dcnv2.layer_width - HIDDEN) + 16 * dcnv2.parameters
+
+
+def test_shapes_describe_themselves():
+    assert describe_shape(DLRM_KAGGLE) == "bottom 512-256-64-d, top 512-256-1"
+    assert describe_shape(DCNV2_MLPERF) == "bottom 512-256-d, 3 cross layers of rank 512, top 1024-1024-512-256-1"
+    assert describe_shape(DCNv2Shape(bottom=(), cross_layers=1, cross_rank=0, top=())) == "bottom d, 1 cross layer of full rank, top 1"
 
 
 def test_upper_pairs_are_the_strict_upper_triangle():

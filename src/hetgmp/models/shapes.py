@@ -9,6 +9,7 @@ or mlperf) and may change single sizes (`--bottom-mlp`, `--top-mlp`,
     model_shape("dcnv2", preset="mlperf")                    # DCNV2_MLPERF
     model_shape("dlrm", preset="mlperf", top=(512, 256))     # MLPerf's bottom MLP, a smaller top
     shape_record(shape_of("dlrm", None))                     # what a checkpoint records (JSON)
+    describe_shape(DLRM_KAGGLE) == "bottom 512-256-64-d, top 512-256-1"
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ def model_shape(name: str, preset: str | None = None, **sizes: Any) -> Any:
 def shape_of(name: str, shape: Any) -> Any:
     """The shape a model is built in: `shape`, or its default (None for models without one)."""
     return shape if shape is not None or name not in PRESETS else PRESETS[name]["default"]
+
+
+def describe_shape(shape: Any) -> str:
+    """The layer sizes in words, e.g. "bottom 512-256-d, 1 cross layer of rank 512, top 512-256-1"."""
+    parts = [f"bottom {'-'.join(map(str, (*shape.bottom, 'd')))}"]
+    if hasattr(shape, "cross_layers"):
+        rank = "full rank" if shape.cross_rank == 0 else f"rank {shape.cross_rank}"
+        parts.append(f"{shape.cross_layers} cross layer{'s' if shape.cross_layers != 1 else ''} of {rank}")
+    return ", ".join([*parts, f"top {'-'.join(map(str, (*shape.top, 1)))}"])
 
 
 def check_shape(name: str, shape: Any) -> None:

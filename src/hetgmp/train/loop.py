@@ -38,6 +38,7 @@ from hetgmp.errors import HetGMPError
 from hetgmp.fastpath import ShardedFastStep
 from hetgmp.fastpath.flat_grads import FlatGradients
 from hetgmp.fastpath.objective import correct_count, ctr_loss
+from hetgmp.models import describe_shape, shape_of
 from hetgmp.models.bags import pool_rows
 from hetgmp.train import checkpoint as ckpt
 from hetgmp.train import reshard
@@ -106,8 +107,10 @@ def describe(run: Run, start: int) -> str:
     where = f"resumed at step {start}{run.resume_note}" if start else "from scratch"
     if cfg.resume and not start:
         where += f" (no checkpoint in {cfg.checkpoint_dir} yet)"
+    shape = shape_of(cfg.model, cfg.shape())
+    model = cfg.model if shape is None else f"{cfg.model} ({describe_shape(shape)})"
     return (
-        f"training {cfg.model} d={cfg.embed_dim} on {cfg.data}: {ctx.world_size} worker(s) on {ctx.device.type}, "
+        f"training {model} d={cfg.embed_dim} on {cfg.data}: {ctx.world_size} worker(s) on {ctx.device.type}, "
         f"batch {cfg.batch_size}/worker, {run.total_steps} steps ({run.steps_per_epoch}/epoch), "
         f"placement {run.plan_id}, {run.mirrors_note}, bound {cfg.bound}, {where}; {run.step_note}"
     )
