@@ -131,7 +131,7 @@ def test_only_the_worker_count_and_plan_may_differ(tmp_path):
     (folder / "meta.json").write_text(json.dumps(saved))
     assert check_meta(folder, {**saved, "world_size": 3, "plan": "0123456789abcdef"}) == saved
     with pytest.raises(HetGMPError, match=r"fields: checkpoint \[3, 4\], this run \[4, 3\]\): resume with the same --model, --embed-dim, "
-                                          r"optimizers and dataset \(the worker count and plan may differ\)"):
+                                          r"layer sizes, optimizers and dataset \(the worker count and plan may differ\)"):
         check_meta(folder, {**saved, "fields": [4, 3]})
     older = {k: v for k, v in saved.items() if k != "fields"}  # written before checkpoints recorded the field sizes
     (folder / "meta.json").write_text(json.dumps(older))
