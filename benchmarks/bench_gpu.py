@@ -51,8 +51,7 @@ from bench_kernels import kernel_rows, kernel_table
 from yardstick import (MLPERF_BAG_SIZES, NUM_DENSE, LR, bag_yardstick_step, capped_cardinalities, criteo_bag_batches, criteo_batches,
                        seconds_per_step, yardstick_step)
 from hetgmp.fastpath import FastStep, FastStepConfig, ReferenceStep
-from hetgmp.models import MODELS, PRESETS, Bags, build_model, parse_widths, table_width
-from hetgmp.models import model_shape as shape_from_flags
+from hetgmp.models import MODELS, PRESETS, Bags, build_model, shape_from_flags, table_width
 
 VARIANTS = {
     "eager": {"cuda_graph": False},
@@ -156,11 +155,8 @@ def model_shape(model: str, args: argparse.Namespace):
     """--shape with the single sizes, for dlrm and dcnv2 (the other models' sizes are fixed)."""
     if model not in PRESETS:
         return None
-    sizes = {"bottom": args.bottom_mlp, "top": args.top_mlp}
-    sizes = {key: None if text is None else parse_widths(text, f"--{key}-mlp") for key, text in sizes.items()}
-    if model == "dcnv2":
-        sizes |= {key: None if text is None else int(text) for key, text in (("cross_layers", args.cross_layers), ("cross_rank", args.cross_rank))}
-    return shape_from_flags(model, args.shape, **sizes)
+    cross = (args.cross_layers, args.cross_rank) if model == "dcnv2" else (None, None)
+    return shape_from_flags(model, args.shape, args.bottom_mlp, args.top_mlp, *(None if v is None else int(v) for v in cross))
 
 
 def size_flags(args: argparse.Namespace) -> list[str]:

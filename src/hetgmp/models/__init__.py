@@ -28,8 +28,8 @@ from hetgmp.models.dcn import DCN
 from hetgmp.models.dcnv2 import DCNV2_DEFAULT, DCNV2_MLPERF, DCNv2, DCNv2Shape
 from hetgmp.models.deepfm import DeepFM
 from hetgmp.models.dlrm import DLRM, DLRM_KAGGLE, DLRM_MLPERF, DLRMShape
-from hetgmp.models.shapes import (PRESETS, SHAPES, check_shape, describe_shape, model_shape, parse_widths, shape_from_record, shape_of,
-                                  shape_record)
+from hetgmp.models.shapes import (PRESETS, SHAPES, check_shape, describe_shape, model_shape, parse_widths, shape_from_flags,
+                                  shape_from_record, shape_of, shape_record)
 from hetgmp.models.wdl import WDL
 
 MODELS: dict[str, type[CTRModel]] = {"wdl": WDL, "dcn": DCN, "dfm": DeepFM, "dlrm": DLRM, "dcnv2": DCNv2}
@@ -91,7 +91,7 @@ def model_size(name: str, num_fields: int, num_dense: int, embed_dim: int, shape
 
 __all__ = [
     "MODEL_NAMES", "ORIGINAL_LR", "POOL_MODES", "PRESETS", "SHAPES", "ModelSize", "build_model", "model_size", "table_width", "pool_bags", "Bags",
-    "describe_shape", "model_shape", "parse_widths", "shape_from_record", "shape_of", "shape_record",
+    "describe_shape", "model_shape", "parse_widths", "shape_from_flags", "shape_from_record", "shape_of", "shape_record",
     "CTRModel", "has_row_weights", "has_dense_part",
     "WDL", "DCN", "DeepFM", "DLRM", "DLRMShape", "DLRM_KAGGLE", "DLRM_MLPERF", "DCNv2", "DCNv2Shape", "DCNV2_DEFAULT", "DCNV2_MLPERF",
 ]

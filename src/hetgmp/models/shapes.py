@@ -18,15 +18,15 @@ import dataclasses
 from typing import Any
 
 from hetgmp.errors import HetGMPError
-from hetgmp.models.dcnv2 import DCNV2_DEFAULT, DCNV2_MLPERF, DCNv2Shape
-from hetgmp.models.dlrm import DLRM_KAGGLE, DLRM_MLPERF, DLRMShape
+from hetgmp.models.dcnv2 import DCNV2_DEFAULT, DCNV2_MLPERF
+from hetgmp.models.dlrm import DLRM_KAGGLE, DLRM_MLPERF
 
 # Each preset of --model-shape (hetgmp.choices.SHAPE_PRESETS), per model that takes a shape.
 PRESETS: dict[str, dict[str, Any]] = {
     "dlrm": {"default": DLRM_KAGGLE, "mlperf": DLRM_MLPERF},
     "dcnv2": {"default": DCNV2_DEFAULT, "mlperf": DCNV2_MLPERF},
 }
-SHAPES: dict[str, type] = {"dlrm": DLRMShape, "dcnv2": DCNv2Shape}
+SHAPES: dict[str, type] = {name: type(presets["default"]) for name, presets in PRESETS.items()}
 # The flag that sets each size.
 FLAGS = {"preset": "--model-shape", "bottom": "--bottom-mlp", "top": "--top-mlp", "cross_layers": "--cross-layers",
          "cross_rank": "--cross-rank"}
@@ -49,6 +49,14 @@ def model_shape(name: str, preset: str | None = None, **sizes: Any) -> Any:
     shape = dataclasses.replace(base, **given)
     check_shape(name, shape)
     return shape
+
+
+def shape_from_flags(name: str, preset: str | None, bottom_mlp: str | None = None, top_mlp: str | None = None,
+                     cross_layers: int | None = None, cross_rank: int | None = None) -> Any:
+    """model_shape from the flags' values as given (the MLPs' widths as "512,256" text)."""
+    widths = {key: None if text is None else parse_widths(text, FLAGS[key])
+              for key, text in (("bottom", bottom_mlp), ("top", top_mlp))}
+    return model_shape(name, preset, **widths, cross_layers=cross_layers, cross_rank=cross_rank)
 
 
 def shape_of(name: str, shape: Any) -> Any:

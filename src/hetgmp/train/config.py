@@ -126,11 +126,9 @@ class TrainConfig:
 
     def shape(self) -> Any:
         """The model's `shape=` (build_model) from --model-shape and the single sizes; None: its default."""
-        from hetgmp.models import model_shape, parse_widths  # (torch: not imported for --help)
+        from hetgmp.models import shape_from_flags  # (torch: not imported for --help)
 
-        widths = {key: None if text is None else parse_widths(text, flag)
-                  for key, text, flag in (("bottom", self.bottom_mlp, "--bottom-mlp"), ("top", self.top_mlp, "--top-mlp"))}
-        return model_shape(self.model, self.model_shape, **widths, cross_layers=self.cross_layers, cross_rank=self.cross_rank)
+        return shape_from_flags(self.model, self.model_shape, self.bottom_mlp, self.top_mlp, self.cross_layers, self.cross_rank)
 
     def choose_step(self, world_size: int) -> tuple[str, str]:
         """("fast" or "general", why) for a run on `world_size` workers (every option runs on the fast
