@@ -12,7 +12,7 @@ from hetgmp.errors import HetGMPError
 from hetgmp.fastpath import FastStep, FastStepConfig
 from hetgmp.models import (DCNV2_DEFAULT, DCNV2_MLPERF, describe_shape, DLRM_KAGGLE, DLRM_MLPERF, MODEL_NAMES, MODELS, DCNv2Shape, DLRMShape, build_model,
                            has_dense_part, has_row_weights, model_size)
-from hetgmp.models.dlrm import upper_pairs
+from hetgmp.kernels.interaction import upper_pairs
 
 SMALL_DLRM = DLRMShape(bottom=(7, 5), top=(6, 4))
 SMALL_DCNV2 = DCNv2Shape(bottom=(7,), cross_layers=2, cross_rank=3, top=(6, 4))

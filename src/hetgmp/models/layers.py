@@ -70,7 +70,12 @@ def aligned_linear(x_BK: torch.Tensor, weight_MK: torch.Tensor, bias_M: torch.Te
     cuBLAS then falls back to older, slower kernels for the matmul and both of
     its gradients; the zero columns change no sum. Only under torch.compile,
     which folds the padding into the cast it writes anyway (eagerly, the two
-    extra copies would cost more than they save)."""
+    extra copies would cost more than they save). An x wider than the weight
+    arrives padded already (zero columns from a fused kernel, as DLRM's
+    interaction): the weight gets zero columns to match."""
+    extra = x_BK.shape[-1] - weight_MK.shape[-1]
+    if extra > 0:
+        return F.linear(x_BK, F.pad(weight_MK, (0, extra)), bias_M)
     pad = -x_BK.shape[-1] % 8
     if not pad or not torch.compiler.is_compiling():
         return F.linear(x_BK, weight_MK, bias_M)
