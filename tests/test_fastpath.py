@@ -189,4 +189,29 @@ def test_bf16_rows_step_matches_bf16_reference():
     _compare("wdl", cfg, steps=1)
     with pytest.raises(HetGMPError, match="bf16_rows=True needs amp='bf16'"):
         FastStepConfig(bf16_rows=True).check()
+    with pytest.raises(HetGMPError, match="autotune=True needs compile=True"):
+        FastStepConfig(autotune=True).check()
 
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the dense step and the autotuned matmuls compile on CUDA only")
+@pytest.mark.parametrize("model_name, optimizer, autotune", [("dlrm", "sgd", True), ("dcnv2", "adam", False)])
+def test_compiled_step_matches_reference(model_name, optimizer, autotune):
+    # compile: the model and the dense optimizer's foreach step compiled (config.fast_dense_optimizer);
+    # autotune: each matmul's kernel chosen at compile time. In a CUDA graph, fp32.
+    cfg = FastStepConfig(lr=0.3, dense_lr=0.01, dense_optimizer=optimizer, kernel="triton", compile=True, autotune=autotune)
+    _compare(model_name, cfg)
+
+
+def test_the_compiled_dense_step_is_taken_on_cuda_only_and_not_when_skipping():
+    from hetgmp.fastpath.config import fast_dense_optimizer
+
+    params = list(build_model("wdl", FIELDS, DENSE, 4).parameters())
+    for name in ("sgd", "adam"):
+        opt, step = fast_dense_optimizer(params, name, 0.1, torch.device("cuda"), skip_nonfinite=False, compile=True)
+        assert opt.defaults["foreach"] and not opt.defaults["fused"] and step != opt.step
+        opt, step = fast_dense_optimizer(params, name, 0.1, torch.device("cpu"), skip_nonfinite=False, compile=True)
+        assert step == opt.step
+    opt, step = fast_dense_optimizer(params, "adam", 0.1, torch.device("cuda"), skip_nonfinite=True, compile=True)
+    assert opt.defaults["fused"] and step == opt.step  # found_inf: a skipped step needs fused Adam
+    opt, step = fast_dense_optimizer(params, "sgd", 0.1, torch.device("cuda"), skip_nonfinite=False, compile=False)
+    assert opt.defaults["fused"] and step == opt.step

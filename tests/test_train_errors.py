@@ -24,6 +24,8 @@ def test_bad_flag_values_are_refused(tmp_path, capsys):
     assert "argument --batch-size/--batch_size: must be at least 1, got 0" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path), "--resume"]) == 2
     assert "--resume needs --checkpoint-dir" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path), "--autotune"]) == 2
+    assert "--autotune picks the compiled model's matmul kernels: add --compile" in capsys.readouterr().err
 
 
 def test_a_dying_worker_stops_the_others_and_is_named(capsys):

@@ -86,7 +86,7 @@ from hetgmp.embedding.fixed.table import ShardedTable
 from hetgmp.embedding.placement import Placement
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath.captured import GraphReplay, beside, join
-from hetgmp.fastpath.config import AMP_MODES, DENSE_OPTIMIZERS, autocast, dense_optimizer, matmul_precision
+from hetgmp.fastpath.config import AMP_MODES, DENSE_OPTIMIZERS, autocast, compile_model, fast_dense_optimizer, matmul_precision
 from hetgmp.fastpath.flat_grads import FlatGradients
 from hetgmp.fastpath.inputs import Batch, InputBuffers
 from hetgmp.fastpath.objective import correct_count, ctr_loss, nan_unless_finite
@@ -112,6 +112,8 @@ class ShardedStepConfig:
     amp: "none" or "bf16" (autocast for the model's forward; the rows are then gathered
         as bf16, and their gradient arrives as bf16, summed in fp32 by the update).
     compile: torch.compile the model and the bookkeeping around the rounds (fixed shapes).
+    autotune: with compile on CUDA, the model's matmuls take the fastest of cuBLAS's and
+        inductor's Triton kernels (as FastStepConfig's).
     tf32: let fp32 matmuls use TF32 tensor cores.
     cuda_graph: capture the step in a CUDA graph (CUDA only).
     warmup_steps: eager steps before the capture.
@@ -143,6 +145,7 @@ class ShardedStepConfig:
     dense_optimizer: str = "sgd"
     amp: str = "none"
     compile: bool = False
+    autotune: bool = False
     tf32: bool = False
     cuda_graph: bool = True
     warmup_steps: int = 3
@@ -166,6 +169,8 @@ class ShardedStepConfig:
             bad.append(f"distinct_capacity={self.distinct_capacity} (at least 1, or None; capacity.find_capacities measures it)")
         if self.warmup_steps < 1:
             bad.append(f"warmup_steps={self.warmup_steps} (at least 1: communicators start before the capture)")
+        if self.autotune and not self.compile:
+            bad.append("autotune=True needs compile=True (it picks the compiled model's matmul kernels)")
         if self.kernel == "reference":
             bad.append("kernel='reference' (it waits for the device: choose auto, triton or torch)")
         if world < 2:
@@ -222,11 +227,12 @@ class ShardedFastStep:
         # Eagerly the bookkeeping around the rounds is a few hundred small kernels (1-3 us each on an
         # H100); compiled, inductor fuses them.
         pooled = lambda dense_BI, rows_BLD, ids_BL: model(dense_BI, pool_rows(bags, rows_BLD, ids_BL))  # noqa: E731
-        self._forward = torch.compile(pooled, dynamic=False) if cfg.compile else pooled
+        self._forward = compile_model(pooled, cfg.compile, cfg.autotune, ctx.device)
         self.params = [p for p in model.parameters() if p.requires_grad]
         # skip_nonfinite: the spare element sums the workers' count of non-finite gradients.
         self.flat = FlatGradients(self.params, ctx.device)
-        self.optimizer = dense_optimizer(self.params, cfg.dense_optimizer, cfg.dense_lr, ctx.device, cfg.skip_nonfinite)
+        self.optimizer, self._dense_step = fast_dense_optimizer(self.params, cfg.dense_optimizer, cfg.dense_lr, ctx.device,
+                                                                cfg.skip_nonfinite, cfg.compile)
         self.skipped = torch.zeros((), device=ctx.device) if cfg.skip_nonfinite else None
         self._all_skipped = torch.zeros((), device=ctx.device)  # skip_nonfinite: 1.0 when every worker's batch was bad
         if cfg.skip_nonfinite and self.optimizer.defaults.get("fused"):
@@ -378,7 +384,7 @@ class ShardedFastStep:
         elif self.cfg.flag_nonfinite:  # after the wait: a worker's bad gradient reaches every worker's flat sum
             # (dloss/dlogit finite with the dense weights' gradients makes the rows' finite)
             loss = nan_unless_finite(loss, [self._logit_grad if implicit else grad_ND, self.flat.buffer])
-        self.optimizer.step()
+        self._dense_step()
         if self.record is not None:
             self.record(loss, self.correct)
         if read_next:

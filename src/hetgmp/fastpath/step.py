@@ -57,7 +57,7 @@ from torch import nn
 from hetgmp.errors import HetGMPError
 from hetgmp.fastpath.ahead import SortAhead
 from hetgmp.fastpath.captured import GraphReplay, beside, join
-from hetgmp.fastpath.config import BatchSource, FastStepConfig, autocast, dense_optimizer, matmul_precision
+from hetgmp.fastpath.config import BatchSource, FastStepConfig, autocast, compile_model, fast_dense_optimizer, matmul_precision
 from hetgmp.fastpath.inputs import InputBuffers
 from hetgmp.fastpath.objective import correct_count, ctr_loss, nan_unless_finite
 from hetgmp.models.bags import Bags, pool_rows
@@ -127,7 +127,8 @@ class FastStep:
         self._kept: tuple[torch.Tensor, torch.Tensor] | None = None  # implicit_row_grad: (dloss/dlogit, row weight)
         if self.use_graph and self.kernel == "reference":
             raise HetGMPError("the 'reference' sparse update syncs with the host and cannot be captured: use kernel 'triton' or 'torch', or cuda_graph=False")
-        self.optimizer = dense_optimizer(list(model.parameters()), cfg.dense_optimizer, cfg.dense_lr, self.device, cfg.skip_nonfinite)
+        self.optimizer, self._dense_step = fast_dense_optimizer(list(model.parameters()), cfg.dense_optimizer, cfg.dense_lr, self.device,
+                                                                cfg.skip_nonfinite, cfg.compile)
         self._scratch: torch.Tensor | None = None
         self._inputs = InputBuffers(self.device, None, id_dtype(len(table_ED)), None)
         self._replay = GraphReplay(self.device, self.use_graph, cfg.warmup_steps,
@@ -177,7 +178,7 @@ class FastStep:
         return self._inputs.get()
 
     def _compiled(self, fn: Callable) -> Callable:
-        return torch.compile(fn, dynamic=False) if self.cfg.compile else fn
+        return compile_model(fn, self.cfg.compile, self.cfg.autotune, self.device)
 
     def _train(self, dense_BI: torch.Tensor, ids_BF: torch.Tensor, labels_B: torch.Tensor, order: SortedIds | None = None) -> torch.Tensor:
         """One step; `order`: the ids' sort, if already done (sort_ahead)."""
@@ -212,7 +213,7 @@ class FastStep:
             loss = nan_unless_finite(loss.detach(), [grad_ND, *dense_grads])
         if not early:
             self._update(ids_N, grad_ND, order)
-        self.optimizer.step()
+        self._dense_step()
         self._join_sparse_stream()
         loss = loss.detach()
         if self.record is not None:

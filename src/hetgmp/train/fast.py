@@ -109,7 +109,7 @@ def build_fast_step(cfg: TrainConfig, model: nn.Module, emb: LocalEmbedding, str
     source = EpochCursor(stream) if stream.rows.labels.device == device else None
     fast_cfg = FastStepConfig(
         lr=cfg.sparse_lr, dense_lr=cfg.lr, dense_optimizer=cfg.optimizer, sparse_optimizer=cfg.sparse_optimizer,
-        adagrad_eps=emb.config.adagrad_eps, amp=cfg.amp, compile=cfg.compile, accuracy=True, flag_nonfinite=True,
+        adagrad_eps=emb.config.adagrad_eps, amp=cfg.amp, compile=cfg.compile, autotune=cfg.autotune, accuracy=True, flag_nonfinite=True,
         skip_nonfinite=cfg.skip_nonfinite,
         # Both reorder the step's work, not its arithmetic (see FastStepConfig); drawing and
         # sorting one batch ahead needs the batches drawn on the device.

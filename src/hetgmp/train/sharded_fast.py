@@ -74,7 +74,7 @@ def build_sharded_fast_step(cfg: TrainConfig, model: nn.Module, table: ShardedTa
     """The sharded fast step over the run's table, with the run's optimizers."""
     step_cfg = ShardedStepConfig(
         capacity=table.capacity, distinct_capacity=table.distinct_capacity, dense_lr=cfg.lr, dense_optimizer=cfg.optimizer,
-        amp=cfg.amp, compile=cfg.compile, flag_nonfinite=True, skip_nonfinite=cfg.skip_nonfinite, kernel=table.kernel,
+        amp=cfg.amp, compile=cfg.compile, autotune=cfg.autotune, flag_nonfinite=True, skip_nonfinite=cfg.skip_nonfinite, kernel=table.kernel,
         # WDL's rows enter the logit linearly: the update makes their gradient from dloss/dlogit.
         implicit_row_grad=has_row_weights(model) and bags is None and not cfg.skip_nonfinite,
     )
