@@ -15,9 +15,13 @@
    the fast step's variants on Criteo-shaped synthetic batches (full Criteo
    vocabulary, 33.8M rows): eager, graph, graph+bf16, graph+tf32,
    graph+index_add (the plain index_add_ update instead of the fused kernel),
+   the compiled ones (+autotune: each matmul's kernel timed at compile time),
    and the fastest of those again with row-wise Adagrad. Each: warm-up, then
    the median of several timed repeats (CUDA events), and the peak GPU memory.
 3. One markdown table at the end, with card, torch version and date.
+   `--profile` adds each cell's kernel profile of its fastest variant and
+   every CUDA stream's busy time per step (the critical path's stream is
+   busy nearly all of the step; the rest of it is gaps between kernels).
 
 `--bags mlperf` makes every batch multi-hot, MLPerf's bag sizes (214 ids a
 sample, full bags), the tables capped at 4M rows unless --vocab-cap says
@@ -71,6 +75,9 @@ VARIANTS = {
     # Multi-hot bags gathered row by row and pooled in the model's graph, not pooled from the table.
     "graph+bf16+compile+bf16-rows+overlap+ahead+gathered-bags": {"amp": "bf16", "compile": True, "bf16_rows": True, "overlap": True,
                                                                  "sort_ahead": True, "fused_pooling": False},
+    # Every matmul's kernel timed at compile time: cuBLAS's or inductor's Triton template, bias and ReLU fused in.
+    "graph+bf16+compile+bf16-rows+overlap+ahead+autotune": {"amp": "bf16", "compile": True, "bf16_rows": True, "overlap": True,
+                                                            "sort_ahead": True, "autotune": True},
     # WDL only: the update builds the rows' gradient from dloss/dlogit and the output layer's weight.
     "graph+bf16+compile+bf16-rows+overlap+ahead+implicit": {"amp": "bf16", "compile": True, "bf16_rows": True, "overlap": True,
                                                             "sort_ahead": True, "implicit_row_grad": True},
@@ -246,8 +253,9 @@ def time_fast(model: str, batch: int, dim: int, cfg: FastStepConfig, args: argpa
 
 def profile_fast(model: str, batch: int, dim: int, overrides: dict, args: argparse.Namespace) -> str:
     """Where a step's time goes: the variant run eagerly under torch.profiler,
-    kernels sorted by their own device time. Eager, because a graph replay
-    hides its kernels from the profiler; the kernels are the same."""
+    kernels sorted by their own device time, then each stream's share
+    (stream_table). Eager, because a graph replay hides its kernels from the
+    profiler; the kernels are the same."""
     cards = capped_cardinalities(args.vocab_cap)
     net, table = new_model_and_table(model, dim, cards, args.device, model_shape(model, args))
     batches = make_batches(args, batch, args.num_batches, cards)
@@ -259,7 +267,38 @@ def profile_fast(model: str, batch: int, dim: int, overrides: dict, args: argpar
     with torch.profiler.profile(activities=activities) as prof:
         seconds_per_step(step, batches, 0, steps, 1)
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    return f"per {steps} steps:\n" + prof.key_averages().table(sort_by=key, row_limit=30)
+    text = f"per {steps} steps:\n" + prof.key_averages().table(sort_by=key, row_limit=40)
+    if cuda:
+        with tempfile.TemporaryDirectory() as tmp:
+            prof.export_chrome_trace(f"{tmp}/trace.json")
+            text += "\n" + stream_table(json.loads(Path(f"{tmp}/trace.json").read_text()), steps)
+    return text
+
+
+def stream_table(trace: dict, steps: int, top: int = 12) -> str:
+    """Each CUDA stream's busy time per step, its largest kernels, and the time any stream is busy
+    (the union of their intervals): a stream whose busy time is near that union is the critical path."""
+    work = [e for e in trace.get("traceEvents", []) if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
+    if not work:
+        return "no device events in the trace"
+    by_stream: dict[int, list[dict]] = {}
+    for event in work:
+        by_stream.setdefault(event["args"].get("stream", -1), []).append(event)
+    intervals = sorted((e["ts"], e["ts"] + e["dur"]) for e in work)
+    union, end = 0.0, float("-inf")
+    for start, stop in intervals:
+        union += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    span = (intervals[-1][1] - intervals[0][0]) / steps
+    lines = [f"streams, per step: any busy {union / steps:.1f} us of a {span:.1f} us span"]
+    for stream, events in sorted(by_stream.items(), key=lambda kv: -sum(e["dur"] for e in kv[1])):
+        lines.append(f"  stream {stream}: {sum(e['dur'] for e in events) / steps:.1f} us busy, {len(events) / steps:.0f} kernels")
+        totals: dict[str, float] = {}
+        for e in events:
+            totals[e["name"][:90]] = totals.get(e["name"][:90], 0.0) + e["dur"]
+        for name, total in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"      {total / steps:7.1f} us  {name}")
+    return "\n".join(lines)
 
 
 def time_yardstick(model: str, batch: int, dim: int, args: argparse.Namespace, bf16: bool = False) -> float:
