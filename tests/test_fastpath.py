@@ -193,11 +193,10 @@ def test_bf16_rows_step_matches_bf16_reference():
         FastStepConfig(autotune=True).check()
 
 
-@pytest.mark.skipif(DEVICE.type != "cuda", reason="the dense step and the autotuned matmuls compile on CUDA only")
 @pytest.mark.parametrize("model_name, optimizer, autotune", [("dlrm", "sgd", True), ("dcnv2", "adam", False)])
 def test_compiled_step_matches_reference(model_name, optimizer, autotune):
-    # compile: the model and the dense optimizer's foreach step compiled (config.fast_dense_optimizer);
-    # autotune: each matmul's kernel chosen at compile time. In a CUDA graph, fp32.
+    # compile: the model with the loss compiled; on CUDA also the dense optimizer's foreach step
+    # (config.fast_dense_optimizer), autotune's matmul kernels and a CUDA graph. fp32.
     cfg = FastStepConfig(lr=0.3, dense_lr=0.01, dense_optimizer=optimizer, kernel="triton", compile=True, autotune=autotune)
     _compare(model_name, cfg)
 

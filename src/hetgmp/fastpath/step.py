@@ -104,12 +104,18 @@ class FastStep:
         # compiled graph, which fuses it.
         self.pools_from_table = bags is not None and cfg.fused_pooling and self.kernel == "triton"
         model_bags = None if self.pools_from_table else bags
-        self._forward = self._compiled(lambda dense_BI, rows_BLD, ids_BL: model(dense_BI, pool_rows(model_bags, rows_BLD, ids_BL)))
+        # The loss in the same (compiled) function as the model: inductor fuses it and its gradient
+        # into a kernel or two instead of the dozen small eager ones. Not with implicit_row_grad,
+        # whose update starts from a hook on the logits, which must then lead to the loss.
+        self._loss_inside = not cfg.implicit_row_grad
+        self._forward = self._compiled(lambda dense_BI, rows_BLD, ids_BL, labels_B: self._scored(
+            model(dense_BI, pool_rows(model_bags, rows_BLD, ids_BL)), labels_B))
         # Split forward (FastStepConfig.overlap): the dense part first, then the head on the rows.
         self._split = cfg.overlap and has_dense_part(model)
         if self._split:
             self._dense_part = self._compiled(model.dense_part)
-            self._head = self._compiled(lambda dense_out, rows_BLD, ids_BL: model.head(dense_out, pool_rows(model_bags, rows_BLD, ids_BL)))
+            self._head = self._compiled(lambda dense_out, rows_BLD, ids_BL, labels_B: self._scored(
+                model.head(dense_out, pool_rows(model_bags, rows_BLD, ids_BL)), labels_B))
         self._slot_weights: torch.Tensor | None = None  # pooled from the table: the step's PooledGrad weights
         self.table_ED = table_ED.detach()
         self.acc_E = acc_E
@@ -177,6 +183,10 @@ class FastStep:
         """The graph's (dense_BI, ids_BF, labels_B) buffers: a CUDA-graph step has them after its first call."""
         return self._inputs.get()
 
+    def _scored(self, logits_B: torch.Tensor, labels_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, their loss), the loss None where it is taken outside (`_loss_inside`)."""
+        return logits_B, (ctr_loss(logits_B, labels_B) if self._loss_inside else None)
+
     def _compiled(self, fn: Callable) -> Callable:
         return compile_model(fn, self.cfg.compile, self.cfg.autotune, self.device)
 
@@ -196,8 +206,12 @@ class FastStep:
             if not self.cfg.implicit_row_grad:
                 emb_BFD.requires_grad_()
             with autocast(self.cfg, self.device):
-                logits_B = self._head(dense_out, emb_BFD, ids_BF) if self._split else self._forward(dense_BI, emb_BFD, ids_BF)
-            loss = ctr_loss(logits_B, labels_B)
+                if self._split:
+                    logits_B, loss = self._head(dense_out, emb_BFD, ids_BF, labels_B)
+                else:
+                    logits_B, loss = self._forward(dense_BI, emb_BFD, ids_BF, labels_B)
+            if loss is None:
+                loss = ctr_loss(logits_B, labels_B)
             if self.cfg.accuracy:
                 self.correct.copy_(correct_count(logits_B, labels_B))
             self.optimizer.zero_grad(set_to_none=True)
