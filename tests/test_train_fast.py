@@ -20,6 +20,7 @@ from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import BatchStream, EpochOrders, Rows, epoch_seed
 from hetgmp.train.loop import resume, train
 from hetgmp.train.setup import build_run
+from hetgmp.train.fast import compiled_note
 from hetgmp.data.arrays import load_dataset
 from hetgmp.distributed import init_distributed
 from hetgmp.embedding import EmbeddingConfig
@@ -108,6 +109,10 @@ def test_the_start_up_line_names_the_step_and_why(data, tmp_path, capsys):
     assert "; step general (--step general)" in capsys.readouterr().out
     assert main([*base, "--skip-nonfinite"]) == 0
     assert "; step fast (--step auto, one worker" in capsys.readouterr().out
+    assert main([*base, "--compile", "--autotune"]) == 0
+    assert "a step ahead, model compiled (--autotune has no effect off a GPU))" in capsys.readouterr().out
+    assert compiled_note(True, True, torch.device("cuda")) == ", model compiled, matmuls autotuned"
+    assert compiled_note(False, False, torch.device("cuda")) == ""
 
 
 def test_fast_and_general_steps_skip_the_same_nonfinite_batches(data, tmp_path):

@@ -125,9 +125,19 @@ def build_fast_step(cfg: TrainConfig, model: nn.Module, emb: LocalEmbedding, str
 def describe_fast_step(fast: FastStep) -> str:
     """How the fast step runs, for the start-up line."""
     ahead = ", next batch drawn and sorted a step ahead" if fast.cfg.sort_ahead else ""
+    ahead += compiled_note(fast.cfg.compile, fast.cfg.autotune, fast.device)
     if fast.use_graph:
         return f"one CUDA graph per step after {fast.cfg.warmup_steps} warm-up steps, sparse update '{fast.kernel}'{ahead}"
     return f"eager on {fast.device.type}, sparse update '{fast.kernel}'{ahead}"
+
+
+def compiled_note(compile: bool, autotune: bool, device: torch.device) -> str:
+    """What the start-up line says of --compile and --autotune."""
+    if not compile:
+        return ""
+    if not autotune:
+        return ", model compiled"
+    return ", model compiled, matmuls autotuned" if device.type == "cuda" else ", model compiled (--autotune has no effect off a GPU)"
 
 
 class FastSteps:

@@ -42,7 +42,7 @@ from hetgmp.train.config import TrainConfig
 from hetgmp.train.data import BatchStream
 from hetgmp.models.bags import Bags
 from hetgmp.models.base import has_row_weights
-from hetgmp.train.fast import StepRecorder
+from hetgmp.train.fast import StepRecorder, compiled_note
 
 SCAN_EPOCHS = 10        # epochs of batches whose capacities are measured before the run (all of a shorter run)
 CAPACITY_ROOM = 1.1     # measured capacities get 10% more, then round up (capacity.round_up)
@@ -85,7 +85,8 @@ def describe_sharded_fast_step(fast: ShardedFastStep) -> str:
     """How the sharded fast step runs, for the start-up line."""
     how = f"one CUDA graph per step after {fast.cfg.warmup_steps} warm-up steps" if fast.use_graph else f"eager on {fast.device.type}"
     return (f"sharded fast step, {how}, {fast.table.capacity} rows per peer and round, "
-            f"{fast.table.distinct_capacity} distinct ids per batch, next batch located a step ahead")
+            f"{fast.table.distinct_capacity} distinct ids per batch, next batch located a step ahead"
+            f"{compiled_note(fast.cfg.compile, fast.cfg.autotune, fast.device)}")
 
 
 class ShardedFastSteps:
