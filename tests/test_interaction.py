@@ -46,6 +46,25 @@ def test_triton_interaction_matches_the_batched_matmul(has_bottom, fields, dim, 
         torch.testing.assert_close(h.float(), w.float(), **tol)
 
 
+@pytest.mark.parametrize("tile", [(4, 2), (3, 1), (8, 4)])
+def test_several_samples_a_program_match_one(tile):
+    """Programs of several samples (the batch of 7 not a multiple): the same output and gradients."""
+    from hetgmp.kernels.triton_interaction import _backward_kernel, _forward_kernel, backward_into, forward_into, output_width
+
+    bottom, emb = (t.detach() for t in _parts(7, 26, 16, True, torch.float32))
+    results = []
+    for t in ((1, 2), tile):
+        out = torch.full((7, output_width(26, 16, True)), float("nan"), device=DEVICE)
+        forward_into(_forward_kernel, bottom, emb, out, True, t)
+        grad_out = torch.linspace(-1, 1, out.numel(), device=DEVICE).view_as(out)
+        dbottom, demb = torch.full_like(bottom, float("nan")), torch.full_like(emb, float("nan"))
+        backward_into(_backward_kernel, bottom, emb, grad_out, dbottom, demb, True, t)
+        results.append((out, dbottom, demb))
+    for want, got in zip(*results):
+        assert not got.isnan().any()  # every sample written, the last program's too
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_the_pairs_are_the_upper_triangle_after_the_bottom_vector():
     bottom, emb = _parts(2, 2, 16, True, torch.float32)
     got = top_input(bottom, emb, use_triton=True)
