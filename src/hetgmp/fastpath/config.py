@@ -35,8 +35,9 @@ class FastStepConfig:
     tf32: let fp32 matmuls use TF32 tensor cores.
     compile: run the model's forward (and so its backward) through
         torch.compile, which fuses its elementwise work (DCN's cross layer
-        reads and writes B x (F*d + I) activations several times); compiled
-        during the warm-up steps, then captured like the rest.
+        reads and writes B x (F*d + I) activations several times), the loss
+        with it; on CUDA also the dense optimizer's step (fast_dense_optimizer).
+        Compiled during the warm-up steps, then captured like the rest.
     autotune: with compile on CUDA, inductor times Triton templates against
         cuBLAS for every matmul shape and keeps the fastest, fusing the bias
         and ReLU into the matmul it picks (`compile_model`). At batch 8192,
