@@ -13,6 +13,14 @@ def ctr_loss(logits_B: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits_B.float(), labels_B.float())
 
 
+def scored(logits_B: torch.Tensor, labels_B: torch.Tensor, loss_inside: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits, their loss) for a step's model function to return: with the loss inside the same
+    (compiled) function, inductor fuses it and its gradient into a kernel or two instead of a dozen
+    small eager ones. None where the step takes it outside: with implicit_row_grad the update starts
+    from a hook on the logits, which must then lead to the loss."""
+    return logits_B, (ctr_loss(logits_B, labels_B) if loss_inside else None)
+
+
 def correct_count(logits_B: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
     """Samples whose logit's sign matches the label (probability 0.5 as the threshold), a device scalar."""
     return ((logits_B.detach() > 0) == (labels_B > 0.5)).sum()

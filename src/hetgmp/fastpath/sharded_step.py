@@ -89,7 +89,7 @@ from hetgmp.fastpath.captured import GraphReplay, beside, join
 from hetgmp.fastpath.config import AMP_MODES, DENSE_OPTIMIZERS, autocast, compile_model, fast_dense_optimizer, matmul_precision
 from hetgmp.fastpath.flat_grads import FlatGradients
 from hetgmp.fastpath.inputs import Batch, InputBuffers
-from hetgmp.fastpath.objective import correct_count, ctr_loss, nan_unless_finite
+from hetgmp.fastpath.objective import correct_count, ctr_loss, nan_unless_finite, scored
 from hetgmp.kernels import Rank1Grad
 from hetgmp.models.bags import Bags, pool_rows
 from hetgmp.models.base import CTRModel, has_row_weights
@@ -226,7 +226,10 @@ class ShardedFastStep:
         self._logit_grad: torch.Tensor | None = None  # implicit_row_grad: dloss/dlogit of the step
         # Eagerly the bookkeeping around the rounds is a few hundred small kernels (1-3 us each on an
         # H100); compiled, inductor fuses them.
-        pooled = lambda dense_BI, rows_BLD, ids_BL: model(dense_BI, pool_rows(bags, rows_BLD, ids_BL))  # noqa: E731
+        # The loss in the model's (compiled) function (objective.scored), but with implicit_row_grad.
+        inside = not cfg.implicit_row_grad
+        pooled = lambda dense_BI, rows_BLD, ids_BL, labels_B: scored(  # noqa: E731
+            model(dense_BI, pool_rows(bags, rows_BLD, ids_BL)), labels_B, inside)
         self._forward = compile_model(pooled, cfg.compile, cfg.autotune, ctx.device)
         self.params = [p for p in model.parameters() if p.requires_grad]
         # skip_nonfinite: the spare element sums the workers' count of non-finite gradients.
@@ -357,10 +360,10 @@ class ShardedFastStep:
                 t.locate_into(self._slots[1 - parity], next_ids_BF.reshape(-1))
         with matmul_precision(self.cfg, self.device):
             with autocast(self.cfg, self.device):
-                logits_B = self._forward(dense_BI, emb_BFD, ids_BF)
+                logits_B, loss = self._forward(dense_BI, emb_BFD, ids_BF, labels_B)
             if implicit:
                 logits_B.register_hook(self._keep_logit_grad)
-            loss = ctr_loss(logits_B, labels_B)
+                loss = ctr_loss(logits_B, labels_B)
             self.correct.copy_(correct_count(logits_B, labels_B))
             self.flat.point()
             (loss / self.world).backward()

@@ -59,7 +59,7 @@ from hetgmp.fastpath.ahead import SortAhead
 from hetgmp.fastpath.captured import GraphReplay, beside, join
 from hetgmp.fastpath.config import BatchSource, FastStepConfig, autocast, compile_model, fast_dense_optimizer, matmul_precision
 from hetgmp.fastpath.inputs import InputBuffers
-from hetgmp.fastpath.objective import correct_count, ctr_loss, nan_unless_finite
+from hetgmp.fastpath.objective import correct_count, ctr_loss, nan_unless_finite, scored
 from hetgmp.models.bags import Bags, pool_rows
 from hetgmp.models.base import has_dense_part, has_row_weights
 from hetgmp.kernels import Rank1Grad, new_scratch, resolve_backend, sparse_update
@@ -104,18 +104,16 @@ class FastStep:
         # compiled graph, which fuses it.
         self.pools_from_table = bags is not None and cfg.fused_pooling and self.kernel == "triton"
         model_bags = None if self.pools_from_table else bags
-        # The loss in the same (compiled) function as the model: inductor fuses it and its gradient
-        # into a kernel or two instead of the dozen small eager ones. Not with implicit_row_grad,
-        # whose update starts from a hook on the logits, which must then lead to the loss.
-        self._loss_inside = not cfg.implicit_row_grad
-        self._forward = self._compiled(lambda dense_BI, rows_BLD, ids_BL, labels_B: self._scored(
-            model(dense_BI, pool_rows(model_bags, rows_BLD, ids_BL)), labels_B))
+        # The loss in the model's (compiled) function (objective.scored), but with implicit_row_grad.
+        inside = not cfg.implicit_row_grad
+        self._forward = self._compiled(lambda dense_BI, rows_BLD, ids_BL, labels_B: scored(
+            model(dense_BI, pool_rows(model_bags, rows_BLD, ids_BL)), labels_B, inside))
         # Split forward (FastStepConfig.overlap): the dense part first, then the head on the rows.
         self._split = cfg.overlap and has_dense_part(model)
         if self._split:
             self._dense_part = self._compiled(model.dense_part)
-            self._head = self._compiled(lambda dense_out, rows_BLD, ids_BL, labels_B: self._scored(
-                model.head(dense_out, pool_rows(model_bags, rows_BLD, ids_BL)), labels_B))
+            self._head = self._compiled(lambda dense_out, rows_BLD, ids_BL, labels_B: scored(
+                model.head(dense_out, pool_rows(model_bags, rows_BLD, ids_BL)), labels_B, inside))
         self._slot_weights: torch.Tensor | None = None  # pooled from the table: the step's PooledGrad weights
         self.table_ED = table_ED.detach()
         self.acc_E = acc_E
@@ -182,10 +180,6 @@ class FastStep:
     def input_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The graph's (dense_BI, ids_BF, labels_B) buffers: a CUDA-graph step has them after its first call."""
         return self._inputs.get()
-
-    def _scored(self, logits_B: torch.Tensor, labels_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(logits, their loss), the loss None where it is taken outside (`_loss_inside`)."""
-        return logits_B, (ctr_loss(logits_B, labels_B) if self._loss_inside else None)
 
     def _compiled(self, fn: Callable) -> Callable:
         return compile_model(fn, self.cfg.compile, self.cfg.autotune, self.device)
