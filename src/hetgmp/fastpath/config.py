@@ -155,13 +155,13 @@ def dense_optimizer(params: list[nn.Parameter], name: str, lr: float, device: to
     if name not in DENSE_OPTIMIZERS:
         raise HetGMPError(f"--optimizer must be one of {', '.join(DENSE_OPTIMIZERS)}, not {name!r}")
     cuda = device.type == "cuda"
-    fused = None if foreach else (True if cuda else None)
+    fused = not foreach and (cuda or (name == "adam" and skip_nonfinite))
+    kind = {"foreach": foreach or None, "fused": fused or None}
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, capturable=cuda, foreach=foreach or None,
-                                fused=True if skip_nonfinite and not foreach else fused)
+        return torch.optim.Adam(params, lr=lr, capturable=cuda, **kind)
     if name == "adagrad":
         return CapturableAdagrad(params, lr=lr)
-    return torch.optim.SGD(params, lr=lr, foreach=foreach or None, fused=fused)
+    return torch.optim.SGD(params, lr=lr, **kind)
 
 
 def fast_dense_optimizer(params: list[nn.Parameter], name: str, lr: float, device: torch.device,

@@ -33,12 +33,16 @@ def upper_pairs(n: int, stride: int | None = None) -> torch.Tensor:
     return i * (stride or n) + j
 
 
+ALIGNMENT = 8  # elements: bf16 rows of 16 bytes
+
+
 def aligned_count(n: int) -> int:
-    """n rounded up to a multiple of 8 (bf16 rows of 16 bytes)."""
-    return n + -n % 8
+    """n rounded up to a multiple of ALIGNMENT."""
+    return n + -n % ALIGNMENT
 
 
 def pair_count(vectors: int) -> int:
+    """The pairs i < j of `vectors` vectors."""
     return vectors * (vectors - 1) // 2
 
 

@@ -28,7 +28,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-WIDTH_MULTIPLE = 8  # out's width is rounded up to it (bf16 rows of 16 bytes)
+from hetgmp.kernels.interaction import ALIGNMENT, aligned_count, pair_count
+
 # (samples a program, warps): in the DLRM step at batch 8192, d = 16 on an H200, one sample in
 # 2 warps took 11.6 us forward and 15.0 us backward (benchmarks/bench_interaction.py times others).
 TILE = (1, 2)
@@ -119,10 +120,8 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def output_width(fields: int, dim: int, has_bottom: bool) -> int:
-    """Columns of the output: [bottom (d, with dense features), the pairs, zeros] rounded up to WIDTH_MULTIPLE."""
-    vectors = fields + has_bottom
-    width = vectors * (vectors - 1) // 2 + (dim if has_bottom else 0)
-    return width + -width % WIDTH_MULTIPLE
+    """Columns of the output: [bottom (d, with dense features), the pairs, zeros] rounded up to ALIGNMENT."""
+    return aligned_count(pair_count(fields + has_bottom) + (dim if has_bottom else 0))
 
 
 def forward_into(kernel: Any, bottom_BD: torch.Tensor, emb_BFD: torch.Tensor, out_BW: torch.Tensor, has_bottom: bool,
@@ -133,9 +132,9 @@ def forward_into(kernel: Any, bottom_BD: torch.Tensor, emb_BFD: torch.Tensor, ou
     vectors, (samples, warps) = fields + has_bottom, tile
     block_n, block_d = _blocks(vectors, dim)
     kernel[(triton.cdiv(batch, samples),)](
-        bottom_BD, emb_BFD, out_BW, batch, vectors, dim, vectors * (vectors - 1) // 2, out_BW.shape[1],
+        bottom_BD, emb_BFD, out_BW, batch, vectors, dim, pair_count(vectors), out_BW.shape[1],
         bottom_BD.stride(0), emb_BFD.stride(0), emb_BFD.stride(1), out_BW.stride(0),
-        HAS_BOTTOM=has_bottom, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=_precision(emb_BFD.dtype), TAIL=WIDTH_MULTIPLE,
+        HAS_BOTTOM=has_bottom, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=_precision(emb_BFD.dtype), TAIL=ALIGNMENT,
         SAMPLES=samples, num_warps=warps)
 
 

@@ -53,7 +53,7 @@ def _f(default: Any, help: str, **flag: Any) -> Any:
 class TrainConfig:
     data: str = _f(None, "dataset directory (from `hetgmp prepare` or `hetgmp synth`)", required=True)
     model: str = _f("wdl", "model: wdl (Wide&Deep), dcn (Deep&Cross), dfm (DeepFM), dlrm (DLRM, dot interaction) or dcnv2 "
-                    "(DCN V2: cross layers of low-rank W = U V^T and a deep tower)")
+                    "(DCN V2: cross layers x0 * (W x + b) + x, W full or of low rank U V^T, and a deep tower)")
     embed_dim: int = _f(16, "embedding dimension d (DeepFM's table is d+1 wide)", range=POSITIVE)
     model_shape: str | None = _f(None, "dlrm and dcnv2: the layer sizes to start from: default (the sizes that train "
                                  "best per epoch) or mlperf (MLPerf's DLRM and DLRM-DCNv2: bottom 512-256-d, top "
